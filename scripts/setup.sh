@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs what Quiver's build, demo and tests need on a fresh Debian machine.
+# Idempotent: each step is skipped when already done.
+#   scripts/setup.sh            # build dependencies (libclang for RocksDB's bindings)
+#   scripts/setup.sh --tests    # also the Python venv (pyarrow, duckdb, pytest) and the S3 test server
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! dpkg -s libclang-dev >/dev/null 2>&1; then
+  echo "== apt-get install libclang-dev (RocksDB's bindings are generated with libclang)"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq || true
+  $SUDO apt-get install -y -qq libclang-dev
+fi
+
+if [ "${1:-}" = "--tests" ]; then
+  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import pyarrow, duckdb, pytest" 2>/dev/null; then
+    echo "== Python venv (.venv) with tests/python/requirements.txt"
+    python3 -m venv .venv
+    .venv/bin/pip install -q -r tests/python/requirements.txt
+  fi
+  if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/s3s-fs" ]; then
+    echo "== cargo install s3s-fs 0.14.1 (the S3-compatible test server, ~2 minutes)"
+    cargo install s3s-fs --version 0.14.1 --features binary --locked
+  fi
+fi

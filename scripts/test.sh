@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Sets up everything and runs Quiver's whole test suite: Rust unit, oracle and
+# integration tests (S3 against a real s3s-fs on loopback), then the Python
+# end-to-end tests with plain pyarrow.flight and DuckDB as the oracle.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --tests
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/quiver-target}"
+export PATH="$HOME/.cargo/bin:$PATH"
+echo "== cargo test (target dir $CARGO_TARGET_DIR)"
+cargo test --workspace --all-targets
+echo "== python end-to-end tests"
+cargo build --bin quiver
+QUIVER_BIN="$CARGO_TARGET_DIR/debug/quiver" .venv/bin/python -m pytest -q tests/python

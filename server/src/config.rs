@@ -1,0 +1,291 @@
+//! `quiver.yaml`: the repo-level configuration of a feature repo.
+//!
+//! ```yaml
+//! project: fraud
+//! offline_store:
+//!   url: ./data              # a folder (relative to the repo), file:///abs/path, or s3://bucket/prefix
+//! online_store:
+//!   path: ./data/online      # RocksDB folder
+//! server:
+//!   addr: 127.0.0.1:8815
+//! ```
+//!
+//! Precedence, highest first: CLI flags > environment (`QUIVER_OFFLINE_STORE_URL`,
+//! `QUIVER_ONLINE_STORE_PATH`, `QUIVER_SERVER_ADDR`) > `quiver.yaml` > defaults.
+//! S3 credentials, region and endpoint come from the standard `AWS_*` variables
+//! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`,
+//! `AWS_ALLOW_HTTP`, ...) unless `offline_store` sets them.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+/// Name of the repo configuration file.
+pub const CONFIG_FILE: &str = "quiver.yaml";
+
+/// Errors reading `quiver.yaml`.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}. Is --repo pointing at a feature repo?")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The YAML did not match the expected shape.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What serde reported (with line and column).
+        message: String,
+    },
+    /// A value is present but unusable.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// Result type of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The parsed `quiver.yaml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoConfig {
+    /// Project name.
+    pub project: String,
+    /// Where the offline Parquet data lives.
+    pub offline_store: OfflineStoreConfig,
+    /// The RocksDB online tier.
+    #[serde(default)]
+    pub online_store: OnlineStoreConfig,
+    /// The Flight server.
+    #[serde(default)]
+    pub server: ServerConfig,
+}
+
+/// `offline_store:` section.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfflineStoreConfig {
+    /// A folder relative to the repo, `file:///abs/path`, or `s3://bucket/prefix`.
+    pub url: String,
+    /// S3 endpoint (MinIO and other S3-compatible servers); else `AWS_ENDPOINT`.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// S3 region; else `AWS_REGION` / `AWS_DEFAULT_REGION`.
+    #[serde(default)]
+    pub region: Option<String>,
+    /// S3 access key; else `AWS_ACCESS_KEY_ID`.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    /// S3 secret key; else `AWS_SECRET_ACCESS_KEY`.
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// S3 session token; else `AWS_SESSION_TOKEN`.
+    #[serde(default)]
+    pub session_token: Option<String>,
+    /// Allow plain-HTTP endpoints; else `AWS_ALLOW_HTTP`.
+    #[serde(default)]
+    pub allow_http: Option<bool>,
+}
+
+/// `online_store:` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnlineStoreConfig {
+    /// RocksDB folder, relative to the repo unless absolute.
+    #[serde(default = "default_online_path")]
+    pub path: String,
+    /// RocksDB block cache size in MiB.
+    #[serde(default = "default_block_cache_mb")]
+    pub block_cache_mb: usize,
+}
+
+fn default_online_path() -> String {
+    "./data/online".into()
+}
+
+fn default_block_cache_mb() -> usize {
+    256
+}
+
+impl Default for OnlineStoreConfig {
+    fn default() -> Self {
+        Self {
+            path: default_online_path(),
+            block_cache_mb: default_block_cache_mb(),
+        }
+    }
+}
+
+/// `server:` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address `quiver serve` binds.
+    #[serde(default = "default_addr")]
+    pub addr: String,
+    /// Memory the query engine may use before sorts spill to disk, in MiB.
+    #[serde(default = "default_memory_limit_mb")]
+    pub memory_limit_mb: usize,
+}
+
+fn default_addr() -> String {
+    "127.0.0.1:8815".into()
+}
+
+fn default_memory_limit_mb() -> usize {
+    4096
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            addr: default_addr(),
+            memory_limit_mb: default_memory_limit_mb(),
+        }
+    }
+}
+
+/// A feature repo on disk: its folder and its configuration.
+#[derive(Debug, Clone)]
+pub struct Repo {
+    /// The repo folder (absolute).
+    pub dir: PathBuf,
+    /// `quiver.yaml`, with environment overrides applied.
+    pub config: RepoConfig,
+}
+
+impl Repo {
+    /// Loads `DIR/quiver.yaml` and applies `QUIVER_*` environment overrides.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join(CONFIG_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let mut config: RepoConfig = serde_yaml::from_str(&text).map_err(|e| Error::Parse {
+            path: path.clone(),
+            message: e.to_string(),
+        })?;
+        if let Ok(v) = std::env::var("QUIVER_OFFLINE_STORE_URL") {
+            config.offline_store.url = v;
+        }
+        if let Ok(v) = std::env::var("QUIVER_ONLINE_STORE_PATH") {
+            config.online_store.path = v;
+        }
+        if let Ok(v) = std::env::var("QUIVER_SERVER_ADDR") {
+            config.server.addr = v;
+        }
+        let dir = std::path::absolute(dir).map_err(|source| Error::Read {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let repo = Self { dir, config };
+        repo.offline_url()?;
+        Ok(repo)
+    }
+
+    /// The offline store's root as a URL ending in `/`: `file:///...` or `s3://bucket/prefix/`.
+    pub fn offline_url(&self) -> Result<Url> {
+        let raw = self.config.offline_store.url.trim();
+        let invalid = |message: String| Error::Invalid {
+            path: self.dir.join(CONFIG_FILE),
+            message,
+        };
+        if raw.is_empty() {
+            return Err(invalid("offline_store.url is empty".into()));
+        }
+        let mut url = if raw.contains("://") {
+            let url = Url::parse(raw)
+                .map_err(|e| invalid(format!("offline_store.url {raw:?} is not a URL: {e}")))?;
+            match url.scheme() {
+                "file" | "s3" => url,
+                other => {
+                    return Err(invalid(format!(
+                    "offline_store.url scheme {other:?} is not supported (use a folder, file:// or s3://)"
+                )))
+                }
+            }
+        } else {
+            let path = self.resolve(raw);
+            Url::from_directory_path(&path)
+                .map_err(|_| invalid(format!("offline_store.url {raw:?} is not a usable path")))?
+        };
+        if url.scheme() == "s3" && url.host_str().unwrap_or("").is_empty() {
+            return Err(invalid(format!(
+                "offline_store.url {raw:?} names no bucket (expected s3://bucket/prefix)"
+            )));
+        }
+        if !url.path().ends_with('/') {
+            let p = format!("{}/", url.path());
+            url.set_path(&p);
+        }
+        Ok(url)
+    }
+
+    /// The RocksDB folder of the online store.
+    pub fn online_path(&self) -> PathBuf {
+        self.resolve(&self.config.online_store.path)
+    }
+
+    /// Where `quiver apply` records the registry.
+    pub fn registry_path(&self) -> PathBuf {
+        self.dir.join(".quiver").join("registry.json")
+    }
+
+    fn resolve(&self, p: &str) -> PathBuf {
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.dir.join(p.strip_prefix("./").unwrap_or(p))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo(yaml: &str) -> Result<Repo> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CONFIG_FILE), yaml).unwrap();
+        let r = Repo::load(dir.path());
+        drop(dir);
+        r
+    }
+
+    #[test]
+    fn resolves_local_and_s3_urls() {
+        let r = repo("project: p\noffline_store:\n  url: ./data\n").unwrap();
+        let u = r.offline_url().unwrap();
+        assert_eq!(u.scheme(), "file");
+        assert!(u.path().ends_with("/data/"), "{u}");
+        assert_eq!(r.config.server.addr, "127.0.0.1:8815");
+        let r = repo("project: p\noffline_store:\n  url: s3://bkt/pre\n").unwrap();
+        assert_eq!(r.offline_url().unwrap().as_str(), "s3://bkt/pre/");
+    }
+
+    #[test]
+    fn typos_are_errors() {
+        let e = repo("project: p\noffline_store:\n  ulr: ./data\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `ulr`"), "{e}");
+        let e = repo("project: p\noffline_store:\n  url: gs://x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("scheme \"gs\" is not supported"), "{e}");
+    }
+}

@@ -1,0 +1,453 @@
+//! Point-in-time correct training sets (`get_historical_features`).
+//!
+//! ```text
+//! spine batches ──+ __quiver_row, __quiver_ts (ns UTC)──┐
+//!                                                        ├─ AsofJoinExec(view 1) ─ ... ─ AsofJoinExec(view n)
+//! view 1 source ──filter(ts range)──project(keys, ts)───┘                                    │
+//!                                            SortExec(__quiver_row) + merge ── drop helpers ─┴─> output
+//! ```
+//!
+//! Semantics (Feast's): for each spine row and each view, the view row with the same
+//! join keys and `spine.ts - ttl <= row.ts <= spine.ts` with the largest
+//! `(ts, created_ts)`; nulls when none. Every spine row comes back exactly once, with
+//! its columns unchanged and in its original order. Timestamps of any unit, with or
+//! without a zone (naive = UTC), compare as instants.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt64Array};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
+use datafusion::common::ScalarValue;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::{cast as cast_expr, ident, lit, Expr};
+use datafusion::physical_expr::expressions::{cast as phys_cast, Column};
+use datafusion::physical_expr::{LexOrdering, PhysicalExpr, PhysicalSortExpr};
+use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
+use datafusion::physical_plan::sorts::sort::SortExec;
+use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use datafusion::physical_plan::{execute_stream, ExecutionPlan};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::sql::parser::DFParser;
+use quiver_client::protocol::{FeatureSelection, HistoricalFeaturesRequest};
+use tracing::{info, instrument};
+
+use super::pit::{AsofJoinExec, AsofSpec};
+use super::{key_kind, Error, KeyKind, OfflineStore, Result};
+use crate::registry::ViewRequest;
+
+const ROW: &str = "__quiver_row";
+const TS: &str = "__quiver_ts";
+const HELPER_PREFIX: &str = "__quiver_";
+/// Spines with at most this many distinct keys push their key set into the scan.
+const KEY_PUSHDOWN_LIMIT: usize = 4096;
+
+fn unit_nanos(unit: TimeUnit) -> i64 {
+    match unit {
+        TimeUnit::Second => 1_000_000_000,
+        TimeUnit::Millisecond => 1_000_000,
+        TimeUnit::Microsecond => 1_000,
+        TimeUnit::Nanosecond => 1,
+    }
+}
+
+/// Nanoseconds since the epoch (UTC) of a timestamp column of any unit and zone.
+/// Zoned values are instants already; naive values are read as UTC.
+pub fn timestamp_nanos(array: &ArrayRef) -> Result<Int64Array> {
+    let DataType::Timestamp(unit, _) = array.data_type() else {
+        return Err(Error::invalid(format!(
+            "expected a timestamp column, got {}",
+            array.data_type()
+        )));
+    };
+    let raw = cast(array, &DataType::Int64).map_err(|e| Error::invalid(e.to_string()))?;
+    let f = unit_nanos(*unit);
+    let raw = raw.as_primitive::<Int64Type>();
+    let mut overflow = false;
+    let out: Int64Array = raw.unary_opt(|v| {
+        let r = v.checked_mul(f);
+        overflow |= r.is_none();
+        r
+    });
+    if overflow {
+        return Err(Error::invalid(
+            "a timestamp is outside the range representable in nanoseconds (years 1677-2262)",
+        ));
+    }
+    Ok(out)
+}
+
+/// A typed timestamp literal for `nanos`, in the unit and zone of `dtype`, rounded
+/// up (lower bounds) or down (upper bounds) to that unit.
+fn ts_literal(dtype: &DataType, nanos: i64, round_up: bool) -> ScalarValue {
+    let DataType::Timestamp(unit, tz) = dtype else {
+        unreachable!("validated as timestamp")
+    };
+    let f = unit_nanos(*unit);
+    let v = if round_up {
+        nanos.div_euclid(f) + i64::from(nanos.rem_euclid(f) != 0)
+    } else {
+        nanos.div_euclid(f)
+    };
+    let tz = tz.clone();
+    match unit {
+        TimeUnit::Second => ScalarValue::TimestampSecond(Some(v), tz),
+        TimeUnit::Millisecond => ScalarValue::TimestampMillisecond(Some(v), tz),
+        TimeUnit::Microsecond => ScalarValue::TimestampMicrosecond(Some(v), tz),
+        TimeUnit::Nanosecond => ScalarValue::TimestampNanosecond(Some(v), tz),
+    }
+}
+
+fn ts_nanos_expr(name: &str, dtype: &DataType) -> Expr {
+    let DataType::Timestamp(unit, _) = dtype else {
+        unreachable!("validated as timestamp")
+    };
+    cast_expr(ident(name), DataType::Int64) * lit(unit_nanos(*unit))
+}
+
+fn col_expr(schema: &Schema, name: &str) -> Result<Arc<dyn PhysicalExpr>> {
+    Ok(Arc::new(Column::new_with_schema(name, schema)?))
+}
+
+/// Keeps the columns of `input` that do not start with `__quiver_`, except `keep`.
+fn drop_helpers(input: Arc<dyn ExecutionPlan>, keep: &[&str]) -> Result<Arc<dyn ExecutionPlan>> {
+    let schema = input.schema();
+    let exprs: Vec<ProjectionExpr> = (schema.fields().iter().enumerate())
+        .filter(|(_, f)| !f.name().starts_with(HELPER_PREFIX) || keep.contains(&f.name().as_str()))
+        .map(|(i, f)| ProjectionExpr {
+            expr: Arc::new(Column::new(f.name(), i)),
+            alias: f.name().clone(),
+        })
+        .collect();
+    Ok(Arc::new(ProjectionExec::try_new(exprs, input)?))
+}
+
+/// Statistics of the spine gathered while tagging it.
+struct SpineInfo {
+    rows: usize,
+    min_ts: Option<i64>,
+    max_ts: Option<i64>,
+}
+
+impl OfflineStore {
+    /// Runs a spine-producing `entity_sql` query over the offline store's sources.
+    /// Only a single `SELECT` (or `WITH ... SELECT`) is accepted.
+    pub async fn spine_from_sql(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+        let statements = DFParser::parse_sql(sql)
+            .map_err(|e| Error::invalid(format!("entity_sql does not parse: {e}")))?;
+        if statements.len() != 1 {
+            return Err(Error::invalid("entity_sql must be exactly one SELECT statement"));
+        }
+        let options = datafusion::execution::context::SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false);
+        let df = self
+            .context()
+            .sql_with_options(sql, options)
+            .await
+            .map_err(|e| Error::invalid(format!("entity_sql: {}", e.find_root())))?;
+        Ok(df.collect().await?)
+    }
+
+    /// Resolves a request's feature selection into views and output names.
+    pub fn resolve<'a>(&'a self, request: &HistoricalFeaturesRequest) -> Result<Vec<ViewRequest<'a>>> {
+        let registry = self.registry();
+        Ok(match request.selection().map_err(|e| Error::invalid(e.to_string()))? {
+            FeatureSelection::Service(s) => registry.resolve_service(s, request.full_feature_names)?,
+            FeatureSelection::Features(f) => registry.resolve_refs(f, request.full_feature_names)?,
+        })
+    }
+
+    /// The schema of the features a request returns (without the spine's columns):
+    /// one nullable field per feature, typed as in the Parquet data.
+    pub fn feature_fields(&self, request: &HistoricalFeaturesRequest) -> Result<Vec<Field>> {
+        let mut out = Vec::new();
+        for v in self.resolve(request)? {
+            let schema = self.source_schema(&v.source.name).expect("registered");
+            for (f, name) in &v.features {
+                let field = schema.field_with_name(&f.name).map_err(|_| self.stale(&v, &f.name))?;
+                out.push(Field::new(name, field.data_type().clone(), true));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The point-in-time correct training set for `spine`: the spine's columns,
+    /// unchanged and in order, followed by the requested features.
+    #[instrument(skip_all, fields(batches = spine.len()))]
+    pub async fn get_historical_features(
+        &self,
+        request: &HistoricalFeaturesRequest,
+        spine_schema: SchemaRef,
+        spine: Vec<RecordBatch>,
+    ) -> Result<SendableRecordBatchStream> {
+        let views = self.resolve(request)?;
+        let ts_col = request.timestamp_column();
+        let ts_field = spine_schema.field_with_name(ts_col).map_err(|_| {
+            Error::invalid(format!(
+                "the spine has no timestamp column {ts_col:?} (columns: {}); name it with \"timestamp_column\"",
+                super::column_list(&spine_schema)
+            ))
+        })?;
+        if !matches!(ts_field.data_type(), DataType::Timestamp(_, _)) {
+            return Err(Error::invalid(format!(
+                "spine column {ts_col:?} is {}, expected a timestamp",
+                ts_field.data_type()
+            )));
+        }
+        for f in spine_schema.fields() {
+            if f.name().starts_with(HELPER_PREFIX) {
+                return Err(Error::invalid(format!(
+                    "spine column {:?} uses the reserved prefix {HELPER_PREFIX:?}",
+                    f.name()
+                )));
+            }
+        }
+        // Key types, and output names that would collide with the spine.
+        let mut key_kinds = Vec::new();
+        for v in &views {
+            let schema = self.source_schema(&v.source.name).expect("registered");
+            let mut kinds = Vec::new();
+            for k in &v.join_keys {
+                let spine_field = spine_schema.field_with_name(k).map_err(|_| {
+                    Error::invalid(format!(
+                        "the spine has no column {k:?}, a join key of feature view {:?} (spine columns: {})",
+                        v.view.name,
+                        super::column_list(&spine_schema)
+                    ))
+                })?;
+                let source_field = schema.field_with_name(k).map_err(|_| Error::Schema {
+                    file: self.origin("feature_view", &v.view.name),
+                    kind: "feature_view",
+                    name: v.view.name.clone(),
+                    message: format!("join key {k:?} is missing from its Parquet data; run `quiver apply`"),
+                })?;
+                let (sk, fk) = (key_kind(spine_field.data_type()), key_kind(source_field.data_type()));
+                match (sk, fk) {
+                    (Some(a), Some(b)) if a == b => kinds.push(a),
+                    _ => {
+                        return Err(Error::invalid(format!(
+                            "spine column {k:?} is {} but feature view {:?} stores it as {}",
+                            spine_field.data_type(),
+                            v.view.name,
+                            source_field.data_type()
+                        )))
+                    }
+                }
+            }
+            for (_, out) in &v.features {
+                if spine_schema.field_with_name(out).is_ok() {
+                    return Err(Error::invalid(format!(
+                        "feature column {out:?} has the name of a spine column; rename the spine column or set \"full_feature_names\": true"
+                    )));
+                }
+            }
+            key_kinds.push(kinds);
+        }
+
+        let (tagged, info, tagged_schema) = tag_spine(&spine_schema, spine, ts_col)?;
+        info!(rows = info.rows, views = views.len(), "get_historical_features");
+        let partitions = self.options.partitions.max(1);
+        let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
+        for (i, b) in tagged.into_iter().enumerate() {
+            parts[i % partitions].push(b);
+        }
+        let mut plan: Arc<dyn ExecutionPlan> =
+            MemorySourceConfig::try_new_exec(&parts, tagged_schema, None)?;
+
+        for (vi, (v, kinds)) in views.iter().zip(&key_kinds).enumerate() {
+            // Left: the current plan plus the view's keys cast to the normalized types.
+            let schema = plan.schema();
+            let mut exprs: Vec<ProjectionExpr> = (schema.fields().iter().enumerate())
+                .map(|(i, f)| ProjectionExpr {
+                    expr: Arc::new(Column::new(f.name(), i)),
+                    alias: f.name().clone(),
+                })
+                .collect();
+            let mut left_keys = Vec::new();
+            for (j, (k, kind)) in v.join_keys.iter().zip(kinds).enumerate() {
+                let name = format!("{HELPER_PREFIX}k{vi}_{j}");
+                exprs.push(ProjectionExpr {
+                    expr: phys_cast(col_expr(&schema, k)?, &schema, kind.normalized())?,
+                    alias: name.clone(),
+                });
+                left_keys.push(name);
+            }
+            plan = Arc::new(ProjectionExec::try_new(exprs, plan)?);
+            let key_set = small_key_set(&parts, v, kinds)?;
+            let (right, spec) = self.view_plan(v, kinds, &info, request, left_keys, &key_set).await?;
+            plan = Arc::new(AsofJoinExec::try_new(plan, right, spec, partitions)?);
+            plan = drop_helpers(plan, &[ROW, TS])?;
+        }
+
+        let schema = plan.schema();
+        let order = LexOrdering::new([PhysicalSortExpr::new_default(col_expr(&schema, ROW)?)])
+            .expect("one sort expression");
+        plan = Arc::new(SortExec::new(order.clone(), plan).with_preserve_partitioning(true));
+        plan = Arc::new(SortPreservingMergeExec::new(order, plan));
+        plan = drop_helpers(plan, &[])?;
+        Ok(execute_stream(plan, self.context().task_ctx())?)
+    }
+
+    /// The feature side of one view's join: its source filtered to the spine's time
+    /// range (and key set, when small), projected to keys, times and features.
+    async fn view_plan(
+        &self,
+        v: &ViewRequest<'_>,
+        kinds: &[KeyKind],
+        info: &SpineInfo,
+        request: &HistoricalFeaturesRequest,
+        left_keys: Vec<String>,
+        key_set: &Option<Vec<ScalarValue>>,
+    ) -> Result<(Arc<dyn ExecutionPlan>, AsofSpec)> {
+        let source = v.source;
+        let schema = self.source_schema(&source.name).expect("registered").clone();
+        let ts_type = schema
+            .field_with_name(&source.timestamp_field)
+            .map_err(|_| self.stale(v, &source.timestamp_field))?
+            .data_type()
+            .clone();
+        if !matches!(ts_type, DataType::Timestamp(_, _)) {
+            return Err(self.stale(v, &source.timestamp_field));
+        }
+        let ttl = v.view.ttl.map(|t| t.as_nanos());
+        let mut df = self.context().table(source.name.as_str()).await?;
+        let ts = ident(&source.timestamp_field);
+        let filter = match (info.min_ts, info.max_ts) {
+            (Some(lo), Some(hi)) => {
+                let lo = ttl.map(|t| lo.saturating_sub(t));
+                let upper = ts.clone().lt_eq(lit(ts_literal(&ts_type, hi, false)));
+                match lo {
+                    Some(lo) => ts.clone().gt_eq(lit(ts_literal(&ts_type, lo, true))).and(upper),
+                    None => upper,
+                }
+            }
+            _ => lit(false),
+        };
+        df = df.filter(filter)?;
+        if let (Some(keys), [k]) = (key_set, v.join_keys.as_slice()) {
+            df = df.filter(if keys.is_empty() {
+                lit(false)
+            } else {
+                cast_expr(ident(k), kinds[0].normalized())
+                    .in_list(keys.iter().cloned().map(lit).collect(), false)
+            })?;
+        }
+        let mut select = Vec::new();
+        let mut right_keys = Vec::new();
+        for (j, (k, kind)) in v.join_keys.iter().zip(kinds).enumerate() {
+            let name = format!("{HELPER_PREFIX}rk{j}");
+            select.push(cast_expr(ident(k), kind.normalized()).alias(&name));
+            right_keys.push(name);
+        }
+        select.push(ts_nanos_expr(&source.timestamp_field, &ts_type).alias(format!("{HELPER_PREFIX}fts")));
+        let right_created = match &source.created_timestamp_field {
+            Some(c) => {
+                let t = schema.field_with_name(c).map_err(|_| self.stale(v, c))?.data_type().clone();
+                if !matches!(t, DataType::Timestamp(_, _)) {
+                    return Err(self.stale(v, c));
+                }
+                select.push(ts_nanos_expr(c, &t).alias(format!("{HELPER_PREFIX}fcts")));
+                Some(format!("{HELPER_PREFIX}fcts"))
+            }
+            None => None,
+        };
+        let mut right_values = Vec::new();
+        for (f, out) in &v.features {
+            select.push(ident(&f.name).alias(out));
+            right_values.push(out.clone());
+        }
+        let plan = df.select(select)?.create_physical_plan().await?;
+        let spec = AsofSpec {
+            left_keys,
+            left_time: TS.into(),
+            right_keys,
+            right_time: format!("{HELPER_PREFIX}fts"),
+            right_created,
+            right_values,
+            ttl_nanos: ttl,
+            created_cutoff: request.created_cutoff,
+        };
+        Ok((plan, spec))
+    }
+
+    fn stale(&self, v: &ViewRequest<'_>, column: &str) -> Error {
+        Error::Schema {
+            file: self.origin("source", &v.source.name),
+            kind: "source",
+            name: v.source.name.clone(),
+            message: format!(
+                "column {column:?} is missing from the Parquet data or is not a timestamp; fix the data or the definition and run `quiver apply`"
+            ),
+        }
+    }
+}
+
+/// The spine's distinct keys for a single-key view, when few enough
+/// ([`KEY_PUSHDOWN_LIMIT`]) to push into the scan as an IN list.
+fn small_key_set(parts: &[Vec<RecordBatch>], v: &ViewRequest<'_>, kinds: &[KeyKind]) -> Result<Option<Vec<ScalarValue>>> {
+    let [key] = v.join_keys.as_slice() else {
+        return Ok(None);
+    };
+    let kind = kinds[0];
+    let mut ints: HashSet<i64> = HashSet::new();
+    let mut strings: HashSet<String> = HashSet::new();
+    for b in parts.iter().flatten() {
+        let col = b.column_by_name(key).expect("checked by caller");
+        let col = cast(col, &kind.normalized()).map_err(|e| Error::invalid(format!("join key {key:?}: {e}")))?;
+        match kind {
+            KeyKind::Integer => ints.extend(col.as_primitive::<Int64Type>().iter().flatten()),
+            KeyKind::String => strings.extend(col.as_string::<i32>().iter().flatten().map(str::to_owned)),
+        }
+        if ints.len() + strings.len() > KEY_PUSHDOWN_LIMIT {
+            return Ok(None);
+        }
+    }
+    let mut out: Vec<ScalarValue> = ints.into_iter().map(|k| ScalarValue::Int64(Some(k))).collect();
+    out.extend(strings.into_iter().map(|k| ScalarValue::Utf8(Some(k))));
+    Ok(Some(out))
+}
+
+/// Appends `__quiver_row` (position in the spine) and `__quiver_ts` (the timestamp
+/// in ns UTC) to every spine batch, checking the batches agree with `schema`.
+fn tag_spine(
+    schema: &SchemaRef,
+    spine: Vec<RecordBatch>,
+    ts_col: &str,
+) -> Result<(Vec<RecordBatch>, SpineInfo, SchemaRef)> {
+    let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(ROW, DataType::UInt64, false));
+    fields.push(Field::new(TS, DataType::Int64, true));
+    let tagged_schema = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+    let ts_idx = schema.index_of(ts_col).expect("checked by caller");
+    let mut info = SpineInfo {
+        rows: 0,
+        min_ts: None,
+        max_ts: None,
+    };
+    let mut out = Vec::with_capacity(spine.len());
+    for b in spine {
+        if b.schema().fields() != schema.fields() {
+            return Err(Error::invalid(
+                "all spine batches must have the same schema as the first one",
+            ));
+        }
+        let n = b.num_rows();
+        let ts = timestamp_nanos(b.column(ts_idx))?;
+        if let Some(lo) = arrow::compute::min(&ts) {
+            info.min_ts = Some(info.min_ts.map_or(lo, |m: i64| m.min(lo)));
+        }
+        if let Some(hi) = arrow::compute::max(&ts) {
+            info.max_ts = Some(info.max_ts.map_or(hi, |m: i64| m.max(hi)));
+        }
+        let rows = UInt64Array::from_iter_values(info.rows as u64..(info.rows + n) as u64);
+        info.rows += n;
+        let mut cols = b.columns().to_vec();
+        cols.push(Arc::new(rows));
+        cols.push(Arc::new(ts));
+        out.push(RecordBatch::try_new(tagged_schema.clone(), cols).map_err(|e| Error::invalid(e.to_string()))?);
+    }
+    Ok((out, info, tagged_schema))
+}

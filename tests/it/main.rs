@@ -1,0 +1,4 @@
+//! End-to-end tests of the Quiver server and client (one test binary, as delta-rs).
+
+mod historical;
+mod s3;

@@ -1,0 +1,154 @@
+//! Shared fixtures for Quiver's end-to-end tests: an example repo with generated
+//! data, a Flight server bound to `127.0.0.1:0` and stopped through a oneshot, and a
+//! real S3-compatible server (`s3s-fs`) on loopback.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use quiver_server::config::Repo;
+use quiver_server::{cli, datagen, flight};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A small data set: quick to generate, still with every fraud pattern.
+pub fn small_data() -> datagen::Options {
+    datagen::Options {
+        cards: 300,
+        merchants: 40,
+        days: 20,
+        ..Default::default()
+    }
+}
+
+/// Writes the example repo and its generated data into a new temporary folder.
+pub fn example_repo(options: &datagen::Options) -> TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    cli::write_example_repo(dir.path()).expect("example repo");
+    datagen::generate(&dir.path().join("data"), options).expect("datagen");
+    dir
+}
+
+/// A running Quiver Flight server over a repo.
+pub struct Server {
+    /// The address it is bound to.
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+}
+
+impl Server {
+    /// Applies the repo and serves it on an ephemeral loopback port.
+    pub async fn start(repo_dir: &Path) -> Self {
+        let repo = Repo::load(repo_dir).expect("repo loads");
+        cli::apply_repo(&repo, false).await.expect("apply");
+        let service = cli::open_service(&repo).await.expect("service");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let handle = tokio::spawn(flight::serve(listener, service, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            stop: Some(stop),
+            handle: Some(handle),
+        }
+    }
+
+    /// `http://addr`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(h) = self.handle.take() {
+            h.await.expect("server task").expect("server ran cleanly");
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// Credentials the S3 test server accepts.
+pub const S3_ACCESS_KEY: &str = "quiver-test-access";
+/// Secret for [`S3_ACCESS_KEY`].
+pub const S3_SECRET_KEY: &str = "quiver-test-secret-key-0123456789";
+
+/// A real S3-compatible server (`s3s-fs`, which checks SigV4 like MinIO) on loopback,
+/// serving a temporary folder; killed on drop.
+pub struct S3Server {
+    /// `http://127.0.0.1:port`.
+    pub endpoint: String,
+    /// The folder it serves (buckets are its subfolders).
+    pub root: TempDir,
+    child: Child,
+}
+
+fn s3s_fs_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("S3S_FS_BIN") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let cargo_bin = Path::new(&home).join(".cargo/bin/s3s-fs");
+    if cargo_bin.exists() {
+        cargo_bin
+    } else {
+        PathBuf::from("s3s-fs")
+    }
+}
+
+impl S3Server {
+    /// Starts `s3s-fs` with a bucket folder `bucket` and waits until it accepts connections.
+    pub fn start(bucket: &str) -> Self {
+        let root = tempfile::tempdir().expect("temp dir");
+        std::fs::create_dir_all(root.path().join(bucket)).expect("bucket dir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let bin = s3s_fs_binary();
+        let child = Command::new(&bin)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", S3_ACCESS_KEY, "--secret-key", S3_SECRET_KEY])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start the S3 test server {}: {e}. Install it with `cargo install s3s-fs --version 0.14.1 --features binary` (the README's test command does)",
+                    bin.display()
+                )
+            });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not start listening on port {port}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            root,
+            child,
+        }
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
