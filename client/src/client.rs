@@ -10,6 +10,7 @@ use arrow::record_batch::RecordBatch;
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{FlightClient, FlightDescriptor, FlightInfo};
 use futures::{stream, TryStreamExt};
 use tonic::transport::{Channel, Endpoint};
@@ -56,11 +57,14 @@ impl From<FlightError> for Error {
     }
 }
 
+/// Largest gRPC message the client sends or accepts (one record batch).
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
 /// Result type of the client SDK.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// A connection to a Quiver server. Cheap to clone: clones share one HTTP/2 connection.
-#[derive(Debug, Clone)]
+/// A connection to a Quiver server (one HTTP/2 connection, reused by every call).
+#[derive(Debug)]
 pub struct QuiverClient {
     flight: FlightClient,
 }
@@ -84,8 +88,11 @@ impl QuiverClient {
             .connect()
             .await
             .map_err(|source| Error::Connect { addr: uri, source })?;
+        let inner = FlightServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(Self {
-            flight: FlightClient::new(channel),
+            flight: FlightClient::new_from_inner(inner),
         })
     }
 
@@ -160,7 +167,7 @@ impl QuiverClient {
             .map(|info| {
                 let desc: FeatureDescription = serde_json::from_slice(&info.app_metadata)
                     .map_err(|e| Error::Unexpected(format!("bad flight app_metadata: {e}")))?;
-                let schema = info.try_decode_schema()?;
+                let schema = info.try_decode_schema().map_err(|e| Error::Flight(FlightError::Arrow(e)))?;
                 Ok((desc, std::sync::Arc::new(schema)))
             })
             .collect()

@@ -57,10 +57,8 @@ impl From<offline::Error> for Status {
     }
 }
 
-impl From<ProtocolError> for Status {
-    fn from(e: ProtocolError) -> Self {
-        status(ErrorKind::InvalidArgument, e.to_string())
-    }
+fn protocol_status(e: ProtocolError) -> Status {
+    status(ErrorKind::InvalidArgument, e.to_string())
 }
 
 fn flight_status(e: FlightError) -> Status {
@@ -96,7 +94,7 @@ impl QuiverFlightService {
     }
 
     fn historical_request(bytes: &[u8]) -> Result<HistoricalFeaturesRequest, Status> {
-        match Command::parse(bytes)? {
+        match Command::parse(bytes).map_err(protocol_status)? {
             Command::GetHistoricalFeatures(r) => Ok(r),
         }
     }

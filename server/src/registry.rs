@@ -480,7 +480,8 @@ impl Registry {
             if s.features.is_empty() {
                 return Err(self.err("feature_service", &s.name, "has no features".into()));
             }
-            self.resolve_refs(&s.features, false)
+            // Bare-name collisions are checked per request: full names always work.
+            self.resolve_refs(&s.features, true)
                 .map_err(|e| self.err("feature_service", &s.name, e.to_string()))?;
         }
         Ok(())

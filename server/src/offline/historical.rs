@@ -64,18 +64,14 @@ pub fn timestamp_nanos(array: &ArrayRef) -> Result<Int64Array> {
     let raw = cast(array, &DataType::Int64).map_err(|e| Error::invalid(e.to_string()))?;
     let f = unit_nanos(*unit);
     let raw = raw.as_primitive::<Int64Type>();
-    let mut overflow = false;
-    let out: Int64Array = raw.unary_opt(|v| {
-        let r = v.checked_mul(f);
-        overflow |= r.is_none();
-        r
-    });
-    if overflow {
-        return Err(Error::invalid(
-            "a timestamp is outside the range representable in nanoseconds (years 1677-2262)",
-        ));
-    }
-    Ok(out)
+    raw.try_unary(|v| {
+        v.checked_mul(f).ok_or_else(|| {
+            arrow::error::ArrowError::ComputeError(
+                "a timestamp is outside the range representable in nanoseconds (years 1677-2262)".into(),
+            )
+        })
+    })
+    .map_err(|e| Error::invalid(e.to_string()))
 }
 
 /// A typed timestamp literal for `nanos`, in the unit and zone of `dtype`, rounded

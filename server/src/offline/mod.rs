@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, SchemaRef};
-use datafusion::catalog::TableReference;
+use datafusion::common::TableReference;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
     ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
@@ -153,13 +153,22 @@ impl Default for EngineOptions {
 }
 
 /// The offline store of one feature repo.
-#[derive(Debug)]
 pub struct OfflineStore {
     ctx: SessionContext,
     root: Url,
     registry: Arc<Registry>,
     schemas: HashMap<String, SchemaRef>,
     options: EngineOptions,
+}
+
+impl std::fmt::Debug for OfflineStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OfflineStore")
+            .field("root", &self.root.as_str())
+            .field("sources", &self.schemas.keys().collect::<Vec<_>>())
+            .field("options", &self.options)
+            .finish()
+    }
 }
 
 impl OfflineStore {
@@ -238,9 +247,8 @@ impl OfflineStore {
         }
         let table_url = ListingTableUrl::parse(url.as_str())?;
         let format = ParquetFormat::default();
-        let mut options = ListingOptions::new(Arc::new(format))
-            .with_target_partitions(self.options.partitions);
-        options = if is_file {
+        let options = ListingOptions::new(Arc::new(format));
+        let options = if is_file {
             options.with_file_extension("")
         } else {
             options.with_file_extension(".parquet")

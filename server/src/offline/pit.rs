@@ -26,7 +26,6 @@
 //! The operator is a leaf of the server's layering: it knows nothing of Flight,
 //! the registry or the repo, only of column names and nanosecond times.
 
-use std::any::Any;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -47,7 +46,8 @@ use datafusion::physical_plan::repartition::RepartitionExec;
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties, ReplaceChildrenOptions,
+    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+    ReplaceChildrenOptions,
 };
 use futures::StreamExt;
 
@@ -262,10 +262,6 @@ impl DisplayAs for AsofJoinExec {
 impl ExecutionPlan for AsofJoinExec {
     fn name(&self) -> &str {
         "AsofJoinExec"
-    }
-
-    fn as_any(&self) -> &dyn Any {
-        self
     }
 
     fn properties(&self) -> &Arc<PlanProperties> {
@@ -555,8 +551,10 @@ impl Merge {
         let key = keys.row(i);
         self.group.clear();
         while self.right.ready(&self.idx, &self.converter).await? {
-            let b = &self.right.batches[&self.right.cur_id];
-            let rk = b.keys.row(self.right.cur_row);
+            let id = self.right.cur_id;
+            let r = self.right.cur_row;
+            let b = &self.right.batches[&id];
+            let rk = b.keys.row(r);
             if rk < key {
                 self.right.cur_row += 1;
                 continue;
@@ -564,18 +562,19 @@ impl Merge {
             if rk > key {
                 break;
             }
-            let r = self.right.cur_row;
-            if !b.time.is_null(r) {
-                self.right.last_ref = Some(self.right.cur_id);
+            if b.time.is_valid(r) {
+                let time = b.time.value(r);
+                let created = match &b.created {
+                    Some(c) if c.is_valid(r) => c.value(r),
+                    _ => i64::MIN,
+                };
                 self.group.push(GroupRow {
-                    batch: self.right.cur_id,
+                    batch: id,
                     row: r,
-                    time: b.time.value(r),
-                    created: match &b.created {
-                        Some(c) if !c.is_null(r) => c.value(r),
-                        _ => i64::MIN,
-                    },
+                    time,
+                    created,
                 });
+                self.right.last_ref = Some(id);
             }
             self.right.cur_row += 1;
         }
