@@ -177,7 +177,7 @@ async fn bad_input_gets_a_clear_status_and_the_server_keeps_serving() {
         (br#"{"get_historical_features": {"feature_service": "fraud_v2"}}"#, Some(spine.clone()), Code::NotFound, "feature service \"fraud_v2\" not found"),
         (br#"{"get_historical_features": {"features": ["merchant_stats"]}}"#, Some(spine.clone()), Code::InvalidArgument, "the spine has no column \"merchant_id\""),
         (br#"{"get_historical_features": {"features": ["card_stats"], "timestamp_column": "ts"}}"#, Some(spine.clone()), Code::InvalidArgument, "the spine has no timestamp column \"ts\""),
-        (br#"{"get_historical_features": {"feature_service": "fraud_v1"}}"#, None, Code::InvalidArgument, "no schema"),
+        (br#"{"get_historical_features": {"feature_service": "fraud_v1"}}"#, None, Code::InvalidArgument, "must carry a FlightDescriptor"),
     ];
     for (cmd, spine, code, text) in cases {
         let s = exchange_status(flight, cmd, spine).await;
@@ -195,10 +195,10 @@ async fn bad_input_gets_a_clear_status_and_the_server_keeps_serving() {
     assert!(s.message().contains("spine column \"cc_num\" is Utf8 but feature view \"card_stats\" stores it as Int64"), "{}", s.message());
     // An empty spine is fine: zero rows back, with the full schema.
     let empty = spine.slice(0, 0);
-    let out = client.get_historical_features(&HistoricalFeaturesRequest::for_service("fraud_v1"), vec![empty]).await.unwrap();
+    let out = client.get_historical_features(&HistoricalFeaturesRequest::for_features(["card_stats"]), vec![empty]).await.unwrap();
     assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
     // And the server still answers.
-    let out = client.get_historical_features(&HistoricalFeaturesRequest::for_service("fraud_v1"), vec![spine]).await.unwrap();
+    let out = client.get_historical_features(&HistoricalFeaturesRequest::for_features(["card_stats"]), vec![spine]).await.unwrap();
     assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
     server.stop().await;
 }

@@ -246,14 +246,15 @@ impl OfflineStore {
             url.set_path(&p);
         }
         let table_url = ListingTableUrl::parse(url.as_str())?;
-        let format = ParquetFormat::default();
+        let state = self.ctx.state();
+        // Take the session's Parquet options (Utf8 strings, pruning) rather than defaults.
+        let format = ParquetFormat::default().with_options(state.table_options().parquet.clone());
         let options = ListingOptions::new(Arc::new(format));
         let options = if is_file {
             options.with_file_extension("")
         } else {
             options.with_file_extension(".parquet")
         };
-        let state = self.ctx.state();
         let schema = match options.infer_schema(&state, &table_url).await {
             Ok(s) if !s.fields().is_empty() => s,
             Ok(_) => {
