@@ -343,8 +343,11 @@ impl FlightService for QuiverFlightService {
         if req.entity_sql.is_some() {
             return Err(Status::invalid_argument("\"entity_sql\" is for GetFlightInfo; DoExchange takes the spine from the stream"));
         }
+        // pyarrow sends the descriptor alone before the schema; messages without an
+        // IPC header (descriptor- or metadata-only) carry no data for the decoder.
         let data = futures::stream::once(async { Ok(first) })
             .chain(input)
+            .try_filter(|m| futures::future::ready(!m.data_header.is_empty()))
             .map_err(|s| FlightError::Tonic(Box::new(s)));
         let mut decoder = FlightRecordBatchStream::new_from_flight_data(data);
         let mut spine = Vec::new();
