@@ -45,7 +45,9 @@ impl Server {
         let repo = Repo::load(repo_dir).expect("repo loads");
         cli::apply_repo(&repo, false).await.expect("apply");
         let service = cli::open_service(&repo).await.expect("service");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(flight::serve(listener, service, async {
@@ -135,7 +137,10 @@ impl S3Server {
             });
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "s3s-fs did not start listening on port {port}");
+            assert!(
+                Instant::now() < deadline,
+                "s3s-fs did not start listening on port {port}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         Self {

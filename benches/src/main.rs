@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use arrow::array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch, TimestampMicrosecondArray};
+use arrow::array::{
+    Array, ArrayRef, Float64Array, Int64Array, RecordBatch, TimestampMicrosecondArray,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use clap::{Parser, Subcommand};
 use futures::TryStreamExt;
@@ -82,7 +84,11 @@ impl Rng {
 }
 
 fn ts_field(name: &str) -> Field {
-    Field::new(name, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), false)
+    Field::new(
+        name,
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        false,
+    )
 }
 
 fn ts(v: Vec<i64>) -> ArrayRef {
@@ -94,7 +100,11 @@ fn writer(path: &Path, schema: SchemaRef) -> Result<ArrowWriter<std::fs::File>> 
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(512 * 1024))
         .build();
-    Ok(ArrowWriter::try_new(std::fs::File::create(path)?, schema, Some(props))?)
+    Ok(ArrowWriter::try_new(
+        std::fs::File::create(path)?,
+        schema,
+        Some(props),
+    )?)
 }
 
 /// Writes card_stats (day-major, as daily jobs append), customers and the spine.
@@ -112,7 +122,8 @@ fn generate(dir: &Path, cards: usize, days: usize, spine_rows: usize) -> Result<
     let mut w = writer(&dir.join("card_stats.parquet"), schema.clone())?;
     let mut rows = 0;
     for d in 0..days {
-        let (mut k, mut t, mut c, mut avg, mut cnt, mut mx) = (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut k, mut t, mut c, mut avg, mut cnt, mut mx) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
         for card in 0..cards {
             let day_end = EPOCH_US + (d as i64 + 1) * DAY_US;
             let n = 1 + rng.below(6) as i64;
@@ -122,7 +133,11 @@ fn generate(dir: &Path, cards: usize, days: usize, spine_rows: usize) -> Result<
                 k.push(CARD_BASE + card as i64);
                 t.push(day_end);
                 c.push(day_end + 3_600_000_000 * (copy + 1));
-                avg.push(if rng.below(200) == 0 { None } else { Some(a * (1.0 + copy as f64 * 0.01)) });
+                avg.push(if rng.below(200) == 0 {
+                    None
+                } else {
+                    Some(a * (1.0 + copy as f64 * 0.01))
+                });
                 cnt.push(n);
                 mx.push(a * 2.0);
             }
@@ -143,7 +158,10 @@ fn generate(dir: &Path, cards: usize, days: usize, spine_rows: usize) -> Result<
     }
     w.close()?;
 
-    let customers: Vec<i64> = (0..cards as i64).filter(|i| i % 10 != 9).map(|i| CARD_BASE + i).collect();
+    let customers: Vec<i64> = (0..cards as i64)
+        .filter(|i| i % 10 != 9)
+        .map(|i| CARD_BASE + i)
+        .collect();
     let n = customers.len();
     let schema = Arc::new(Schema::new(vec![
         Field::new("cc_num", DataType::Int64, false),
@@ -156,8 +174,12 @@ fn generate(dir: &Path, cards: usize, days: usize, spine_rows: usize) -> Result<
         schema,
         vec![
             Arc::new(Int64Array::from(customers)),
-            Arc::new(Float64Array::from_iter_values((0..n).map(|_| 25.0 + rng.unit() * 23.0))),
-            Arc::new(Float64Array::from_iter_values((0..n).map(|_| -122.0 + rng.unit() * 52.0))),
+            Arc::new(Float64Array::from_iter_values(
+                (0..n).map(|_| 25.0 + rng.unit() * 23.0),
+            )),
+            Arc::new(Float64Array::from_iter_values(
+                (0..n).map(|_| -122.0 + rng.unit() * 52.0),
+            )),
             ts(vec![EPOCH_US - 365 * DAY_US; n]),
         ],
     )?)?;
@@ -177,9 +199,15 @@ fn generate(dir: &Path, cards: usize, days: usize, spine_rows: usize) -> Result<
         w.write(&RecordBatch::try_new(
             schema.clone(),
             vec![
-                Arc::new(Int64Array::from_iter_values((0..m).map(|_| CARD_BASE + rng.below(cards as u64) as i64))),
-                ts((0..m).map(|_| EPOCH_US + rng.below(span as u64) as i64).collect()),
-                Arc::new(Int64Array::from_iter_values((0..m).map(|_| (rng.below(100) == 0) as i64))),
+                Arc::new(Int64Array::from_iter_values(
+                    (0..m).map(|_| CARD_BASE + rng.below(cards as u64) as i64),
+                )),
+                ts((0..m)
+                    .map(|_| EPOCH_US + rng.below(span as u64) as i64)
+                    .collect()),
+                Arc::new(Int64Array::from_iter_values(
+                    (0..m).map(|_| (rng.below(100) == 0) as i64),
+                )),
             ],
         )?)?;
     }
@@ -221,7 +249,10 @@ fn quiver_bin() -> Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let bin = exe.with_file_name("quiver");
     if !bin.exists() {
-        bail!("{} not found: build it with the same profile (cargo build --release --bin quiver)", bin.display());
+        bail!(
+            "{} not found: build it with the same profile (cargo build --release --bin quiver)",
+            bin.display()
+        );
     }
     Ok(bin)
 }
@@ -266,7 +297,14 @@ n, nulls, total = con.execute(f"SELECT count(*), count(*) - count(avg_amt_1d), s
 print(el, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, n, nulls, total, duckdb.__version__)
 "#;
 
-async fn historical(cards: usize, days: usize, spine_rows: usize, dir: Option<PathBuf>, python: PathBuf, no_duckdb: bool) -> Result<()> {
+async fn historical(
+    cards: usize,
+    days: usize,
+    spine_rows: usize,
+    dir: Option<PathBuf>,
+    python: PathBuf,
+    no_duckdb: bool,
+) -> Result<()> {
     let temporary = dir.is_none();
     let dir = match dir {
         Some(d) => d,
@@ -275,10 +313,18 @@ async fn historical(cards: usize, days: usize, spine_rows: usize, dir: Option<Pa
     let dir = std::path::absolute(&dir)?;
     let t = Instant::now();
     let view_rows = generate(&dir, cards, days, spine_rows)?;
-    eprintln!("generated {view_rows} card_stats rows, {spine_rows} spine rows in {:.1}s", t.elapsed().as_secs_f64());
+    eprintln!(
+        "generated {view_rows} card_stats rows, {spine_rows} spine rows in {:.1}s",
+        t.elapsed().as_secs_f64()
+    );
 
     let bin = quiver_bin()?;
-    let status = Command::new(&bin).args(["--repo"]).arg(&dir).arg("apply").stdout(Stdio::null()).status()?;
+    let status = Command::new(&bin)
+        .args(["--repo"])
+        .arg(&dir)
+        .arg("apply")
+        .stdout(Stdio::null())
+        .status()?;
     if !status.success() {
         bail!("quiver apply failed");
     }
@@ -291,12 +337,18 @@ async fn historical(cards: usize, days: usize, spine_rows: usize, dir: Option<Pa
     let mut line = String::new();
     BufReader::new(child.stdout.take().context("server stdout")?).read_line(&mut line)?;
     let server = ServerProcess(child);
-    let addr = line.trim().rsplit(' ').next().context("readiness line")?.to_string();
+    let addr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .context("readiness line")?
+        .to_string();
 
-    let spine: Vec<RecordBatch> = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(dir.join("spine.parquet"))?)?
-        .with_batch_size(64 * 1024)
-        .build()?
-        .collect::<Result<_, _>>()?;
+    let spine: Vec<RecordBatch> =
+        ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(dir.join("spine.parquet"))?)?
+            .with_batch_size(64 * 1024)
+            .build()?
+            .collect::<Result<_, _>>()?;
     let mut client = QuiverClient::connect(&addr).await?;
     let t = Instant::now();
     let mut stream = client
@@ -304,7 +356,11 @@ async fn historical(cards: usize, days: usize, spine_rows: usize, dir: Option<Pa
         .await?;
     let mut out: Option<ArrowWriter<std::fs::File>> = None;
     let (mut rows, mut nulls, mut total) = (0usize, 0usize, 0f64);
-    while let Some(b) = stream.try_next().await.map_err(quiver_client::Error::from)? {
+    while let Some(b) = stream
+        .try_next()
+        .await
+        .map_err(quiver_client::Error::from)?
+    {
         let avg = b.column_by_name("avg_amt_1d").context("avg column")?;
         let avg = avg.as_any().downcast_ref::<Float64Array>().context("f64")?;
         nulls += avg.null_count();
@@ -330,18 +386,34 @@ async fn historical(cards: usize, days: usize, spine_rows: usize, dir: Option<Pa
     if !no_duckdb {
         let script = dir.join("duckdb_bench.py");
         std::fs::write(&script, DUCKDB_SCRIPT)?;
-        let out = Command::new(&python).arg(&script).arg(&dir).output().with_context(|| format!("running {}", python.display()))?;
+        let out = Command::new(&python)
+            .arg(&script)
+            .arg(&dir)
+            .output()
+            .with_context(|| format!("running {}", python.display()))?;
         if !out.status.success() {
-            bail!("duckdb run failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "duckdb run failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         let text = String::from_utf8(out.stdout)?;
         let f: Vec<&str> = text.split_whitespace().collect();
         let (dk_s, dk_rss): (f64, f64) = (f[0].parse()?, f[1].parse()?);
-        let (dk_rows, dk_nulls, dk_total): (usize, usize, f64) = (f[2].parse()?, f[3].parse()?, f[4].parse()?);
+        let (dk_rows, dk_nulls, dk_total): (usize, usize, f64) =
+            (f[2].parse()?, f[3].parse()?, f[4].parse()?);
         table.push(format!("duckdb {} (ASOF, to Parquet): {dk_s:>7.2} s   peak RSS {dk_rss:>7.0} MiB   rows {dk_rows}, null avg {dk_nulls}", f[5]));
-        table.push(format!("ratio duckdb/quiver time: {:.2}x   quiver/duckdb memory: {:.2}x", dk_s / quiver_s, quiver_rss / dk_rss));
-        let same = dk_rows == rows && dk_nulls == nulls && ((dk_total - total) / total.max(1.0)).abs() < 1e-9;
-        table.push(format!("results agree (rows, nulls, sum of avg_amt_1d): {same}"));
+        table.push(format!(
+            "ratio duckdb/quiver time: {:.2}x   quiver/duckdb memory: {:.2}x",
+            dk_s / quiver_s,
+            quiver_rss / dk_rss
+        ));
+        let same = dk_rows == rows
+            && dk_nulls == nulls
+            && ((dk_total - total) / total.max(1.0)).abs() < 1e-9;
+        table.push(format!(
+            "results agree (rows, nulls, sum of avg_amt_1d): {same}"
+        ));
         if !same {
             bail!("quiver and duckdb disagree: {total} vs {dk_total}");
         }
@@ -365,8 +437,13 @@ fn tempfile_dir() -> Result<PathBuf> {
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().command {
-        Bench::Historical { cards, days, spine_rows, dir, python, no_duckdb } => {
-            historical(cards, days, spine_rows, dir, python, no_duckdb).await
-        }
+        Bench::Historical {
+            cards,
+            days,
+            spine_rows,
+            dir,
+            python,
+            no_duckdb,
+        } => historical(cards, days, spine_rows, dir, python, no_duckdb).await,
     }
 }

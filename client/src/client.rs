@@ -167,7 +167,9 @@ impl QuiverClient {
             .map(|info| {
                 let desc: FeatureDescription = serde_json::from_slice(&info.app_metadata)
                     .map_err(|e| Error::Unexpected(format!("bad flight app_metadata: {e}")))?;
-                let schema = info.try_decode_schema().map_err(|e| Error::Flight(FlightError::Arrow(e)))?;
+                let schema = info
+                    .try_decode_schema()
+                    .map_err(|e| Error::Flight(FlightError::Arrow(e)))?;
                 Ok((desc, std::sync::Arc::new(schema)))
             })
             .collect()

@@ -143,7 +143,9 @@ pub fn main() -> ExitCode {
         _ => "debug",
     };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
+        )
         .with_writer(std::io::stderr)
         .init();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -221,7 +223,10 @@ pub async fn run(cli: Cli) -> Result<()> {
 fn local_offline_dir(repo: &Repo) -> Result<PathBuf> {
     let url = repo.offline_url()?;
     if url.scheme() != "file" {
-        bail!("datagen writes to a local folder; give --out for an {} offline store", url.scheme());
+        bail!(
+            "datagen writes to a local folder; give --out for an {} offline store",
+            url.scheme()
+        );
     }
     url.to_file_path()
         .map_err(|_| anyhow::anyhow!("offline_store.url {url} is not a local path"))
@@ -247,7 +252,8 @@ pub async fn open_service(repo: &Repo) -> Result<QuiverFlightService> {
 /// `dry_run`, records the registry. Returns the changes (`+`/`~`/`-` lines).
 pub async fn apply_repo(repo: &Repo, dry_run: bool) -> Result<Vec<String>> {
     let registry = Registry::from_repo(&repo.dir, &repo.config.project)?;
-    let offline = OfflineStore::open(repo, Arc::new(registry.clone()), EngineOptions::default()).await?;
+    let offline =
+        OfflineStore::open(repo, Arc::new(registry.clone()), EngineOptions::default()).await?;
     offline.validate()?;
     let old = Registry::load(&repo.registry_path())?;
     let changes = registry.diff(old.as_ref());
@@ -271,21 +277,28 @@ async fn apply(dir: &Path, dry_run: bool) -> Result<()> {
         say(c);
     }
     if !dry_run {
-        say(format!("applied {} change(s) to project {}", changes.len(), repo.config.project));
+        say(format!(
+            "applied {} change(s) to project {}",
+            changes.len(),
+            repo.config.project
+        ));
     }
     Ok(())
 }
 
 fn spinner(msg: &str) -> ProgressBar {
     let pb = ProgressBar::new_spinner();
-    pb.set_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("valid template"));
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").expect("valid template"),
+    );
     pb.set_message(msg.to_string());
     pb.enable_steady_tick(std::time::Duration::from_millis(120));
     pb
 }
 
 fn read_parquet(path: &Path) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>)> {
-    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let reader = ParquetRecordBatchReaderBuilder::try_new(file)
         .with_context(|| format!("{} is not a Parquet file", path.display()))?;
     let schema = reader.schema().clone();
@@ -307,11 +320,20 @@ async fn get_historical(addr: &str, args: &GetHistoricalArgs) -> Result<()> {
         .with_context(|| "is `quiver serve` running? (set --addr)")?;
     let started = Instant::now();
     let pb = ProgressBar::new(rows as u64);
-    pb.set_style(ProgressStyle::with_template("{bar:40} {pos}/{len} rows [{elapsed}]").expect("valid template"));
-    let mut stream = client.get_historical_features_stream(&request, spine).await?;
+    pb.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} rows [{elapsed}]")
+            .expect("valid template"),
+    );
+    let mut stream = client
+        .get_historical_features_stream(&request, spine)
+        .await?;
     let mut writer: Option<ArrowWriter<std::fs::File>> = None;
     let mut written = 0usize;
-    while let Some(batch) = stream.try_next().await.map_err(quiver_client::Error::from)? {
+    while let Some(batch) = stream
+        .try_next()
+        .await
+        .map_err(quiver_client::Error::from)?
+    {
         let w = match &mut writer {
             Some(w) => w,
             None => {
@@ -343,13 +365,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -393,7 +416,9 @@ async fn demo(dir: &Path) -> Result<()> {
     let server = tokio::spawn(flight::serve(listener, service, async {
         let _ = stopped.await;
     }));
-    say(format!("[4/4] training set over Flight: transactions (spine) x fraud_v1 from {addr}"));
+    say(format!(
+        "[4/4] training set over Flight: transactions (spine) x fraud_v1 from {addr}"
+    ));
     let (_, spine) = read_parquet(&data.join("transactions.parquet"))?;
     let mut client = QuiverClient::connect(addr.to_string()).await?;
     let started = Instant::now();
@@ -418,6 +443,10 @@ async fn demo(dir: &Path) -> Result<()> {
         took.as_secs_f64(),
         out.display()
     ));
-    say(format!("demo finished in {:.1}s; data left in {}", t0.elapsed().as_secs_f64(), dir.display()));
+    say(format!(
+        "demo finished in {:.1}s; data left in {}",
+        t0.elapsed().as_secs_f64(),
+        dir.display()
+    ));
     Ok(())
 }

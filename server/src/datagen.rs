@@ -17,7 +17,10 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
@@ -111,7 +114,11 @@ fn normal(rng: &mut StdRng) -> f64 {
 }
 
 fn ts_field(name: &str, nullable: bool) -> Field {
-    Field::new(name, DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())), nullable)
+    Field::new(
+        name,
+        DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        nullable,
+    )
 }
 
 fn ts_array(v: Vec<i64>) -> ArrayRef {
@@ -132,7 +139,8 @@ pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
         .set_compression(Compression::SNAPPY)
         .set_max_row_group_row_count(Some(256 * 1024))
         .build();
-    let mut w = ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| err(e.to_string()))?;
+    let mut w =
+        ArrowWriter::try_new(file, batch.schema(), Some(props)).map_err(|e| err(e.to_string()))?;
     w.write(batch).map_err(|e| err(e.to_string()))?;
     w.close().map_err(|e| err(e.to_string()))?;
     Ok(())
@@ -142,7 +150,12 @@ pub fn write_parquet(path: &Path, batch: &RecordBatch) -> Result<()> {
 pub fn generate(dir: &Path, o: &Options) -> Result<Summary> {
     let mut rng = StdRng::seed_from_u64(o.seed);
     let homes: Vec<(f64, f64)> = (0..o.cards)
-        .map(|_| (rng.random_range(25.0..48.0), rng.random_range(-122.0..-70.0)))
+        .map(|_| {
+            (
+                rng.random_range(25.0..48.0),
+                rng.random_range(-122.0..-70.0),
+            )
+        })
         .collect();
     // customers: static, one row per card, created at the start of time.
     let cc: Vec<i64> = (0..o.cards as i64).map(|i| CARD_BASE + i).collect();
@@ -155,8 +168,12 @@ pub fn generate(dir: &Path, o: &Options) -> Result<Summary> {
         ])),
         vec![
             Arc::new(Int64Array::from(cc.clone())),
-            Arc::new(Float64Array::from(homes.iter().map(|h| h.0).collect::<Vec<_>>())),
-            Arc::new(Float64Array::from(homes.iter().map(|h| h.1).collect::<Vec<_>>())),
+            Arc::new(Float64Array::from(
+                homes.iter().map(|h| h.0).collect::<Vec<_>>(),
+            )),
+            Arc::new(Float64Array::from(
+                homes.iter().map(|h| h.1).collect::<Vec<_>>(),
+            )),
             ts_array(vec![EPOCH_US - 365 * DAY_US; o.cards]),
         ],
     )
@@ -187,7 +204,16 @@ pub fn generate(dir: &Path, o: &Options) -> Result<Summary> {
             let ts = EPOCH_US + rng.random_range(0..span);
             let amt = (spend.ln() + normal(&mut rng) * 0.5).exp();
             let m = rng.random_range(0..o.merchants as i64);
-            push(&mut txns, card, m, ts, amt, hlat + normal(&mut rng) * 0.05, hlon + normal(&mut rng) * 0.05, false);
+            push(
+                &mut txns,
+                card,
+                m,
+                ts,
+                amt,
+                hlat + normal(&mut rng) * 0.05,
+                hlon + normal(&mut rng) * 0.05,
+                false,
+            );
         }
         if rng.random::<f64>() < o.fraud_card_rate {
             // Fraud episodes start after the first week so aggregates have history.
@@ -199,14 +225,35 @@ pub fn generate(dir: &Path, o: &Options) -> Result<Summary> {
                     let probes = rng.random_range(3..7);
                     for p in 0..probes {
                         let amt = rng.random_range(0.5..3.0);
-                        push(&mut txns, card, m, t0 + p * 90_000_000, amt, hlat, hlon, true);
+                        push(
+                            &mut txns,
+                            card,
+                            m,
+                            t0 + p * 90_000_000,
+                            amt,
+                            hlat,
+                            hlon,
+                            true,
+                        );
                     }
                     let amt = rng.random_range(400.0..2500.0);
-                    push(&mut txns, card, m, t0 + (probes + 2) * 90_000_000, amt, hlat, hlon, true);
+                    push(
+                        &mut txns,
+                        card,
+                        m,
+                        t0 + (probes + 2) * 90_000_000,
+                        amt,
+                        hlat,
+                        hlon,
+                        true,
+                    );
                 }
                 1 => {
                     // account takeover: far away, several large charges in a few hours.
-                    let (lat, lon) = (hlat + rng.random_range(8.0..15.0), hlon + rng.random_range(20.0..40.0));
+                    let (lat, lon) = (
+                        hlat + rng.random_range(8.0..15.0),
+                        hlon + rng.random_range(20.0..40.0),
+                    );
                     for k in 0..rng.random_range(2..5) {
                         let amt = spend * rng.random_range(6.0..20.0);
                         push(&mut txns, card, m, t0 + k * HOUR_US, amt, lat, lon, true);
@@ -215,7 +262,10 @@ pub fn generate(dir: &Path, o: &Options) -> Result<Summary> {
                 _ => {
                     // geographic anomaly: one purchase far from home at an ordinary amount.
                     let amt = spend * rng.random_range(1.0..3.0);
-                    let (lat, lon) = (hlat - rng.random_range(10.0..20.0), hlon + rng.random_range(30.0..60.0));
+                    let (lat, lon) = (
+                        hlat - rng.random_range(10.0..20.0),
+                        hlon + rng.random_range(30.0..60.0),
+                    );
                     push(&mut txns, card, m, t0, amt, lat, lon, true);
                 }
             }
@@ -235,14 +285,20 @@ pub fn generate(dir: &Path, o: &Options) -> Result<Summary> {
             Field::new("is_fraud", DataType::Boolean, false),
         ])),
         vec![
-            Arc::new(StringArray::from_iter_values(txns.iter().map(|t| t.id.as_str()))),
+            Arc::new(StringArray::from_iter_values(
+                txns.iter().map(|t| t.id.as_str()),
+            )),
             Arc::new(Int64Array::from_iter_values(txns.iter().map(|t| t.cc_num))),
-            Arc::new(Int64Array::from_iter_values(txns.iter().map(|t| t.merchant_id))),
+            Arc::new(Int64Array::from_iter_values(
+                txns.iter().map(|t| t.merchant_id),
+            )),
             Arc::new(Float64Array::from_iter_values(txns.iter().map(|t| t.amt))),
             Arc::new(Float64Array::from_iter_values(txns.iter().map(|t| t.lat))),
             Arc::new(Float64Array::from_iter_values(txns.iter().map(|t| t.lon))),
             ts_array(txns.iter().map(|t| t.ts).collect()),
-            Arc::new(BooleanArray::from(txns.iter().map(|t| t.fraud).collect::<Vec<_>>())),
+            Arc::new(BooleanArray::from(
+                txns.iter().map(|t| t.fraud).collect::<Vec<_>>(),
+            )),
         ],
     )
     .expect("schema matches");
@@ -250,7 +306,13 @@ pub fn generate(dir: &Path, o: &Options) -> Result<Summary> {
 
     let card_stats = daily_stats(&txns, |t| t.cc_num, "cc_num", "", &mut rng);
     write_parquet(&dir.join("card_stats.parquet"), &card_stats)?;
-    let merchant_stats = daily_stats(&txns, |t| t.merchant_id, "merchant_id", "merchant_", &mut rng);
+    let merchant_stats = daily_stats(
+        &txns,
+        |t| t.merchant_id,
+        "merchant_id",
+        "merchant_",
+        &mut rng,
+    );
     write_parquet(&dir.join("merchant_stats.parquet"), &merchant_stats)?;
     Ok(Summary {
         transactions: txns.len(),
@@ -279,8 +341,14 @@ fn daily_stats(
         e.1 += 1;
         e.2 = e.2.max(t.amt);
     }
-    let (mut k, mut ts, mut cts, mut avg, mut cnt, mut max) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut k, mut ts, mut cts, mut avg, mut cnt, mut max) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+    );
     for (&(key, day_end), &(sum, n, mx)) in &days {
         let late = rng.random::<f64>() < 0.01;
         let created = day_end + if late { 3 * DAY_US } else { HOUR_US };

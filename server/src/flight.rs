@@ -27,7 +27,9 @@ use arrow_flight::{
 };
 use datafusion::execution::SendableRecordBatchStream;
 use futures::{Stream, StreamExt, TryStreamExt};
-use quiver_client::protocol::{Command, FeatureDescription, HistoricalFeaturesRequest, ProtocolError};
+use quiver_client::protocol::{
+    Command, FeatureDescription, HistoricalFeaturesRequest, ProtocolError,
+};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
@@ -110,12 +112,18 @@ impl QuiverFlightService {
     }
 
     /// The spine columns a request needs (join keys + timestamp), as a schema.
-    fn entity_schema(&self, request: &HistoricalFeaturesRequest) -> Result<(Schema, Vec<String>), Status> {
+    fn entity_schema(
+        &self,
+        request: &HistoricalFeaturesRequest,
+    ) -> Result<(Schema, Vec<String>), Status> {
         let views = self.offline.resolve(request)?;
         let mut keys: Vec<String> = Vec::new();
         let mut fields = Vec::new();
         for v in &views {
-            let schema = self.offline.source_schema(&v.source.name).expect("registered");
+            let schema = self
+                .offline
+                .source_schema(&v.source.name)
+                .expect("registered");
             for k in &v.join_keys {
                 if !keys.contains(k) {
                     keys.push(k.clone());
@@ -127,22 +135,37 @@ impl QuiverFlightService {
         }
         fields.push(Field::new(
             request.timestamp_column(),
-            arrow::datatypes::DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into())),
+            arrow::datatypes::DataType::Timestamp(
+                arrow::datatypes::TimeUnit::Microsecond,
+                Some("UTC".into()),
+            ),
             false,
         ));
         Ok((Schema::new(fields), keys))
     }
 
-    fn describe(&self, kind: &str, name: &str, request: HistoricalFeaturesRequest) -> Result<FlightInfo, Status> {
+    fn describe(
+        &self,
+        kind: &str,
+        name: &str,
+        request: HistoricalFeaturesRequest,
+    ) -> Result<FlightInfo, Status> {
         let (entity_schema, join_keys) = self.entity_schema(&request)?;
         let schema = self.output_schema(&request, &entity_schema)?;
         let views = self.offline.resolve(&request)?;
         let features = views
             .iter()
-            .flat_map(|v| v.features.iter().map(|(f, _)| format!("{}:{}", v.view.name, f.name)))
+            .flat_map(|v| {
+                v.features
+                    .iter()
+                    .map(|(f, _)| format!("{}:{}", v.view.name, f.name))
+            })
             .collect();
         let ttl_seconds = match kind {
-            "view" => views.first().and_then(|v| v.view.ttl).map(|t| t.0.as_secs()),
+            "view" => views
+                .first()
+                .and_then(|v| v.view.ttl)
+                .map(|t| t.0.as_secs()),
             _ => None,
         };
         let desc = FeatureDescription {
@@ -164,7 +187,8 @@ impl QuiverFlightService {
 
     fn encode(stream: SendableRecordBatchStream) -> BoxedFlightStream<FlightData> {
         let schema = stream.schema();
-        let batches = stream.map_err(|e| FlightError::Tonic(Box::new(Status::from(offline::Error::Query(e)))));
+        let batches = stream
+            .map_err(|e| FlightError::Tonic(Box::new(Status::from(offline::Error::Query(e)))));
         FlightDataEncoderBuilder::new()
             .with_schema(schema)
             .with_options(IpcWriteOptions::default())
@@ -188,7 +212,9 @@ impl FlightService for QuiverFlightService {
         &self,
         _request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Self::HandshakeStream>, Status> {
-        Err(Status::unimplemented("handshake is not needed: this server has no authentication configured"))
+        Err(Status::unimplemented(
+            "handshake is not needed: this server has no authentication configured",
+        ))
     }
 
     async fn list_flights(
@@ -198,10 +224,24 @@ impl FlightService for QuiverFlightService {
         let defs = &self.offline.registry().definitions;
         let mut infos = Vec::new();
         for v in &defs.feature_views {
-            infos.push(self.describe("view", &v.name, HistoricalFeaturesRequest::for_features([v.name.clone()]).with_full_feature_names(true)));
+            infos.push(
+                self.describe(
+                    "view",
+                    &v.name,
+                    HistoricalFeaturesRequest::for_features([v.name.clone()])
+                        .with_full_feature_names(true),
+                ),
+            );
         }
         for s in &defs.feature_services {
-            infos.push(self.describe("service", &s.name, HistoricalFeaturesRequest::for_service(s.name.clone()).with_full_feature_names(true)));
+            infos.push(
+                self.describe(
+                    "service",
+                    &s.name,
+                    HistoricalFeaturesRequest::for_service(s.name.clone())
+                        .with_full_feature_names(true),
+                ),
+            );
         }
         Ok(Response::new(futures::stream::iter(infos).boxed()))
     }
@@ -239,7 +279,9 @@ impl FlightService for QuiverFlightService {
         &self,
         _request: Request<FlightDescriptor>,
     ) -> Result<Response<PollInfo>, Status> {
-        Err(Status::unimplemented("poll_flight_info is not supported; use get_flight_info"))
+        Err(Status::unimplemented(
+            "poll_flight_info is not supported; use get_flight_info",
+        ))
     }
 
     async fn get_schema(
@@ -251,7 +293,9 @@ impl FlightService for QuiverFlightService {
             DescriptorType::Cmd => Self::historical_request(&d.cmd)?,
             _ => {
                 let [name] = d.path.as_slice() else {
-                    return Err(Status::invalid_argument("GetSchema path must be [view_or_service_name]"));
+                    return Err(Status::invalid_argument(
+                        "GetSchema path must be [view_or_service_name]",
+                    ));
                 };
                 let reg = self.offline.registry();
                 if reg.service(name).is_some() {
@@ -259,7 +303,9 @@ impl FlightService for QuiverFlightService {
                 } else if reg.view(name).is_some() {
                     HistoricalFeaturesRequest::for_features([name.clone()])
                 } else {
-                    return Err(Status::not_found(format!("no feature view or service named {name:?}")));
+                    return Err(Status::not_found(format!(
+                        "no feature view or service named {name:?}"
+                    )));
                 }
                 .with_full_feature_names(true)
             }
@@ -279,7 +325,9 @@ impl FlightService for QuiverFlightService {
         let ticket = request.into_inner();
         let req = Self::historical_request(&ticket.ticket)?;
         let Some(sql) = &req.entity_sql else {
-            return Err(Status::invalid_argument("this ticket has no \"entity_sql\"; use a ticket from GetFlightInfo"));
+            return Err(Status::invalid_argument(
+                "this ticket has no \"entity_sql\"; use a ticket from GetFlightInfo",
+            ));
         };
         let spine = self.offline.spine_from_sql(sql).await?;
         let schema = match spine.first() {
@@ -295,7 +343,10 @@ impl FlightService for QuiverFlightService {
                     .clone(),
             ),
         };
-        let stream = self.offline.get_historical_features(&req, schema, spine).await?;
+        let stream = self
+            .offline
+            .get_historical_features(&req, schema, spine)
+            .await?;
         Ok(Response::new(Self::encode(stream)))
     }
 
@@ -341,7 +392,9 @@ impl FlightService for QuiverFlightService {
         };
         let req = Self::historical_request(&cmd)?;
         if req.entity_sql.is_some() {
-            return Err(Status::invalid_argument("\"entity_sql\" is for GetFlightInfo; DoExchange takes the spine from the stream"));
+            return Err(Status::invalid_argument(
+                "\"entity_sql\" is for GetFlightInfo; DoExchange takes the spine from the stream",
+            ));
         }
         // pyarrow sends the descriptor alone before the schema; messages without an
         // IPC header (descriptor- or metadata-only) carry no data for the decoder.
@@ -354,12 +407,19 @@ impl FlightService for QuiverFlightService {
         while let Some(batch) = decoder.next().await {
             spine.push(batch.map_err(flight_status)?);
         }
-        let schema = decoder
-            .schema()
-            .cloned()
-            .ok_or_else(|| Status::invalid_argument("the spine stream carried no schema; send the spine as Arrow record batches"))?;
-        info!(batches = spine.len(), "get_historical_features via DoExchange");
-        let stream = self.offline.get_historical_features(&req, schema, spine).await?;
+        let schema = decoder.schema().cloned().ok_or_else(|| {
+            Status::invalid_argument(
+                "the spine stream carried no schema; send the spine as Arrow record batches",
+            )
+        })?;
+        info!(
+            batches = spine.len(),
+            "get_historical_features via DoExchange"
+        );
+        let stream = self
+            .offline
+            .get_historical_features(&req, schema, spine)
+            .await?;
         Ok(Response::new(Self::encode(stream)))
     }
 }

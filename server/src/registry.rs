@@ -335,7 +335,10 @@ impl Registry {
                 .unwrap_or_default();
             parsed.push((name, text));
         }
-        Self::from_files(project, parsed.iter().map(|(n, t)| (n.as_str(), t.as_str())))
+        Self::from_files(
+            project,
+            parsed.iter().map(|(n, t)| (n.as_str(), t.as_str())),
+        )
     }
 
     /// Parses and validates definition files given as `(file name, YAML text)`.
@@ -458,7 +461,9 @@ impl Registry {
             }
             let keys = self.join_keys(v);
             if let Some(k) = first_duplicate(keys.iter()) {
-                return Err(err(format!("join key {k:?} appears in two of its entities")));
+                return Err(err(format!(
+                    "join key {k:?} appears in two of its entities"
+                )));
             }
             if let Some(f) = first_duplicate(v.features.iter().map(|f| &f.name)) {
                 return Err(err(format!("feature {f:?} listed twice")));
@@ -499,7 +504,10 @@ impl Registry {
 
     /// The feature view called `name`.
     pub fn view(&self, name: &str) -> Option<&FeatureView> {
-        self.definitions.feature_views.iter().find(|v| v.name == name)
+        self.definitions
+            .feature_views
+            .iter()
+            .find(|v| v.name == name)
     }
 
     /// The feature service called `name`.
@@ -521,10 +529,12 @@ impl Registry {
 
     /// Resolves a feature service into views and output column names.
     pub fn resolve_service(&self, service: &str, full_names: bool) -> Result<Vec<ViewRequest<'_>>> {
-        let s = self.service(service).ok_or_else(|| Error::ServiceNotFound {
-            service: service.to_string(),
-            known: names(self.definitions.feature_services.iter().map(|s| &s.name)),
-        })?;
+        let s = self
+            .service(service)
+            .ok_or_else(|| Error::ServiceNotFound {
+                service: service.to_string(),
+                known: names(self.definitions.feature_services.iter().map(|s| &s.name)),
+            })?;
         self.resolve_refs(&s.features, full_names)
     }
 
@@ -606,10 +616,11 @@ impl Registry {
     pub fn load(path: &Path) -> Result<Option<Self>> {
         match std::fs::read(path) {
             Ok(bytes) => {
-                let reg: Registry = serde_json::from_slice(&bytes).map_err(|e| Error::Registry {
-                    path: path.to_path_buf(),
-                    message: format!("corrupt ({e}); run `quiver apply` again"),
-                })?;
+                let reg: Registry =
+                    serde_json::from_slice(&bytes).map_err(|e| Error::Registry {
+                        path: path.to_path_buf(),
+                        message: format!("corrupt ({e}); run `quiver apply` again"),
+                    })?;
                 Ok(Some(reg))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -627,8 +638,20 @@ impl Registry {
         let old = old.map(|r| &r.definitions).unwrap_or(&empty);
         let new = &self.definitions;
         let mut lines = Vec::new();
-        diff_kind("entity", &old.entities, &new.entities, |x| &x.name, &mut lines);
-        diff_kind("source", &old.sources, &new.sources, |x| &x.name, &mut lines);
+        diff_kind(
+            "entity",
+            &old.entities,
+            &new.entities,
+            |x| &x.name,
+            &mut lines,
+        );
+        diff_kind(
+            "source",
+            &old.sources,
+            &new.sources,
+            |x| &x.name,
+            &mut lines,
+        );
         diff_kind(
             "feature_view",
             &old.feature_views,
@@ -738,7 +761,10 @@ feature_services:
     #[test]
     fn resolves_services_and_refs() {
         let r = reg();
-        let e = r.resolve_service("fraud_v1", false).unwrap_err().to_string();
+        let e = r
+            .resolve_service("fraud_v1", false)
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "output column \"avg_amt_1d\" would appear twice (card_stats:avg_amt_1d and merchant_stats:avg_amt_1d); set \"full_feature_names\": true");
         let v = r.resolve_service("fraud_v1", true).unwrap();
         let cols: Vec<&str> = v
@@ -782,7 +808,10 @@ feature_services:
         let e = Registry::from_files("fraud", [("f.yaml", bad.as_str())])
             .unwrap_err()
             .to_string();
-        assert!(e.starts_with("f.yaml: ") && e.contains("ttl \"2 days\""), "{e}");
+        assert!(
+            e.starts_with("f.yaml: ") && e.contains("ttl \"2 days\""),
+            "{e}"
+        );
         let bad = DEFS.replace("dtype: int64", "dtype: int65");
         let e = Registry::from_files("fraud", [("f.yaml", bad.as_str())])
             .unwrap_err()
@@ -808,7 +837,12 @@ feature_services:
 
     #[test]
     fn ttl_parse_and_display() {
-        for (s, secs) in [("30s", 30), ("90m", 5400), ("36h", 129_600), ("2d", 172_800)] {
+        for (s, secs) in [
+            ("30s", 30),
+            ("90m", 5400),
+            ("36h", 129_600),
+            ("2d", 172_800),
+        ] {
             let t = Ttl::parse(s).unwrap();
             assert_eq!(t.0.as_secs(), secs);
             assert_eq!(Ttl::parse(&t.to_string()).unwrap(), t);

@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray, TimestampSecondArray};
+use arrow::array::{
+    Array, ArrayRef, AsArray, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray,
+    TimestampSecondArray,
+};
 use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::{FlightClient, FlightDescriptor};
@@ -31,10 +34,22 @@ const DAY: i64 = 86_400_000_000;
 
 /// The latest card_stats row at or before `t` (by event, then created time) within 2 days.
 fn expected_avg(stats: &RecordBatch, card: i64, t: i64) -> Option<Option<f64>> {
-    let k = stats.column_by_name("cc_num").unwrap().as_primitive::<Int64Type>();
-    let ts = stats.column_by_name("event_timestamp").unwrap().as_primitive::<TimestampMicrosecondType>();
-    let cts = stats.column_by_name("created_timestamp").unwrap().as_primitive::<TimestampMicrosecondType>();
-    let avg = stats.column_by_name("avg_amt_1d").unwrap().as_primitive::<Float64Type>();
+    let k = stats
+        .column_by_name("cc_num")
+        .unwrap()
+        .as_primitive::<Int64Type>();
+    let ts = stats
+        .column_by_name("event_timestamp")
+        .unwrap()
+        .as_primitive::<TimestampMicrosecondType>();
+    let cts = stats
+        .column_by_name("created_timestamp")
+        .unwrap()
+        .as_primitive::<TimestampMicrosecondType>();
+    let avg = stats
+        .column_by_name("avg_amt_1d")
+        .unwrap()
+        .as_primitive::<Float64Type>();
     (0..stats.num_rows())
         .filter(|&i| k.value(i) == card && ts.value(i) <= t && ts.value(i) >= t - 2 * DAY)
         .max_by_key(|&i| (ts.value(i), cts.value(i)))
@@ -50,7 +65,10 @@ async fn training_set_matches_the_definition_row_by_row() {
     let spine = read(&dir.path().join("data/transactions.parquet"));
     let spine_rows: usize = spine.iter().map(|b| b.num_rows()).sum();
     let out = client
-        .get_historical_features(&HistoricalFeaturesRequest::for_service("fraud_v1"), spine.clone())
+        .get_historical_features(
+            &HistoricalFeaturesRequest::for_service("fraud_v1"),
+            spine.clone(),
+        )
         .await
         .unwrap();
     let out = concat(&out);
@@ -59,25 +77,74 @@ async fn training_set_matches_the_definition_row_by_row() {
     // The spine's columns come back unchanged and in order.
     for (i, f) in spine.schema().fields().iter().enumerate() {
         assert_eq!(out.schema().field(i).name(), f.name());
-        assert_eq!(out.column(i).as_ref(), spine.column(i).as_ref(), "column {}", f.name());
+        assert_eq!(
+            out.column(i).as_ref(),
+            spine.column(i).as_ref(),
+            "column {}",
+            f.name()
+        );
     }
-    let names: Vec<String> = out.schema().fields().iter().skip(spine.num_columns()).map(|f| f.name().clone()).collect();
-    assert_eq!(names, ["avg_amt_1d", "txn_count_1d", "max_amt_1d", "home_lat", "home_lon", "merchant_avg_amt_1d"]);
+    let names: Vec<String> = out
+        .schema()
+        .fields()
+        .iter()
+        .skip(spine.num_columns())
+        .map(|f| f.name().clone())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "avg_amt_1d",
+            "txn_count_1d",
+            "max_amt_1d",
+            "home_lat",
+            "home_lon",
+            "merchant_avg_amt_1d"
+        ]
+    );
 
     let stats = concat(&read(&dir.path().join("data/card_stats.parquet")));
-    let cards = out.column_by_name("cc_num").unwrap().as_primitive::<Int64Type>();
-    let ts = out.column_by_name("event_timestamp").unwrap().as_primitive::<TimestampMicrosecondType>();
-    let avg = out.column_by_name("avg_amt_1d").unwrap().as_primitive::<Float64Type>();
-    let lat = out.column_by_name("home_lat").unwrap().as_primitive::<Float64Type>();
+    let cards = out
+        .column_by_name("cc_num")
+        .unwrap()
+        .as_primitive::<Int64Type>();
+    let ts = out
+        .column_by_name("event_timestamp")
+        .unwrap()
+        .as_primitive::<TimestampMicrosecondType>();
+    let avg = out
+        .column_by_name("avg_amt_1d")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    let lat = out
+        .column_by_name("home_lat")
+        .unwrap()
+        .as_primitive::<Float64Type>();
     let (mut present, mut absent) = (0, 0);
     for i in (0..out.num_rows()).step_by(7) {
         let want = expected_avg(&stats, cards.value(i), ts.value(i)).flatten();
         let got = avg.is_valid(i).then(|| avg.value(i));
-        assert_eq!(got, want, "row {i}: card {} at {}", cards.value(i), ts.value(i));
-        if want.is_some() { present += 1 } else { absent += 1 }
-        assert!(lat.is_valid(i), "customers has no ttl: every card has a home");
+        assert_eq!(
+            got,
+            want,
+            "row {i}: card {} at {}",
+            cards.value(i),
+            ts.value(i)
+        );
+        if want.is_some() {
+            present += 1
+        } else {
+            absent += 1
+        }
+        assert!(
+            lat.is_valid(i),
+            "customers has no ttl: every card has a home"
+        );
     }
-    assert!(present > 100 && absent > 10, "both cases exercised: {present} present, {absent} absent");
+    assert!(
+        present > 100 && absent > 10,
+        "both cases exercised: {present} present, {absent} absent"
+    );
     server.stop().await;
 }
 
@@ -87,37 +154,95 @@ async fn ties_nulls_zones_duplicates_and_cutoff() {
     let server = Server::start(dir.path()).await;
     let mut client = QuiverClient::connect(server.url()).await.unwrap();
     let stats = concat(&read(&dir.path().join("data/card_stats.parquet")));
-    let k = stats.column_by_name("cc_num").unwrap().as_primitive::<Int64Type>();
-    let ts = stats.column_by_name("event_timestamp").unwrap().as_primitive::<TimestampMicrosecondType>();
-    let cts = stats.column_by_name("created_timestamp").unwrap().as_primitive::<TimestampMicrosecondType>();
+    let k = stats
+        .column_by_name("cc_num")
+        .unwrap()
+        .as_primitive::<Int64Type>();
+    let ts = stats
+        .column_by_name("event_timestamp")
+        .unwrap()
+        .as_primitive::<TimestampMicrosecondType>();
+    let cts = stats
+        .column_by_name("created_timestamp")
+        .unwrap()
+        .as_primitive::<TimestampMicrosecondType>();
     // A tied row (same card and event time twice) and a late row (created 3 days later).
-    let tie = (1..stats.num_rows()).find(|&i| k.value(i) == k.value(i - 1) && ts.value(i) == ts.value(i - 1)).expect("datagen writes ties");
-    let late = (0..stats.num_rows()).find(|&i| cts.value(i) - ts.value(i) > DAY).expect("datagen writes late rows");
+    let tie = (1..stats.num_rows())
+        .find(|&i| k.value(i) == k.value(i - 1) && ts.value(i) == ts.value(i - 1))
+        .expect("datagen writes ties");
+    let late = (0..stats.num_rows())
+        .find(|&i| cts.value(i) - ts.value(i) > DAY)
+        .expect("datagen writes late rows");
 
     // The spine: timestamps in seconds without a zone (naive = UTC), a null key,
     // a duplicated row, and one extra column that must come back untouched.
-    let rows = [(Some(k.value(tie)), ts.value(tie) / 1_000_000), (Some(k.value(late)), ts.value(late) / 1_000_000), (None, ts.value(tie) / 1_000_000), (Some(k.value(tie)), ts.value(tie) / 1_000_000)];
+    let rows = [
+        (Some(k.value(tie)), ts.value(tie) / 1_000_000),
+        (Some(k.value(late)), ts.value(late) / 1_000_000),
+        (None, ts.value(tie) / 1_000_000),
+        (Some(k.value(tie)), ts.value(tie) / 1_000_000),
+    ];
     let spine = RecordBatch::try_from_iter([
-        ("cc_num", Arc::new(Int64Array::from(rows.iter().map(|r| r.0).collect::<Vec<_>>())) as ArrayRef),
-        ("ts", Arc::new(TimestampSecondArray::from(rows.iter().map(|r| r.1).collect::<Vec<_>>())) as ArrayRef),
-        ("label", Arc::new(StringArray::from(vec!["a", "b", "c", "d"])) as ArrayRef),
+        (
+            "cc_num",
+            Arc::new(Int64Array::from(
+                rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            )) as ArrayRef,
+        ),
+        (
+            "ts",
+            Arc::new(TimestampSecondArray::from(
+                rows.iter().map(|r| r.1).collect::<Vec<_>>(),
+            )) as ArrayRef,
+        ),
+        (
+            "label",
+            Arc::new(StringArray::from(vec!["a", "b", "c", "d"])) as ArrayRef,
+        ),
     ])
     .unwrap();
-    let req = HistoricalFeaturesRequest::for_features(["card_stats:avg_amt_1d"]).with_timestamp_column("ts").with_full_feature_names(true);
-    let out = concat(&client.get_historical_features(&req, vec![spine.clone()]).await.unwrap());
+    let req = HistoricalFeaturesRequest::for_features(["card_stats:avg_amt_1d"])
+        .with_timestamp_column("ts")
+        .with_full_feature_names(true);
+    let out = concat(
+        &client
+            .get_historical_features(&req, vec![spine.clone()])
+            .await
+            .unwrap(),
+    );
     assert_eq!(out.num_rows(), 4);
-    let avg = out.column_by_name("card_stats__avg_amt_1d").unwrap().as_primitive::<Float64Type>();
-    let stats_avg = stats.column_by_name("avg_amt_1d").unwrap().as_primitive::<Float64Type>();
+    let avg = out
+        .column_by_name("card_stats__avg_amt_1d")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    let stats_avg = stats
+        .column_by_name("avg_amt_1d")
+        .unwrap()
+        .as_primitive::<Float64Type>();
     // The tie is broken by the later created timestamp; duplicates each get it.
     assert_eq!(avg.value(0), stats_avg.value(tie));
     assert_eq!(avg.value(3), stats_avg.value(tie));
     assert!(avg.is_null(2), "a null key matches nothing");
-    assert_eq!(out.column_by_name("label").unwrap().as_ref(), spine.column(2).as_ref());
+    assert_eq!(
+        out.column_by_name("label").unwrap().as_ref(),
+        spine.column(2).as_ref()
+    );
     // Without the cutoff the late row is used at its event time; with it, it is not.
     assert_eq!(avg.is_valid(1), stats_avg.is_valid(late));
-    let out = concat(&client.get_historical_features(&req.clone().with_created_cutoff(true), vec![spine]).await.unwrap());
-    let avg = out.column_by_name("card_stats__avg_amt_1d").unwrap().as_primitive::<Float64Type>();
-    assert!(avg.is_null(1) || avg.value(1) != stats_avg.value(late), "created_cutoff hides rows created after the spine time");
+    let out = concat(
+        &client
+            .get_historical_features(&req.clone().with_created_cutoff(true), vec![spine])
+            .await
+            .unwrap(),
+    );
+    let avg = out
+        .column_by_name("card_stats__avg_amt_1d")
+        .unwrap()
+        .as_primitive::<Float64Type>();
+    assert!(
+        avg.is_null(1) || avg.value(1) != stats_avg.value(late),
+        "created_cutoff hides rows created after the spine time"
+    );
     server.stop().await;
 }
 
@@ -130,21 +255,34 @@ async fn entity_sql_through_flight_info_and_do_get() {
         .with_entity_sql("SELECT trans_id, cc_num, merchant_id, event_timestamp, is_fraud FROM transactions WHERE amt > 100 ORDER BY trans_id");
     let out = concat(&client.get_historical_features_from_sql(&req).await.unwrap());
     let tx = concat(&read(&dir.path().join("data/transactions.parquet")));
-    let amt = tx.column_by_name("amt").unwrap().as_primitive::<Float64Type>();
+    let amt = tx
+        .column_by_name("amt")
+        .unwrap()
+        .as_primitive::<Float64Type>();
     let expected = (0..tx.num_rows()).filter(|&i| amt.value(i) > 100.0).count();
     assert_eq!(out.num_rows(), expected);
     assert_eq!(out.num_columns(), 5 + 6);
     let ids = out.column(0).as_string::<i32>();
-    assert!((1..ids.len()).all(|i| ids.value(i - 1) <= ids.value(i)), "the spine's order is kept");
+    assert!(
+        (1..ids.len()).all(|i| ids.value(i - 1) <= ids.value(i)),
+        "the spine's order is kept"
+    );
 
     let listed = client.list_features().await.unwrap();
-    let names: Vec<(String, String)> = listed.iter().map(|(d, _)| (d.kind.clone(), d.name.clone())).collect();
+    let names: Vec<(String, String)> = listed
+        .iter()
+        .map(|(d, _)| (d.kind.clone(), d.name.clone()))
+        .collect();
     assert!(names.contains(&("view".into(), "card_stats".into())));
     assert!(names.contains(&("service".into(), "fraud_v1".into())));
     server.stop().await;
 }
 
-async fn exchange_status(flight: &mut FlightClient, cmd: &[u8], spine: Option<RecordBatch>) -> tonic::Status {
+async fn exchange_status(
+    flight: &mut FlightClient,
+    cmd: &[u8],
+    spine: Option<RecordBatch>,
+) -> tonic::Status {
     let batches: Vec<_> = spine.into_iter().map(Ok).collect();
     let input = FlightDataEncoderBuilder::new()
         .with_flight_descriptor(Some(FlightDescriptor::new_cmd(cmd.to_vec())))
@@ -165,8 +303,15 @@ async fn bad_input_gets_a_clear_status_and_the_server_keeps_serving() {
     let server = Server::start(dir.path()).await;
     let mut client = QuiverClient::connect(server.url()).await.unwrap();
     let spine = RecordBatch::try_from_iter([
-        ("cc_num", Arc::new(Int64Array::from(vec![CARD_BASE])) as ArrayRef),
-        ("event_timestamp", Arc::new(TimestampMicrosecondArray::from(vec![EPOCH_US + 5 * DAY]).with_timezone("UTC")) as ArrayRef),
+        (
+            "cc_num",
+            Arc::new(Int64Array::from(vec![CARD_BASE])) as ArrayRef,
+        ),
+        (
+            "event_timestamp",
+            Arc::new(TimestampMicrosecondArray::from(vec![EPOCH_US + 5 * DAY]).with_timezone("UTC"))
+                as ArrayRef,
+        ),
     ])
     .unwrap();
     let flight = client.flight_client();
@@ -181,24 +326,60 @@ async fn bad_input_gets_a_clear_status_and_the_server_keeps_serving() {
     ];
     for (cmd, spine, code, text) in cases {
         let s = exchange_status(flight, cmd, spine).await;
-        assert_eq!(s.code(), code, "{}: {}", String::from_utf8_lossy(cmd), s.message());
-        assert!(s.message().contains(text), "{:?} should mention {text:?}", s.message());
+        assert_eq!(
+            s.code(),
+            code,
+            "{}: {}",
+            String::from_utf8_lossy(cmd),
+            s.message()
+        );
+        assert!(
+            s.message().contains(text),
+            "{:?} should mention {text:?}",
+            s.message()
+        );
     }
     // Wrong key type: a string card number.
     let bad = RecordBatch::try_from_iter([
-        ("cc_num", Arc::new(StringArray::from(vec!["4000"])) as ArrayRef),
+        (
+            "cc_num",
+            Arc::new(StringArray::from(vec!["4000"])) as ArrayRef,
+        ),
         ("event_timestamp", spine.column(1).clone()),
     ])
     .unwrap();
-    let s = exchange_status(flight, br#"{"get_historical_features": {"features": ["card_stats"]}}"#, Some(bad)).await;
+    let s = exchange_status(
+        flight,
+        br#"{"get_historical_features": {"features": ["card_stats"]}}"#,
+        Some(bad),
+    )
+    .await;
     assert_eq!(s.code(), Code::InvalidArgument);
-    assert!(s.message().contains("spine column \"cc_num\" is Utf8 but feature view \"card_stats\" stores it as Int64"), "{}", s.message());
+    assert!(
+        s.message().contains(
+            "spine column \"cc_num\" is Utf8 but feature view \"card_stats\" stores it as Int64"
+        ),
+        "{}",
+        s.message()
+    );
     // An empty spine is fine: zero rows back, with the full schema.
     let empty = spine.slice(0, 0);
-    let out = client.get_historical_features(&HistoricalFeaturesRequest::for_features(["card_stats"]), vec![empty]).await.unwrap();
+    let out = client
+        .get_historical_features(
+            &HistoricalFeaturesRequest::for_features(["card_stats"]),
+            vec![empty],
+        )
+        .await
+        .unwrap();
     assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), 0);
     // And the server still answers.
-    let out = client.get_historical_features(&HistoricalFeaturesRequest::for_features(["card_stats"]), vec![spine]).await.unwrap();
+    let out = client
+        .get_historical_features(
+            &HistoricalFeaturesRequest::for_features(["card_stats"]),
+            vec![spine],
+        )
+        .await
+        .unwrap();
     assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
     server.stop().await;
 }

@@ -1,7 +1,6 @@
 //! The same retrieval with the offline store in a real S3-compatible server on
 //! loopback (`s3s-fs`, which verifies SigV4 signatures like MinIO).
 
-
 use arrow::array::RecordBatch;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
@@ -33,14 +32,26 @@ async fn upload(s3: &S3Server, local: &std::path::Path) {
             let name = path.file_name().unwrap().to_str().unwrap();
             // card_stats goes into a folder of two files, to exercise prefixes.
             let bytes = std::fs::read(&path).unwrap();
-            let key = if name == "card_stats.parquet" { "fraud/card_stats/part-0.parquet".to_string() } else { format!("fraud/{name}") };
-            store.put(&ObjectPath::from(key), PutPayload::from(bytes)).await.unwrap();
+            let key = if name == "card_stats.parquet" {
+                "fraud/card_stats/part-0.parquet".to_string()
+            } else {
+                format!("fraud/{name}")
+            };
+            store
+                .put(&ObjectPath::from(key), PutPayload::from(bytes))
+                .await
+                .unwrap();
         }
     }
 }
 
 fn read(path: &std::path::Path) -> Vec<RecordBatch> {
-    ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap()).unwrap().build().unwrap().collect::<Result<_, _>>().unwrap()
+    ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
+        .unwrap()
+        .build()
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,16 +61,27 @@ async fn retrieval_from_s3_equals_retrieval_from_a_folder() {
     upload(&s3, &local.path().join("data")).await;
 
     let remote = tempfile::tempdir().unwrap();
-    std::fs::write(remote.path().join("quiver.yaml"), s3_yaml(&s3.endpoint, S3_SECRET_KEY)).unwrap();
+    std::fs::write(
+        remote.path().join("quiver.yaml"),
+        s3_yaml(&s3.endpoint, S3_SECRET_KEY),
+    )
+    .unwrap();
     let features = std::fs::read_to_string(local.path().join("features.yaml")).unwrap();
-    std::fs::write(remote.path().join("features.yaml"), features.replace("path: card_stats.parquet", "path: card_stats")).unwrap();
+    std::fs::write(
+        remote.path().join("features.yaml"),
+        features.replace("path: card_stats.parquet", "path: card_stats"),
+    )
+    .unwrap();
 
     let spine = read(&local.path().join("data/transactions.parquet"));
     let req = HistoricalFeaturesRequest::for_service("fraud_v1");
     let from_folder = {
         let server = Server::start(local.path()).await;
         let mut c = QuiverClient::connect(server.url()).await.unwrap();
-        let out = c.get_historical_features(&req, spine.clone()).await.unwrap();
+        let out = c
+            .get_historical_features(&req, spine.clone())
+            .await
+            .unwrap();
         server.stop().await;
         out
     };
@@ -82,13 +104,30 @@ async fn a_wrong_signature_is_rejected_with_a_clear_error() {
     let s3 = S3Server::start("features");
     upload(&s3, &local.path().join("data")).await;
     let remote = tempfile::tempdir().unwrap();
-    std::fs::write(remote.path().join("quiver.yaml"), s3_yaml(&s3.endpoint, "not-the-secret")).unwrap();
-    std::fs::copy(local.path().join("features.yaml"), remote.path().join("features.yaml")).unwrap();
+    std::fs::write(
+        remote.path().join("quiver.yaml"),
+        s3_yaml(&s3.endpoint, "not-the-secret"),
+    )
+    .unwrap();
+    std::fs::copy(
+        local.path().join("features.yaml"),
+        remote.path().join("features.yaml"),
+    )
+    .unwrap();
     let repo = Repo::load(remote.path()).unwrap();
-    let err = quiver_server::cli::apply_repo(&repo, true).await.unwrap_err();
+    let err = quiver_server::cli::apply_repo(&repo, true)
+        .await
+        .unwrap_err();
     let text = format!("{err:#}");
-    assert!(text.contains("s3://features/fraud/"), "names the store: {text}");
-    assert!(text.to_lowercase().contains("signature") || text.contains("403") || text.contains("Forbidden"), "says why: {text}");
+    assert!(
+        text.contains("s3://features/fraud/"),
+        "names the store: {text}"
+    );
+    assert!(
+        text.to_lowercase().contains("signature")
+            || text.contains("403")
+            || text.contains("Forbidden"),
+        "says why: {text}"
+    );
     assert!(!repo.registry_path().exists(), "nothing recorded");
 }
-

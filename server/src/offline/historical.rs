@@ -20,6 +20,7 @@ use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt64Array};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
 use datafusion::common::ScalarValue;
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::{cast as cast_expr, ident, lit, Expr};
 use datafusion::physical_expr::expressions::{cast as phys_cast, Column};
@@ -28,7 +29,6 @@ use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::{execute_stream, ExecutionPlan};
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::sql::parser::DFParser;
 use quiver_client::protocol::{FeatureSelection, HistoricalFeaturesRequest};
 use tracing::{info, instrument};
@@ -67,7 +67,8 @@ pub fn timestamp_nanos(array: &ArrayRef) -> Result<Int64Array> {
     raw.try_unary(|v| {
         v.checked_mul(f).ok_or_else(|| {
             arrow::error::ArrowError::ComputeError(
-                "a timestamp is outside the range representable in nanoseconds (years 1677-2262)".into(),
+                "a timestamp is outside the range representable in nanoseconds (years 1677-2262)"
+                    .into(),
             )
         })
     })
@@ -133,7 +134,9 @@ impl OfflineStore {
         let statements = DFParser::parse_sql(sql)
             .map_err(|e| Error::invalid(format!("entity_sql does not parse: {e}")))?;
         if statements.len() != 1 {
-            return Err(Error::invalid("entity_sql must be exactly one SELECT statement"));
+            return Err(Error::invalid(
+                "entity_sql must be exactly one SELECT statement",
+            ));
         }
         let options = datafusion::execution::context::SQLOptions::new()
             .with_allow_ddl(false)
@@ -148,12 +151,24 @@ impl OfflineStore {
     }
 
     /// Resolves a request's feature selection into views and output names.
-    pub fn resolve<'a>(&'a self, request: &HistoricalFeaturesRequest) -> Result<Vec<ViewRequest<'a>>> {
+    pub fn resolve<'a>(
+        &'a self,
+        request: &HistoricalFeaturesRequest,
+    ) -> Result<Vec<ViewRequest<'a>>> {
         let registry = self.registry();
-        Ok(match request.selection().map_err(|e| Error::invalid(e.to_string()))? {
-            FeatureSelection::Service(s) => registry.resolve_service(s, request.full_feature_names)?,
-            FeatureSelection::Features(f) => registry.resolve_refs(f, request.full_feature_names)?,
-        })
+        Ok(
+            match request
+                .selection()
+                .map_err(|e| Error::invalid(e.to_string()))?
+            {
+                FeatureSelection::Service(s) => {
+                    registry.resolve_service(s, request.full_feature_names)?
+                }
+                FeatureSelection::Features(f) => {
+                    registry.resolve_refs(f, request.full_feature_names)?
+                }
+            },
+        )
     }
 
     /// The schema of the features a request returns (without the spine's columns):
@@ -163,7 +178,9 @@ impl OfflineStore {
         for v in self.resolve(request)? {
             let schema = self.source_schema(&v.source.name).expect("registered");
             for (f, name) in &v.features {
-                let field = schema.field_with_name(&f.name).map_err(|_| self.stale(&v, &f.name))?;
+                let field = schema
+                    .field_with_name(&f.name)
+                    .map_err(|_| self.stale(&v, &f.name))?;
                 out.push(Field::new(name, field.data_type().clone(), true));
             }
         }
@@ -218,9 +235,14 @@ impl OfflineStore {
                     file: self.origin("feature_view", &v.view.name),
                     kind: "feature_view",
                     name: v.view.name.clone(),
-                    message: format!("join key {k:?} is missing from its Parquet data; run `quiver apply`"),
+                    message: format!(
+                        "join key {k:?} is missing from its Parquet data; run `quiver apply`"
+                    ),
                 })?;
-                let (sk, fk) = (key_kind(spine_field.data_type()), key_kind(source_field.data_type()));
+                let (sk, fk) = (
+                    key_kind(spine_field.data_type()),
+                    key_kind(source_field.data_type()),
+                );
                 match (sk, fk) {
                     (Some(a), Some(b)) if a == b => kinds.push(a),
                     _ => {
@@ -244,7 +266,11 @@ impl OfflineStore {
         }
 
         let (tagged, info, tagged_schema) = tag_spine(&spine_schema, spine, ts_col)?;
-        info!(rows = info.rows, views = views.len(), "get_historical_features");
+        info!(
+            rows = info.rows,
+            views = views.len(),
+            "get_historical_features"
+        );
         let partitions = self.options.partitions.max(1);
         let mut parts: Vec<Vec<RecordBatch>> = vec![Vec::new(); partitions];
         for (i, b) in tagged.into_iter().enumerate() {
@@ -273,7 +299,9 @@ impl OfflineStore {
             }
             plan = Arc::new(ProjectionExec::try_new(exprs, plan)?);
             let key_set = small_key_set(&parts, v, kinds)?;
-            let (right, spec) = self.view_plan(v, kinds, &info, request, left_keys, &key_set).await?;
+            let (right, spec) = self
+                .view_plan(v, kinds, &info, request, left_keys, &key_set)
+                .await?;
             plan = Arc::new(AsofJoinExec::try_new(plan, right, spec, partitions)?);
             plan = drop_helpers(plan, &[ROW, TS])?;
         }
@@ -299,7 +327,10 @@ impl OfflineStore {
         key_set: &Option<Vec<ScalarValue>>,
     ) -> Result<(Arc<dyn ExecutionPlan>, AsofSpec)> {
         let source = v.source;
-        let schema = self.source_schema(&source.name).expect("registered").clone();
+        let schema = self
+            .source_schema(&source.name)
+            .expect("registered")
+            .clone();
         let ts_type = schema
             .field_with_name(&source.timestamp_field)
             .map_err(|_| self.stale(v, &source.timestamp_field))?
@@ -316,7 +347,10 @@ impl OfflineStore {
                 let lo = ttl.map(|t| lo.saturating_sub(t));
                 let upper = ts.clone().lt_eq(lit(ts_literal(&ts_type, hi, false)));
                 match lo {
-                    Some(lo) => ts.clone().gt_eq(lit(ts_literal(&ts_type, lo, true))).and(upper),
+                    Some(lo) => ts
+                        .clone()
+                        .gt_eq(lit(ts_literal(&ts_type, lo, true)))
+                        .and(upper),
                     None => upper,
                 }
             }
@@ -338,10 +372,16 @@ impl OfflineStore {
             select.push(cast_expr(ident(k), kind.normalized()).alias(&name));
             right_keys.push(name);
         }
-        select.push(ts_nanos_expr(&source.timestamp_field, &ts_type).alias(format!("{HELPER_PREFIX}fts")));
+        select.push(
+            ts_nanos_expr(&source.timestamp_field, &ts_type).alias(format!("{HELPER_PREFIX}fts")),
+        );
         let right_created = match &source.created_timestamp_field {
             Some(c) => {
-                let t = schema.field_with_name(c).map_err(|_| self.stale(v, c))?.data_type().clone();
+                let t = schema
+                    .field_with_name(c)
+                    .map_err(|_| self.stale(v, c))?
+                    .data_type()
+                    .clone();
                 if !matches!(t, DataType::Timestamp(_, _)) {
                     return Err(self.stale(v, c));
                 }
@@ -383,7 +423,11 @@ impl OfflineStore {
 
 /// The spine's distinct keys for a single-key view, when few enough
 /// ([`KEY_PUSHDOWN_LIMIT`]) to push into the scan as an IN list.
-fn small_key_set(parts: &[Vec<RecordBatch>], v: &ViewRequest<'_>, kinds: &[KeyKind]) -> Result<Option<Vec<ScalarValue>>> {
+fn small_key_set(
+    parts: &[Vec<RecordBatch>],
+    v: &ViewRequest<'_>,
+    kinds: &[KeyKind],
+) -> Result<Option<Vec<ScalarValue>>> {
     let [key] = v.join_keys.as_slice() else {
         return Ok(None);
     };
@@ -392,16 +436,22 @@ fn small_key_set(parts: &[Vec<RecordBatch>], v: &ViewRequest<'_>, kinds: &[KeyKi
     let mut strings: HashSet<String> = HashSet::new();
     for b in parts.iter().flatten() {
         let col = b.column_by_name(key).expect("checked by caller");
-        let col = cast(col, &kind.normalized()).map_err(|e| Error::invalid(format!("join key {key:?}: {e}")))?;
+        let col = cast(col, &kind.normalized())
+            .map_err(|e| Error::invalid(format!("join key {key:?}: {e}")))?;
         match kind {
             KeyKind::Integer => ints.extend(col.as_primitive::<Int64Type>().iter().flatten()),
-            KeyKind::String => strings.extend(col.as_string::<i32>().iter().flatten().map(str::to_owned)),
+            KeyKind::String => {
+                strings.extend(col.as_string::<i32>().iter().flatten().map(str::to_owned))
+            }
         }
         if ints.len() + strings.len() > KEY_PUSHDOWN_LIMIT {
             return Ok(None);
         }
     }
-    let mut out: Vec<ScalarValue> = ints.into_iter().map(|k| ScalarValue::Int64(Some(k))).collect();
+    let mut out: Vec<ScalarValue> = ints
+        .into_iter()
+        .map(|k| ScalarValue::Int64(Some(k)))
+        .collect();
     out.extend(strings.into_iter().map(|k| ScalarValue::Utf8(Some(k))));
     Ok(Some(out))
 }
@@ -443,7 +493,10 @@ fn tag_spine(
         let mut cols = b.columns().to_vec();
         cols.push(Arc::new(rows));
         cols.push(Arc::new(ts));
-        out.push(RecordBatch::try_new(tagged_schema.clone(), cols).map_err(|e| Error::invalid(e.to_string()))?);
+        out.push(
+            RecordBatch::try_new(tagged_schema.clone(), cols)
+                .map_err(|e| Error::invalid(e.to_string()))?,
+        );
     }
     Ok((out, info, tagged_schema))
 }

@@ -27,6 +27,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::StreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
@@ -174,7 +175,11 @@ impl std::fmt::Debug for OfflineStore {
 impl OfflineStore {
     /// Connects to the repo's offline store and registers every source as a table.
     #[instrument(skip_all, fields(url = %repo.config.offline_store.url))]
-    pub async fn open(repo: &Repo, registry: Arc<Registry>, options: EngineOptions) -> Result<Self> {
+    pub async fn open(
+        repo: &Repo,
+        registry: Arc<Registry>,
+        options: EngineOptions,
+    ) -> Result<Self> {
         let root = repo.offline_url()?;
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(FairSpillPool::new(options.memory_limit)))
@@ -183,7 +188,11 @@ impl OfflineStore {
             .with_target_partitions(options.partitions)
             .with_information_schema(false);
         // Strings come back as Utf8 (what pyarrow and DuckDB users expect), not Utf8View.
-        config.options_mut().execution.parquet.schema_force_view_types = false;
+        config
+            .options_mut()
+            .execution
+            .parquet
+            .schema_force_view_types = false;
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         let store = object_store_for(repo, &root)?;
         ctx.register_object_store(&root, store.clone());
@@ -231,9 +240,27 @@ impl OfflineStore {
             url: url.to_string(),
             source: e.into(),
         })?;
-        let is_file = match store.head(&path).await {
-            Ok(_) => true,
-            Err(object_store::Error::NotFound { .. }) => false,
+        // A folder/prefix when anything lives under `path/`, else a single object.
+        // (Listing first also suits S3 servers that answer HEAD on a prefix with 500.)
+        let under = store.list(Some(&path)).next().await.transpose();
+        let is_file = match under {
+            Ok(Some(_)) => false,
+            Ok(None) | Err(object_store::Error::NotFound { .. }) => match store.head(&path).await {
+                Ok(_) => true,
+                Err(object_store::Error::NotFound { .. }) => {
+                    return Err(Error::NoData {
+                        file,
+                        source_name: source.name.clone(),
+                        url: url.to_string(),
+                    })
+                }
+                Err(source) => {
+                    return Err(Error::ObjectStore {
+                        url: url.to_string(),
+                        source,
+                    })
+                }
+            },
             Err(source) => {
                 return Err(Error::ObjectStore {
                     url: url.to_string(),
@@ -304,7 +331,10 @@ impl OfflineStore {
                 name: source.name.clone(),
                 message,
             };
-            let fields = [Some(&source.timestamp_field), source.created_timestamp_field.as_ref()];
+            let fields = [
+                Some(&source.timestamp_field),
+                source.created_timestamp_field.as_ref(),
+            ];
             for f in fields.into_iter().flatten() {
                 let field = schema.field_with_name(f).map_err(|_| {
                     err(format!(
@@ -406,7 +436,10 @@ fn dtype_matches(d: Dtype, t: &DataType) -> bool {
             | (Dtype::Float32, DataType::Float32)
             | (Dtype::Float64, DataType::Float64)
             | (Dtype::Bool, DataType::Boolean)
-            | (Dtype::String, DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View)
+            | (
+                Dtype::String,
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+            )
             | (Dtype::Timestamp, DataType::Timestamp(_, _))
     )
 }
@@ -449,6 +482,8 @@ fn object_store_for(repo: &Repo, root: &Url) -> Result<Arc<dyn ObjectStore>> {
             })?;
             Ok(Arc::new(store))
         }
-        other => Err(Error::invalid(format!("unsupported offline store scheme {other:?}"))),
+        other => Err(Error::invalid(format!(
+            "unsupported offline store scheme {other:?}"
+        ))),
     }
 }

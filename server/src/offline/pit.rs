@@ -101,9 +101,11 @@ pub struct AsofJoinExec {
 }
 
 fn sort_exprs(schema: &Schema, cols: &[usize]) -> Option<LexOrdering> {
-    LexOrdering::new(cols.iter().map(|&i| {
-        PhysicalSortExpr::new_default(Arc::new(Column::new(schema.field(i).name(), i)))
-    }))
+    LexOrdering::new(
+        cols.iter().map(|&i| {
+            PhysicalSortExpr::new_default(Arc::new(Column::new(schema.field(i).name(), i)))
+        }),
+    )
 }
 
 fn index_of(schema: &Schema, name: &str, side: &str) -> Result<usize> {
@@ -196,8 +198,10 @@ impl AsofJoinExec {
         };
         let sort = |input: Arc<dyn ExecutionPlan>, cols: Vec<usize>| -> Result<_> {
             let ordering = sort_exprs(&input.schema(), &cols).expect("keys are non-empty");
-            Ok(Arc::new(SortExec::new(ordering, input).with_preserve_partitioning(true))
-                as Arc<dyn ExecutionPlan>)
+            Ok(
+                Arc::new(SortExec::new(ordering, input).with_preserve_partitioning(true))
+                    as Arc<dyn ExecutionPlan>,
+            )
         };
         let mut lcols = idx.left_keys.clone();
         lcols.push(idx.left_time);
@@ -303,7 +307,9 @@ impl ExecutionPlan for AsofJoinExec {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         self.replace_children(
             children,
-            ReplaceChildrenOptions::new(datafusion::physical_plan::ChildrenPropertiesMode::Recompute),
+            ReplaceChildrenOptions::new(
+                datafusion::physical_plan::ChildrenPropertiesMode::Recompute,
+            ),
         )
     }
 
@@ -423,15 +429,22 @@ impl RightCursor {
             match self.stream.next().await.transpose()? {
                 None => self.done = true,
                 Some(b) => {
-                    let keys: Vec<ArrayRef> =
-                        idx.right_keys.iter().map(|&i| b.column(i).clone()).collect();
+                    let keys: Vec<ArrayRef> = idx
+                        .right_keys
+                        .iter()
+                        .map(|&i| b.column(i).clone())
+                        .collect();
                     let batch = RightBatch {
                         keys: converter.convert_columns(&keys)?,
                         time: b.column(idx.right_time).as_primitive::<Int64Type>().clone(),
                         created: idx
                             .right_created
                             .map(|c| b.column(c).as_primitive::<Int64Type>().clone()),
-                        values: idx.right_values.iter().map(|&i| b.column(i).clone()).collect(),
+                        values: idx
+                            .right_values
+                            .iter()
+                            .map(|&i| b.column(i).clone())
+                            .collect(),
                     };
                     self.batches.insert(self.next_id, batch);
                     self.next_id += 1;
@@ -456,8 +469,12 @@ impl Merge {
                     None => return Ok(None),
                     Some(b) if b.num_rows() == 0 => continue,
                     Some(b) => {
-                        let keys: Vec<ArrayRef> =
-                            self.idx.left_keys.iter().map(|&i| b.column(i).clone()).collect();
+                        let keys: Vec<ArrayRef> = self
+                            .idx
+                            .left_keys
+                            .iter()
+                            .map(|&i| b.column(i).clone())
+                            .collect();
                         let keys = self.converter.convert_columns(&keys)?;
                         self.current = Some(LeftBatch {
                             batch: b,
@@ -533,7 +550,13 @@ impl Merge {
             .map(|(s, &id)| (id, s + 1))
             .collect();
         let picks: Vec<(usize, usize)> = (picks.iter())
-            .map(|&(id, row)| if id == NO_MATCH.0 { (0, 0) } else { (source_of[&id], row) })
+            .map(|&(id, row)| {
+                if id == NO_MATCH.0 {
+                    (0, 0)
+                } else {
+                    (source_of[&id], row)
+                }
+            })
             .collect();
         for (v, null) in self.nulls.iter().enumerate() {
             let mut sources: Vec<&dyn Array> = vec![null.as_ref()];
@@ -632,10 +655,17 @@ mod tests {
     type RightRow = (Option<i64>, i64, Option<i64>);
 
     /// The definition, row by row: the matching right row with the largest (t, c).
-    fn oracle(left: &[LeftRow], right: &[RightRow], ttl: Option<i64>, cutoff: bool) -> Vec<Option<i64>> {
+    fn oracle(
+        left: &[LeftRow],
+        right: &[RightRow],
+        ttl: Option<i64>,
+        cutoff: bool,
+    ) -> Vec<Option<i64>> {
         left.iter()
             .map(|&(lk, lt)| {
-                let (Some(lk), Some(lt)) = (lk, lt) else { return None };
+                let (Some(lk), Some(lt)) = (lk, lt) else {
+                    return None;
+                };
                 right
                     .iter()
                     .enumerate()
@@ -659,16 +689,45 @@ mod tests {
         batch_size: usize,
     ) -> Vec<Option<i64>> {
         let l = RecordBatch::try_from_iter([
-            ("k", Arc::new(Int64Array::from(left.iter().map(|r| r.0).collect::<Vec<_>>())) as ArrayRef),
-            ("t", Arc::new(Int64Array::from(left.iter().map(|r| r.1).collect::<Vec<_>>())) as ArrayRef),
-            ("row", Arc::new(Int64Array::from_iter_values(0..left.len() as i64)) as ArrayRef),
+            (
+                "k",
+                Arc::new(Int64Array::from(
+                    left.iter().map(|r| r.0).collect::<Vec<_>>(),
+                )) as ArrayRef,
+            ),
+            (
+                "t",
+                Arc::new(Int64Array::from(
+                    left.iter().map(|r| r.1).collect::<Vec<_>>(),
+                )) as ArrayRef,
+            ),
+            (
+                "row",
+                Arc::new(Int64Array::from_iter_values(0..left.len() as i64)) as ArrayRef,
+            ),
         ])
         .unwrap();
         let r = RecordBatch::try_from_iter([
-            ("k", Arc::new(Int64Array::from(right.iter().map(|r| r.0).collect::<Vec<_>>())) as ArrayRef),
-            ("t", Arc::new(Int64Array::from_iter_values(right.iter().map(|r| r.1))) as ArrayRef),
-            ("c", Arc::new(Int64Array::from(right.iter().map(|r| r.2).collect::<Vec<_>>())) as ArrayRef),
-            ("v", Arc::new(Int64Array::from_iter_values(0..right.len() as i64)) as ArrayRef),
+            (
+                "k",
+                Arc::new(Int64Array::from(
+                    right.iter().map(|r| r.0).collect::<Vec<_>>(),
+                )) as ArrayRef,
+            ),
+            (
+                "t",
+                Arc::new(Int64Array::from_iter_values(right.iter().map(|r| r.1))) as ArrayRef,
+            ),
+            (
+                "c",
+                Arc::new(Int64Array::from(
+                    right.iter().map(|r| r.2).collect::<Vec<_>>(),
+                )) as ArrayRef,
+            ),
+            (
+                "v",
+                Arc::new(Int64Array::from_iter_values(0..right.len() as i64)) as ArrayRef,
+            ),
         ])
         .unwrap();
         let join = AsofJoinExec::try_new(source(l, 2), source(r, 2), spec(ttl, cutoff), 3).unwrap();
@@ -684,7 +743,10 @@ mod tests {
                 got[r] = v.is_valid(i).then(|| v.value(i));
             }
         }
-        assert!(seen.iter().all(|&s| s == 1), "every left row exactly once: {seen:?}");
+        assert!(
+            seen.iter().all(|&s| s == 1),
+            "every left row exactly once: {seen:?}"
+        );
         got
     }
 
@@ -717,7 +779,9 @@ mod tests {
         // One left key per right key, many right batches: the merge must flush early
         // and still answer every row.
         let left: Vec<LeftRow> = (0..2000).map(|i| (Some(i), Some(100))).collect();
-        let right: Vec<RightRow> = (0..2000).flat_map(|i| [(Some(i), 50, None), (Some(i), 99, Some(1))]).collect();
+        let right: Vec<RightRow> = (0..2000)
+            .flat_map(|i| [(Some(i), 50, None), (Some(i), 99, Some(1))])
+            .collect();
         let got = run_join(&left, &right, None, false, 2).await;
         assert_eq!(got, oracle(&left, &right, None, false));
         assert!(got.iter().all(Option::is_some));
@@ -726,16 +790,47 @@ mod tests {
     #[tokio::test]
     async fn composite_string_keys() {
         let l = RecordBatch::try_from_iter([
-            ("a", Arc::new(StringArray::from(vec![Some("x"), Some("x"), Some("y"), None])) as ArrayRef),
-            ("b", Arc::new(Int64Array::from(vec![1, 2, 1, 1])) as ArrayRef),
-            ("t", Arc::new(Int64Array::from(vec![10, 10, 10, 10])) as ArrayRef),
+            (
+                "a",
+                Arc::new(StringArray::from(vec![
+                    Some("x"),
+                    Some("x"),
+                    Some("y"),
+                    None,
+                ])) as ArrayRef,
+            ),
+            (
+                "b",
+                Arc::new(Int64Array::from(vec![1, 2, 1, 1])) as ArrayRef,
+            ),
+            (
+                "t",
+                Arc::new(Int64Array::from(vec![10, 10, 10, 10])) as ArrayRef,
+            ),
         ])
         .unwrap();
         let r = RecordBatch::try_from_iter([
-            ("a", Arc::new(StringArray::from(vec![Some("x"), Some("x"), Some("y"), None])) as ArrayRef),
-            ("b", Arc::new(Int64Array::from(vec![1, 2, 2, 1])) as ArrayRef),
-            ("t", Arc::new(Int64Array::from(vec![5, 11, 1, 1])) as ArrayRef),
-            ("v", Arc::new(StringArray::from(vec!["x1@5", "x2@11", "y2@1", "null@1"])) as ArrayRef),
+            (
+                "a",
+                Arc::new(StringArray::from(vec![
+                    Some("x"),
+                    Some("x"),
+                    Some("y"),
+                    None,
+                ])) as ArrayRef,
+            ),
+            (
+                "b",
+                Arc::new(Int64Array::from(vec![1, 2, 2, 1])) as ArrayRef,
+            ),
+            (
+                "t",
+                Arc::new(Int64Array::from(vec![5, 11, 1, 1])) as ArrayRef,
+            ),
+            (
+                "v",
+                Arc::new(StringArray::from(vec!["x1@5", "x2@11", "y2@1", "null@1"])) as ArrayRef,
+            ),
         ])
         .unwrap();
         let spec = AsofSpec {
@@ -777,7 +872,12 @@ mod tests {
             ("v", Arc::new(Int64Array::from(vec![1])) as ArrayRef),
         ])
         .unwrap();
-        let e = AsofJoinExec::try_new(source(l, 1), source(r, 1), spec(None, false), 1).unwrap_err();
-        assert!(e.to_string().contains("as-of join key types differ: k is Utf8, k is Int64"), "{e}");
+        let e =
+            AsofJoinExec::try_new(source(l, 1), source(r, 1), spec(None, false), 1).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("as-of join key types differ: k is Utf8, k is Int64"),
+            "{e}"
+        );
     }
 }
