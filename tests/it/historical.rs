@@ -12,23 +12,9 @@ use arrow::datatypes::{Float64Type, Int64Type, TimestampMicrosecondType};
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::{FlightClient, FlightDescriptor};
 use futures::TryStreamExt;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use quiver_client::{HistoricalFeaturesRequest, QuiverClient};
-use quiver_e2e::{example_repo, small_data, Server};
+use quiver_e2e::{concat, example_repo, read_parquet as read, small_data, Server};
 use quiver_server::datagen::{CARD_BASE, EPOCH_US};
-
-fn read(path: &std::path::Path) -> Vec<RecordBatch> {
-    ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
-        .unwrap()
-        .build()
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
-
-fn concat(batches: &[RecordBatch]) -> RecordBatch {
-    arrow::compute::concat_batches(&batches[0].schema(), batches).unwrap()
-}
 
 const DAY: i64 = 86_400_000_000;
 

@@ -1,14 +1,15 @@
 //! The same retrieval with the offline store in a real S3-compatible server on
 //! loopback (`s3s-fs`, which verifies SigV4 signatures like MinIO).
 
-use arrow::array::RecordBatch;
 use object_store::aws::AmazonS3Builder;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutPayload};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use quiver_client::{HistoricalFeaturesRequest, QuiverClient};
-use quiver_e2e::{example_repo, small_data, S3Server, Server, S3_ACCESS_KEY, S3_SECRET_KEY};
+use quiver_e2e::{
+    concat, example_repo, read_parquet, small_data, S3Server, Server, S3_ACCESS_KEY, S3_SECRET_KEY,
+};
 use quiver_server::config::Repo;
+use tempfile::TempDir;
 
 fn s3_yaml(endpoint: &str, secret: &str) -> String {
     format!(
@@ -45,75 +46,10 @@ async fn upload(s3: &S3Server, local: &std::path::Path) {
     }
 }
 
-fn read(path: &std::path::Path) -> Vec<RecordBatch> {
-    ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).unwrap())
-        .unwrap()
-        .build()
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retrieval_from_s3_equals_retrieval_from_a_folder() {
-    let local = example_repo(&small_data());
-    let s3 = S3Server::start("features");
-    upload(&s3, &local.path().join("data")).await;
-
-    let remote = tempfile::tempdir().unwrap();
-    std::fs::write(
-        remote.path().join("quiver.yaml"),
-        s3_yaml(&s3.endpoint, S3_SECRET_KEY),
-    )
-    .unwrap();
-    let features = std::fs::read_to_string(local.path().join("features.yaml")).unwrap();
-    std::fs::write(
-        remote.path().join("features.yaml"),
-        features.replace("path: card_stats.parquet", "path: card_stats"),
-    )
-    .unwrap();
-
-    let spine = read(&local.path().join("data/transactions.parquet"));
-    let req = HistoricalFeaturesRequest::for_service("fraud_v1");
-    let from_folder = {
-        let server = Server::start(local.path()).await;
-        let mut c = QuiverClient::connect(server.url()).await.unwrap();
-        let out = c
-            .get_historical_features(&req, spine.clone())
-            .await
-            .unwrap();
-        server.stop().await;
-        out
-    };
-    let from_s3 = {
-        let server = Server::start(remote.path()).await;
-        let mut c = QuiverClient::connect(server.url()).await.unwrap();
-        let out = c.get_historical_features(&req, spine).await.unwrap();
-        server.stop().await;
-        out
-    };
-    let a = arrow::compute::concat_batches(&from_folder[0].schema(), &from_folder).unwrap();
-    let b = arrow::compute::concat_batches(&from_s3[0].schema(), &from_s3).unwrap();
-    assert!(a.num_rows() > 1000);
-    assert_eq!(a, b);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_signature_is_rejected_with_a_clear_error() {
-    let local = example_repo(&small_data());
-    let s3 = S3Server::start("features");
-    upload(&s3, &local.path().join("data")).await;
-    let remote = tempfile::tempdir().unwrap();
-    std::fs::write(
-        remote.path().join("quiver.yaml"),
-        s3_yaml(&s3.endpoint, "not-the-secret"),
-    )
-    .unwrap();
-    std::fs::copy(
-        local.path().join("features.yaml"),
-        remote.path().join("features.yaml"),
-    )
-    .unwrap();
+/// An example repo, an S3 server holding its data, and a second repo whose offline
+/// store is that server, signing with `secret`.
+async fn s3_repo(secret: &str) -> (TempDir, S3Server, TempDir) {
+    let (_local, _s3, remote) = s3_repo("not-the-secret").await;
     let repo = Repo::load(remote.path()).unwrap();
     let err = quiver_server::cli::apply_repo(&repo, true)
         .await
