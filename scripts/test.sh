@@ -8,7 +8,7 @@ scripts/setup.sh --tests
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/quiver-target}"
 export PATH="$HOME/.cargo/bin:$PATH"
 echo "== cargo test (target dir $CARGO_TARGET_DIR)"
-cargo test --workspace --all-targets
+cargo test --workspace
 echo "== python end-to-end tests"
 cargo build --bin quiver
 QUIVER_BIN="$CARGO_TARGET_DIR/debug/quiver" .venv/bin/python -m pytest -q tests/python

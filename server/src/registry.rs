@@ -170,7 +170,7 @@ impl fmt::Display for Ttl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = self.0.as_secs();
         for (unit, m) in [("w", 604_800), ("d", 86_400), ("h", 3600), ("m", 60)] {
-            if s > 0 && s % m == 0 {
+            if s > 0 && s.is_multiple_of(m) {
                 return write!(f, "{}{unit}", s / m);
             }
         }

@@ -49,6 +49,51 @@ async fn upload(s3: &S3Server, local: &std::path::Path) {
 /// An example repo, an S3 server holding its data, and a second repo whose offline
 /// store is that server, signing with `secret`.
 async fn s3_repo(secret: &str) -> (TempDir, S3Server, TempDir) {
+    let local = example_repo(&small_data());
+    let s3 = S3Server::start("features");
+    upload(&s3, &local.path().join("data")).await;
+    let remote = tempfile::tempdir().unwrap();
+    std::fs::write(
+        remote.path().join("quiver.yaml"),
+        s3_yaml(&s3.endpoint, secret),
+    )
+    .unwrap();
+    let features = std::fs::read_to_string(local.path().join("features.yaml")).unwrap();
+    // card_stats lives in a folder on S3 (see upload).
+    let features = features.replace("path: card_stats.parquet", "path: card_stats");
+    std::fs::write(remote.path().join("features.yaml"), features).unwrap();
+    (local, s3, remote)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrieval_from_s3_equals_retrieval_from_a_folder() {
+    let (local, _s3, remote) = s3_repo(S3_SECRET_KEY).await;
+    let spine = read_parquet(&local.path().join("data/transactions.parquet"));
+    let req = HistoricalFeaturesRequest::for_service("fraud_v1");
+    let from_folder = {
+        let server = Server::start(local.path()).await;
+        let mut c = QuiverClient::connect(server.url()).await.unwrap();
+        let out = c
+            .get_historical_features(&req, spine.clone())
+            .await
+            .unwrap();
+        server.stop().await;
+        out
+    };
+    let from_s3 = {
+        let server = Server::start(remote.path()).await;
+        let mut c = QuiverClient::connect(server.url()).await.unwrap();
+        let out = c.get_historical_features(&req, spine).await.unwrap();
+        server.stop().await;
+        out
+    };
+    let (a, b) = (concat(&from_folder), concat(&from_s3));
+    assert!(a.num_rows() > 1000);
+    assert_eq!(a, b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_signature_is_rejected_with_a_clear_error() {
     let (_local, _s3, remote) = s3_repo("not-the-secret").await;
     let repo = Repo::load(remote.path()).unwrap();
     let err = quiver_server::cli::apply_repo(&repo, true)
