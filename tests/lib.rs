@@ -174,3 +174,15 @@ pub fn read_parquet(path: &Path) -> Vec<RecordBatch> {
 pub fn concat(batches: &[RecordBatch]) -> RecordBatch {
     arrow::compute::concat_batches(&batches[0].schema(), batches).expect("same schema")
 }
+
+/// A primitive column of `batch` by name (panics when absent or of another type).
+pub fn column<'a, T: arrow::datatypes::ArrowPrimitiveType>(
+    batch: &'a RecordBatch,
+    name: &str,
+) -> &'a arrow::array::PrimitiveArray<T> {
+    use arrow::array::AsArray;
+    batch
+        .column_by_name(name)
+        .unwrap_or_else(|| panic!("no column {name}"))
+        .as_primitive::<T>()
+}

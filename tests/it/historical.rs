@@ -13,29 +13,17 @@ use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::{FlightClient, FlightDescriptor};
 use futures::TryStreamExt;
 use quiver_client::{HistoricalFeaturesRequest, QuiverClient};
-use quiver_e2e::{concat, example_repo, read_parquet as read, small_data, Server};
+use quiver_e2e::{column, concat, example_repo, read_parquet as read, small_data, Server};
 use quiver_server::datagen::{CARD_BASE, EPOCH_US};
 
 const DAY: i64 = 86_400_000_000;
 
 /// The latest card_stats row at or before `t` (by event, then created time) within 2 days.
 fn expected_avg(stats: &RecordBatch, card: i64, t: i64) -> Option<Option<f64>> {
-    let k = stats
-        .column_by_name("cc_num")
-        .unwrap()
-        .as_primitive::<Int64Type>();
-    let ts = stats
-        .column_by_name("event_timestamp")
-        .unwrap()
-        .as_primitive::<TimestampMicrosecondType>();
-    let cts = stats
-        .column_by_name("created_timestamp")
-        .unwrap()
-        .as_primitive::<TimestampMicrosecondType>();
-    let avg = stats
-        .column_by_name("avg_amt_1d")
-        .unwrap()
-        .as_primitive::<Float64Type>();
+    let k = column::<Int64Type>(stats, "cc_num");
+    let ts = column::<TimestampMicrosecondType>(stats, "event_timestamp");
+    let cts = column::<TimestampMicrosecondType>(stats, "created_timestamp");
+    let avg = column::<Float64Type>(stats, "avg_amt_1d");
     (0..stats.num_rows())
         .filter(|&i| k.value(i) == card && ts.value(i) <= t && ts.value(i) >= t - 2 * DAY)
         .max_by_key(|&i| (ts.value(i), cts.value(i)))
@@ -90,22 +78,10 @@ async fn training_set_matches_the_definition_row_by_row() {
     );
 
     let stats = concat(&read(&dir.path().join("data/card_stats.parquet")));
-    let cards = out
-        .column_by_name("cc_num")
-        .unwrap()
-        .as_primitive::<Int64Type>();
-    let ts = out
-        .column_by_name("event_timestamp")
-        .unwrap()
-        .as_primitive::<TimestampMicrosecondType>();
-    let avg = out
-        .column_by_name("avg_amt_1d")
-        .unwrap()
-        .as_primitive::<Float64Type>();
-    let lat = out
-        .column_by_name("home_lat")
-        .unwrap()
-        .as_primitive::<Float64Type>();
+    let cards = column::<Int64Type>(&out, "cc_num");
+    let ts = column::<TimestampMicrosecondType>(&out, "event_timestamp");
+    let avg = column::<Float64Type>(&out, "avg_amt_1d");
+    let lat = column::<Float64Type>(&out, "home_lat");
     let (mut present, mut absent) = (0, 0);
     for i in (0..out.num_rows()).step_by(7) {
         let want = expected_avg(&stats, cards.value(i), ts.value(i)).flatten();
@@ -140,18 +116,9 @@ async fn ties_nulls_zones_duplicates_and_cutoff() {
     let server = Server::start(dir.path()).await;
     let mut client = QuiverClient::connect(server.url()).await.unwrap();
     let stats = concat(&read(&dir.path().join("data/card_stats.parquet")));
-    let k = stats
-        .column_by_name("cc_num")
-        .unwrap()
-        .as_primitive::<Int64Type>();
-    let ts = stats
-        .column_by_name("event_timestamp")
-        .unwrap()
-        .as_primitive::<TimestampMicrosecondType>();
-    let cts = stats
-        .column_by_name("created_timestamp")
-        .unwrap()
-        .as_primitive::<TimestampMicrosecondType>();
+    let k = column::<Int64Type>(&stats, "cc_num");
+    let ts = column::<TimestampMicrosecondType>(&stats, "event_timestamp");
+    let cts = column::<TimestampMicrosecondType>(&stats, "created_timestamp");
     // A tied row (same card and event time twice) and a late row (created 3 days later).
     let tie = (1..stats.num_rows())
         .find(|&i| k.value(i) == k.value(i - 1) && ts.value(i) == ts.value(i - 1))
@@ -197,14 +164,8 @@ async fn ties_nulls_zones_duplicates_and_cutoff() {
             .unwrap(),
     );
     assert_eq!(out.num_rows(), 4);
-    let avg = out
-        .column_by_name("card_stats__avg_amt_1d")
-        .unwrap()
-        .as_primitive::<Float64Type>();
-    let stats_avg = stats
-        .column_by_name("avg_amt_1d")
-        .unwrap()
-        .as_primitive::<Float64Type>();
+    let avg = column::<Float64Type>(&out, "card_stats__avg_amt_1d");
+    let stats_avg = column::<Float64Type>(&stats, "avg_amt_1d");
     // The tie is broken by the later created timestamp; duplicates each get it.
     assert_eq!(avg.value(0), stats_avg.value(tie));
     assert_eq!(avg.value(3), stats_avg.value(tie));
@@ -221,10 +182,7 @@ async fn ties_nulls_zones_duplicates_and_cutoff() {
             .await
             .unwrap(),
     );
-    let avg = out
-        .column_by_name("card_stats__avg_amt_1d")
-        .unwrap()
-        .as_primitive::<Float64Type>();
+    let avg = column::<Float64Type>(&out, "card_stats__avg_amt_1d");
     assert!(
         avg.is_null(1) || avg.value(1) != stats_avg.value(late),
         "created_cutoff hides rows created after the spine time"
@@ -241,10 +199,7 @@ async fn entity_sql_through_flight_info_and_do_get() {
         .with_entity_sql("SELECT trans_id, cc_num, merchant_id, event_timestamp, is_fraud FROM transactions WHERE amt > 100 ORDER BY trans_id");
     let out = concat(&client.get_historical_features_from_sql(&req).await.unwrap());
     let tx = concat(&read(&dir.path().join("data/transactions.parquet")));
-    let amt = tx
-        .column_by_name("amt")
-        .unwrap()
-        .as_primitive::<Float64Type>();
+    let amt = column::<Float64Type>(&tx, "amt");
     let expected = (0..tx.num_rows()).filter(|&i| amt.value(i) > 100.0).count();
     assert_eq!(out.num_rows(), expected);
     assert_eq!(out.num_columns(), 5 + 6);
