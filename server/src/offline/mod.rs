@@ -242,31 +242,24 @@ impl OfflineStore {
         })?;
         // A folder/prefix when anything lives under `path/`, else a single object.
         // (Listing first also suits S3 servers that answer HEAD on a prefix with 500.)
+        let store_err = |source| Error::ObjectStore {
+            url: url.to_string(),
+            source,
+        };
+        let no_data = |url: &Url| Error::NoData {
+            file: file.clone(),
+            source_name: source.name.clone(),
+            url: url.to_string(),
+        };
         let under = store.list(Some(&path)).next().await.transpose();
         let is_file = match under {
             Ok(Some(_)) => false,
             Ok(None) | Err(object_store::Error::NotFound { .. }) => match store.head(&path).await {
                 Ok(_) => true,
-                Err(object_store::Error::NotFound { .. }) => {
-                    return Err(Error::NoData {
-                        file,
-                        source_name: source.name.clone(),
-                        url: url.to_string(),
-                    })
-                }
-                Err(source) => {
-                    return Err(Error::ObjectStore {
-                        url: url.to_string(),
-                        source,
-                    })
-                }
+                Err(object_store::Error::NotFound { .. }) => return Err(no_data(&url)),
+                Err(e) => return Err(store_err(e)),
             },
-            Err(source) => {
-                return Err(Error::ObjectStore {
-                    url: url.to_string(),
-                    source,
-                })
-            }
+            Err(e) => return Err(store_err(e)),
         };
         if !is_file && !url.path().ends_with('/') {
             let p = format!("{}/", url.path());
@@ -284,16 +277,10 @@ impl OfflineStore {
         };
         let schema = match options.infer_schema(&state, &table_url).await {
             Ok(s) if !s.fields().is_empty() => s,
-            Ok(_) => {
-                return Err(Error::NoData {
-                    file,
-                    source_name: source.name.clone(),
-                    url: url.to_string(),
-                })
-            }
+            Ok(_) => return Err(no_data(&url)),
             Err(e) => {
                 return Err(Error::Schema {
-                    file,
+                    file: file.clone(),
                     kind: "source",
                     name: source.name.clone(),
                     message: format!("cannot read Parquet at {url}: {}", e.find_root()),
