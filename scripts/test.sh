@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --tests
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/quiver-target}"
 export PATH="$HOME/.cargo/bin:$PATH"
-echo "== cargo test (target dir $CARGO_TARGET_DIR)"
-cargo test --workspace
-echo "== python end-to-end tests"
+echo "== cargo build (target dir $CARGO_TARGET_DIR)"
+# The crash test and the Python tests run the real `quiver` binary.
 cargo build --bin quiver
+echo "== cargo test"
+QUIVER_BIN="$CARGO_TARGET_DIR/debug/quiver" cargo test --workspace
+echo "== python end-to-end tests"
 QUIVER_BIN="$CARGO_TARGET_DIR/debug/quiver" .venv/bin/python -m pytest -q tests/python

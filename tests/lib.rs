@@ -47,6 +47,11 @@ impl Server {
         let repo = Repo::load(repo_dir).expect("repo loads");
         cli::apply_repo(&repo, false).await.expect("apply");
         let service = cli::open_service(&repo).await.expect("service");
+        Self::serve(service).await
+    }
+
+    /// Serves an already built service on an ephemeral loopback port.
+    pub async fn serve(service: flight::QuiverFlightService) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");

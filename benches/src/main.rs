@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! quiver-bench historical [--cards 100000] [--days 20] [--spine-rows 1000000]
+//! quiver-bench online     [--cards 100000] [--days 20] [--requests 5000] [--feast PATH]
 //! ```
 //! generates a daily card_stats view (cards x days rows, ttl 2d, ties and nulls), a
 //! static customers view (90% of cards) and a spine, starts `quiver serve` (the
@@ -28,6 +29,8 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use quiver_client::{HistoricalFeaturesRequest, QuiverClient};
+
+mod online;
 
 const DAY_US: i64 = 86_400_000_000;
 const EPOCH_US: i64 = 1_767_225_600_000_000;
@@ -62,6 +65,18 @@ enum Bench {
         /// Skip DuckDB (e.g. for the 50M-row run when only Quiver's figures are wanted).
         #[arg(long)]
         no_duckdb: bool,
+    },
+    /// Materialize throughput and online lookup latency vs this machine's floor and Feast.
+    Online(online::OnlineArgs),
+    /// (internal) The floor server the online benchmark compares against.
+    #[command(hide = true)]
+    FloorServer {
+        /// RocksDB folder.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Keys to load.
+        #[arg(long)]
+        cards: usize,
     },
 }
 
@@ -108,7 +123,13 @@ fn writer(path: &Path, schema: SchemaRef) -> Result<ArrowWriter<std::fs::File>> 
 }
 
 /// Writes card_stats (day-major, as daily jobs append), customers and the spine.
-fn generate(dir: &Path, cards: usize, days: usize, spine_rows: usize) -> Result<usize> {
+fn generate(
+    dir: &Path,
+    epoch_us: i64,
+    cards: usize,
+    days: usize,
+    spine_rows: usize,
+) -> Result<usize> {
     std::fs::create_dir_all(dir)?;
     let mut rng = Rng(7);
     let schema = Arc::new(Schema::new(vec![
@@ -125,7 +146,7 @@ fn generate(dir: &Path, cards: usize, days: usize, spine_rows: usize) -> Result<
         let (mut k, mut t, mut c, mut avg, mut cnt, mut mx) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
         for card in 0..cards {
-            let day_end = EPOCH_US + (d as i64 + 1) * DAY_US;
+            let day_end = epoch_us + (d as i64 + 1) * DAY_US;
             let n = 1 + rng.below(6) as i64;
             let a = 10.0 + rng.unit() * 200.0;
             let copies = if rng.below(100) == 0 { 2 } else { 1 };
@@ -180,7 +201,7 @@ fn generate(dir: &Path, cards: usize, days: usize, spine_rows: usize) -> Result<
             Arc::new(Float64Array::from_iter_values(
                 (0..n).map(|_| -122.0 + rng.unit() * 52.0),
             )),
-            ts(vec![EPOCH_US - 365 * DAY_US; n]),
+            ts(vec![epoch_us - 365 * DAY_US; n]),
         ],
     )?)?;
     w.close()?;
@@ -203,7 +224,7 @@ fn generate(dir: &Path, cards: usize, days: usize, spine_rows: usize) -> Result<
                     (0..m).map(|_| CARD_BASE + rng.below(cards as u64) as i64),
                 )),
                 ts((0..m)
-                    .map(|_| EPOCH_US + rng.below(span as u64) as i64)
+                    .map(|_| epoch_us + rng.below(span as u64) as i64)
                     .collect()),
                 Arc::new(Int64Array::from_iter_values(
                     (0..m).map(|_| (rng.below(100) == 0) as i64),
@@ -312,7 +333,7 @@ async fn historical(
     };
     let dir = std::path::absolute(&dir)?;
     let t = Instant::now();
-    let view_rows = generate(&dir, cards, days, spine_rows)?;
+    let view_rows = generate(&dir, EPOCH_US, cards, days, spine_rows)?;
     eprintln!(
         "generated {view_rows} card_stats rows, {spine_rows} spine rows in {:.1}s",
         t.elapsed().as_secs_f64()
@@ -445,5 +466,7 @@ async fn main() -> Result<()> {
             python,
             no_duckdb,
         } => historical(cards, days, spine_rows, dir, python, no_duckdb).await,
+        Bench::Online(args) => online::online(args).await,
+        Bench::FloorServer { dir, cards } => online::floor_server(&dir, cards).await,
     }
 }

@@ -3,6 +3,9 @@
 //! ```text
 //!  spine batches --DoExchange(cmd)--> server --PIT join--> training set batches
 //!  entity_sql    --GetFlightInfo-->   ticket --DoGet-->    training set batches
+//!  entity keys   --DoGet(ticket)-->   server --RocksDB-->  latest features (one batch)
+//!  key batches   --DoExchange-->      OnlineSession: one answer batch per key batch
+//!  action        --DoAction-->        materialize / materialize_incremental / status
 //! ```
 
 use arrow::datatypes::SchemaRef;
@@ -15,7 +18,12 @@ use arrow_flight::{FlightClient, FlightDescriptor, FlightInfo};
 use futures::{stream, TryStreamExt};
 use tonic::transport::{Channel, Endpoint};
 
-use crate::protocol::{Command, FeatureDescription, HistoricalFeaturesRequest};
+use crate::protocol::{
+    Command, FeatureDescription, HistoricalFeaturesRequest, MaterializeIncrementalRequest,
+    MaterializeReport, MaterializeRequest, OnlineFeaturesRequest, ViewStatus, ACTION_MATERIALIZE,
+    ACTION_MATERIALIZE_INCREMENTAL, ACTION_STATUS,
+};
+use crate::session::OnlineSession;
 
 /// Errors of the client SDK.
 #[derive(Debug, thiserror::Error)]
@@ -60,13 +68,21 @@ impl From<FlightError> for Error {
 /// Largest gRPC message the client sends or accepts (one record batch).
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
+fn raw_client(channel: Channel) -> FlightServiceClient<Channel> {
+    FlightServiceClient::new(channel)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+}
+
 /// Result type of the client SDK.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// A connection to a Quiver server (one HTTP/2 connection, reused by every call).
+/// A connection to a Quiver server (one HTTP/2 connection, reused by every call
+/// and by every [`OnlineSession`] opened from it).
 #[derive(Debug)]
 pub struct QuiverClient {
     flight: FlightClient,
+    channel: Channel,
 }
 
 impl QuiverClient {
@@ -88,12 +104,113 @@ impl QuiverClient {
             .connect()
             .await
             .map_err(|source| Error::Connect { addr: uri, source })?;
-        let inner = FlightServiceClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
         Ok(Self {
-            flight: FlightClient::new_from_inner(inner),
+            flight: FlightClient::new_from_inner(raw_client(channel.clone())),
+            channel,
         })
+    }
+
+    /// The latest feature values of `request.entities` from the online store
+    /// (DoGet): the entity columns, then the features, rows in request order.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), quiver_client::Error> {
+    /// use quiver_client::{OnlineFeaturesRequest, QuiverClient};
+    /// let mut client = QuiverClient::connect("127.0.0.1:8815").await?;
+    /// let request = OnlineFeaturesRequest::for_service("fraud_v1")
+    ///     .with_entity("cc_num", [4000000000000005i64]);
+    /// let features = client.get_online_features(&request).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn get_online_features(
+        &mut self,
+        request: &OnlineFeaturesRequest,
+    ) -> Result<RecordBatch> {
+        if request.entities.is_none() {
+            return Err(Error::Unexpected(
+                "get_online_features needs request.entities; stream keys with online_session"
+                    .into(),
+            ));
+        }
+        let ticket =
+            arrow_flight::Ticket::new(Command::GetOnlineFeatures(request.clone()).to_bytes());
+        let mut stream = self.flight.do_get(ticket).await?;
+        let mut batches: Vec<RecordBatch> = Vec::new();
+        while let Some(b) = stream.try_next().await? {
+            batches.push(b);
+        }
+        match batches.len() {
+            1 => Ok(batches.pop().expect("one batch")),
+            0 => Err(Error::Unexpected("the server sent no batch".into())),
+            _ => arrow::compute::concat_batches(&batches[0].schema(), &batches)
+                .map_err(|e| Error::Flight(FlightError::Arrow(e))),
+        }
+    }
+
+    /// Opens a long-lived online lookup stream (DoExchange) on this connection:
+    /// send a batch of entity keys, get the features back, as often as needed.
+    /// `request.entities` must be empty; the keys come with each batch.
+    pub fn online_session(&self, request: &OnlineFeaturesRequest) -> Result<OnlineSession> {
+        if request.entities.is_some() {
+            return Err(Error::Unexpected(
+                "an online session takes its keys as record batches; leave request.entities empty"
+                    .into(),
+            ));
+        }
+        Ok(OnlineSession::new(
+            raw_client(self.channel.clone()),
+            request.clone(),
+        ))
+    }
+
+    /// Runs `materialize` on the server (each view's latest row per entity with
+    /// event time in `[start, end]`); one report per view.
+    pub async fn materialize(
+        &mut self,
+        request: &MaterializeRequest,
+    ) -> Result<Vec<MaterializeReport>> {
+        self.action(
+            ACTION_MATERIALIZE,
+            serde_json::to_vec(request).expect("serializes"),
+        )
+        .await
+    }
+
+    /// Runs `materialize_incremental` on the server; one report per view.
+    pub async fn materialize_incremental(
+        &mut self,
+        request: &MaterializeIncrementalRequest,
+    ) -> Result<Vec<MaterializeReport>> {
+        self.action(
+            ACTION_MATERIALIZE_INCREMENTAL,
+            serde_json::to_vec(request).expect("serializes"),
+        )
+        .await
+    }
+
+    /// Every view's watermark, key count and last run in the server's online store.
+    pub async fn status(&mut self) -> Result<Vec<ViewStatus>> {
+        self.action(ACTION_STATUS, Vec::new()).await
+    }
+
+    async fn action<T: serde::de::DeserializeOwned>(
+        &mut self,
+        name: &str,
+        body: Vec<u8>,
+    ) -> Result<Vec<T>> {
+        let results: Vec<bytes::Bytes> = self
+            .flight
+            .do_action(arrow_flight::Action::new(name, body))
+            .await?
+            .try_collect()
+            .await?;
+        results
+            .iter()
+            .map(|r| {
+                serde_json::from_slice(r)
+                    .map_err(|e| Error::Unexpected(format!("bad {name} result: {e}")))
+            })
+            .collect()
     }
 
     /// Streams `spine` to the server and collects the point-in-time correct training

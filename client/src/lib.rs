@@ -7,7 +7,10 @@
 //!   small UTF-8 JSON document carried in a `FlightDescriptor.cmd`, a `Ticket` or an
 //!   `Action` body; the server implements exactly these types.
 //! - [`client`]: [`QuiverClient`], a typed SDK over Arrow Flight for training jobs
-//!   (point-in-time training sets) and operators.
+//!   (point-in-time training sets), scorers (online lookups) and operators
+//!   (materialize, status).
+//! - [`session`]: [`OnlineSession`], the scorers' path: one long-lived DoExchange
+//!   stream, one answer batch per batch of entity keys.
 //!
 //! The crate knows nothing of RocksDB or DataFusion: it speaks Arrow and Flight only,
 //! so a scorer or a training job links it without pulling the server in.
@@ -24,6 +27,11 @@
 
 pub mod client;
 pub mod protocol;
+pub mod session;
 
 pub use client::{Error, QuiverClient};
-pub use protocol::{Command, FeatureDescription, HistoricalFeaturesRequest, ProtocolError};
+pub use protocol::{
+    Command, FeatureDescription, HistoricalFeaturesRequest, MaterializeIncrementalRequest,
+    MaterializeReport, MaterializeRequest, OnlineFeaturesRequest, ProtocolError, ViewStatus,
+};
+pub use session::OnlineSession;

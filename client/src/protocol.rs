@@ -8,10 +8,20 @@
 //!      the spine's columns followed by the features, in the spine's order.
 //! {"get_historical_features": {"features": [...], "entity_sql": "SELECT ..."}}
 //!   -> GetFlightInfo: returns a ticket; DoGet on it streams the training set.
+//! {"get_online_features": {"feature_service": "fraud_v1", "entities": {"cc_num": [4000000000000005]}}}
+//!   -> DoGet ticket: one record batch, the entity columns then the features.
+//! {"get_online_features": {"feature_service": "fraud_v1"}}
+//!   -> DoExchange: the client streams batches of entity keys on one long-lived
+//!      stream and gets one answer batch per input batch, in the same order.
+//! action "materialize"              {"start": "2026-01-01T00:00:00Z", "end": "...", "views": [...]}
+//! action "materialize_incremental"  {"end": "2026-01-02T00:00:00Z", "views": [...]}
+//! action "status"                   (no body)
 //! ```
 //!
 //! Data always travels as Arrow record batches; JSON is only the envelope. Unknown
 //! fields are rejected so that a typo in a script is an error, not a silent default.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +51,8 @@ pub enum ProtocolError {
 pub enum Command {
     /// A point-in-time correct training set.
     GetHistoricalFeatures(HistoricalFeaturesRequest),
+    /// The latest feature values of some entities, from the online store.
+    GetOnlineFeatures(OnlineFeaturesRequest),
 }
 
 impl Command {
@@ -68,6 +80,7 @@ impl Command {
     fn validate(&self) -> Result<(), ProtocolError> {
         match self {
             Command::GetHistoricalFeatures(r) => r.selection().map(|_| ()),
+            Command::GetOnlineFeatures(r) => selection(&r.feature_service, &r.features).map(|_| ()),
         }
     }
 }
@@ -175,20 +188,199 @@ impl HistoricalFeaturesRequest {
     /// Which features are wanted; an error unless exactly one of
     /// `feature_service` and `features` is given.
     pub fn selection(&self) -> Result<FeatureSelection<'_>, ProtocolError> {
-        match (&self.feature_service, &self.features) {
-            (Some(s), None) => Ok(FeatureSelection::Service(s)),
-            (None, Some(f)) if f.is_empty() => Err(ProtocolError::Invalid {
-                message: "\"features\" is empty: name at least one \"view:feature\"".into(),
-            }),
-            (None, Some(f)) => Ok(FeatureSelection::Features(f)),
-            (Some(_), Some(_)) => Err(ProtocolError::Invalid {
-                message: "give either \"feature_service\" or \"features\", not both".into(),
-            }),
-            (None, None) => Err(ProtocolError::Invalid {
-                message: "missing \"feature_service\" or \"features\"".into(),
-            }),
+        selection(&self.feature_service, &self.features)
+    }
+}
+
+fn selection<'a>(
+    service: &'a Option<String>,
+    features: &'a Option<Vec<String>>,
+) -> Result<FeatureSelection<'a>, ProtocolError> {
+    match (service, features) {
+        (Some(s), None) => Ok(FeatureSelection::Service(s)),
+        (None, Some(f)) if f.is_empty() => Err(ProtocolError::Invalid {
+            message: "\"features\" is empty: name at least one \"view:feature\"".into(),
+        }),
+        (None, Some(f)) => Ok(FeatureSelection::Features(f)),
+        (Some(_), Some(_)) => Err(ProtocolError::Invalid {
+            message: "give either \"feature_service\" or \"features\", not both".into(),
+        }),
+        (None, None) => Err(ProtocolError::Invalid {
+            message: "missing \"feature_service\" or \"features\"".into(),
+        }),
+    }
+}
+
+/// Body of `get_online_features`.
+///
+/// Entity values are JSON numbers for integer join keys and strings for string
+/// join keys; every listed column has the same number of values.
+///
+/// ```
+/// use quiver_client::{Command, OnlineFeaturesRequest};
+/// let req = OnlineFeaturesRequest::for_service("fraud_v1").with_entity("cc_num", [4000000000000005i64]);
+/// assert_eq!(
+///     String::from_utf8(Command::GetOnlineFeatures(req).to_bytes()).unwrap(),
+///     r#"{"get_online_features":{"feature_service":"fraud_v1","entities":{"cc_num":[4000000000000005]}}}"#
+/// );
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnlineFeaturesRequest {
+    /// Name of a feature service (exclusive with `features`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feature_service: Option<String>,
+    /// `view:feature` or `view` references (exclusive with `feature_service`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<Vec<String>>,
+    /// Name feature columns `view__feature` instead of `feature`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub full_feature_names: bool,
+    /// Join key column -> values (DoGet only; DoExchange streams them as batches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entities: Option<BTreeMap<String, Vec<serde_json::Value>>>,
+    /// Also return, per view, `view__event_timestamp` and `view__status`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub include_metadata: bool,
+}
+
+impl OnlineFeaturesRequest {
+    /// A request for every feature of a feature service.
+    pub fn for_service(service: impl Into<String>) -> Self {
+        Self {
+            feature_service: Some(service.into()),
+            ..Default::default()
         }
     }
+
+    /// A request for an explicit list of `view:feature` (or whole `view`) references.
+    pub fn for_features<I, S>(features: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        Self {
+            features: Some(features.into_iter().map(Into::into).collect()),
+            ..Default::default()
+        }
+    }
+
+    /// Adds (or replaces) the values of one join key column.
+    pub fn with_entity<I, V>(mut self, join_key: impl Into<String>, values: I) -> Self
+    where
+        I: IntoIterator<Item = V>,
+        V: Into<serde_json::Value>,
+    {
+        self.entities.get_or_insert_with(BTreeMap::new).insert(
+            join_key.into(),
+            values.into_iter().map(Into::into).collect(),
+        );
+        self
+    }
+
+    /// Sets `full_feature_names`.
+    pub fn with_full_feature_names(mut self, full: bool) -> Self {
+        self.full_feature_names = full;
+        self
+    }
+
+    /// Sets `include_metadata`.
+    pub fn with_metadata(mut self, include: bool) -> Self {
+        self.include_metadata = include;
+        self
+    }
+
+    /// Which features are wanted; an error unless exactly one of
+    /// `feature_service` and `features` is given.
+    pub fn selection(&self) -> Result<FeatureSelection<'_>, ProtocolError> {
+        selection(&self.feature_service, &self.features)
+    }
+
+    /// The same selection as a historical request (to resolve it the same way).
+    pub fn as_historical(&self) -> HistoricalFeaturesRequest {
+        HistoricalFeaturesRequest {
+            feature_service: self.feature_service.clone(),
+            features: self.features.clone(),
+            full_feature_names: self.full_feature_names,
+            ..Default::default()
+        }
+    }
+}
+
+/// Name of the Flight action that runs `materialize`.
+pub const ACTION_MATERIALIZE: &str = "materialize";
+/// Name of the Flight action that runs `materialize_incremental`.
+pub const ACTION_MATERIALIZE_INCREMENTAL: &str = "materialize_incremental";
+/// Name of the Flight action that reports the online store's status.
+pub const ACTION_STATUS: &str = "status";
+
+/// Body of the `materialize` action: load each view's latest row per entity with
+/// event time in `[start, end]` into the online store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaterializeRequest {
+    /// RFC 3339 instant, inclusive.
+    pub start: String,
+    /// RFC 3339 instant, inclusive.
+    pub end: String,
+    /// Views to load; all views when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub views: Option<Vec<String>>,
+}
+
+/// Body of the `materialize_incremental` action: each view from its watermark
+/// (or its ttl before `end` on the first run) to `end`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaterializeIncrementalRequest {
+    /// RFC 3339 instant, inclusive.
+    pub end: String,
+    /// Views to load; all views when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub views: Option<Vec<String>>,
+}
+
+/// What one view's materialization did: one JSON `Result` per view from the
+/// materialize actions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MaterializeReport {
+    /// The view.
+    pub view: String,
+    /// Start of the window read (RFC 3339), absent when unbounded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+    /// End of the window read (RFC 3339).
+    pub end: String,
+    /// Source rows read in the window.
+    pub rows_read: u64,
+    /// Distinct entities with a row in the window.
+    pub entities: u64,
+    /// Keys whose stored value changed (newer rows only).
+    pub keys_written: u64,
+    /// Keys the view holds now.
+    pub key_count: u64,
+    /// `batch` (one atomic write batch) or `bulk` (an ingested SST file).
+    pub mode: String,
+    /// Wall time in seconds.
+    pub seconds: f64,
+}
+
+/// One view's state in the online store, as the `status` action reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ViewStatus {
+    /// The view.
+    pub view: String,
+    /// End of the last successful materialization (RFC 3339), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watermark: Option<String>,
+    /// Keys the view holds.
+    pub key_count: u64,
+    /// The last successful run, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<MaterializeReport>,
+    /// When the last run finished (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run_at: Option<String>,
 }
 
 /// One feature as described by ListFlights / GetSchema: stored in the
@@ -218,7 +410,9 @@ mod tests {
             br#"{"get_historical_features": {"features": ["card_stats:avg_amt_1d"], "full_feature_names": true, "timestamp_column": "ts", "created_cutoff": true}}"#,
         )
         .unwrap();
-        let Command::GetHistoricalFeatures(r) = c;
+        let Command::GetHistoricalFeatures(r) = c else {
+            panic!("parsed as {c:?}")
+        };
         assert!(r.full_feature_names && r.created_cutoff);
         assert_eq!(r.timestamp_column(), "ts");
         assert_eq!(
@@ -246,6 +440,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("unknown variant `drop_everything`"), "{e}");
+    }
+
+    #[test]
+    fn parses_online_requests() {
+        let c = Command::parse(
+            br#"{"get_online_features": {"feature_service": "fraud_v1", "entities": {"cc_num": [4000000000000005, 7]}, "include_metadata": true}}"#,
+        )
+        .unwrap();
+        let Command::GetOnlineFeatures(r) = c else {
+            panic!("parsed as {c:?}")
+        };
+        assert!(r.include_metadata && !r.full_feature_names);
+        assert_eq!(r.entities.unwrap()["cc_num"].len(), 2);
+        let e = Command::parse(br#"{"get_online_features": {"features": []}}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"features\" is empty"), "{e}");
+        let e =
+            Command::parse(br#"{"get_online_features": {"feature_service": "f", "entity": {}}}"#)
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("unknown field `entity`"), "{e}");
+        let m: MaterializeRequest =
+            serde_json::from_str(r#"{"start": "2026-01-01T00:00:00Z", "end": "2026-01-02T00:00:00Z", "views": ["card_stats"]}"#).unwrap();
+        assert_eq!(m.views.unwrap(), ["card_stats"]);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! quiver [--repo DIR] apply | plan | serve | get-historical | datagen | demo
+//!                    | materialize START END | materialize-incremental END | status | get-online
 //! ```
 //!
 //! Flags override `QUIVER_*` environment variables, which override `quiver.yaml`.
@@ -19,14 +20,19 @@ use futures::TryStreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
-use quiver_client::{HistoricalFeaturesRequest, QuiverClient};
+use quiver_client::{
+    HistoricalFeaturesRequest, MaterializeIncrementalRequest, MaterializeReport,
+    MaterializeRequest, OnlineFeaturesRequest, QuiverClient, ViewStatus,
+};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::Repo;
 use crate::datagen;
 use crate::flight::{self, QuiverFlightService};
+use crate::materialize::{self, parse_instant, MaterializeOptions, Materializer, Progress, Window};
 use crate::offline::{EngineOptions, OfflineStore};
+use crate::online::{Clock, OnlineOptions, OnlineStore};
 use crate::registry::Registry;
 
 /// Quiver: a feature store for real-time fraud detection.
@@ -61,6 +67,40 @@ pub enum Command {
     GetHistorical(GetHistoricalArgs),
     /// Write the synthetic fraud data set the example repo reads.
     Datagen(DatagenArgs),
+    /// Load each view's latest row per entity with event time in [START, END] into
+    /// the online store.
+    Materialize {
+        /// RFC 3339 instant, inclusive (e.g. 2026-01-01T00:00:00Z).
+        start: String,
+        /// RFC 3339 instant, inclusive, or `now`.
+        end: String,
+        /// Only these views (comma-separated); default all.
+        #[arg(long, value_delimiter = ',')]
+        views: Option<Vec<String>>,
+        /// Run it on a running server instead (needed while `quiver serve` holds the store).
+        #[arg(long)]
+        addr: Option<String>,
+    },
+    /// Like materialize, from each view's watermark (or its ttl before END on the
+    /// first run) to END.
+    MaterializeIncremental {
+        /// RFC 3339 instant, inclusive, or `now`.
+        end: String,
+        /// Only these views (comma-separated); default all.
+        #[arg(long, value_delimiter = ',')]
+        views: Option<Vec<String>>,
+        /// Run it on a running server instead (needed while `quiver serve` holds the store).
+        #[arg(long)]
+        addr: Option<String>,
+    },
+    /// Show each view's watermark, key count and last run in the online store.
+    Status {
+        /// Ask a running server instead of reading the store's folder.
+        #[arg(long)]
+        addr: Option<String>,
+    },
+    /// Look up the latest features of some entities on a running server.
+    GetOnline(GetOnlineArgs),
     /// Run the whole loop on the embedded default: data, apply, serve, training set.
     Demo {
         /// Folder to work in (created; its data is left there).
@@ -115,6 +155,54 @@ pub struct GetHistoricalArgs {
     /// Server address (default: server.addr of quiver.yaml).
     #[arg(long, env = "QUIVER_SERVER_ADDR")]
     pub addr: Option<String>,
+}
+
+/// `get-online` flags.
+#[derive(Debug, Args)]
+pub struct GetOnlineArgs {
+    /// Features to fetch.
+    #[command(flatten)]
+    pub features: FeatureArgs,
+    /// `join_key=value[,value...]`; repeat for composite keys.
+    #[arg(long = "entity", required = true)]
+    pub entities: Vec<String>,
+    /// Name feature columns `view__feature`.
+    #[arg(long)]
+    pub full_feature_names: bool,
+    /// Also show each view's event timestamp and status.
+    #[arg(long)]
+    pub metadata: bool,
+    /// Server address (default: server.addr of quiver.yaml).
+    #[arg(long, env = "QUIVER_SERVER_ADDR")]
+    pub addr: Option<String>,
+}
+
+impl GetOnlineArgs {
+    fn request(&self) -> Result<OnlineFeaturesRequest> {
+        let mut r = match (&self.features.service, &self.features.features) {
+            (Some(s), _) => OnlineFeaturesRequest::for_service(s.clone()),
+            (None, Some(f)) => OnlineFeaturesRequest::for_features(f.clone()),
+            (None, None) => unreachable!("clap requires one"),
+        }
+        .with_full_feature_names(self.full_feature_names)
+        .with_metadata(self.metadata);
+        for e in &self.entities {
+            let Some((key, values)) = e.split_once('=') else {
+                bail!("--entity {e:?} must look like cc_num=4000000000000005");
+            };
+            // Integers go as JSON numbers, anything else as strings; the server
+            // checks them against the join key's type.
+            let values: Vec<serde_json::Value> = values
+                .split(',')
+                .map(|v| match v.trim().parse::<i64>() {
+                    Ok(n) if n.to_string() == v.trim() => n.into(),
+                    _ => v.trim().into(),
+                })
+                .collect();
+            r = r.with_entity(key.trim(), values);
+        }
+        Ok(r)
+    }
 }
 
 /// `datagen` flags.
@@ -216,7 +304,214 @@ pub async fn run(cli: Cli) -> Result<()> {
             ));
             Ok(())
         }
+        Command::Materialize {
+            start,
+            end,
+            views,
+            addr,
+        } => {
+            let reports = match addr {
+                Some(addr) => {
+                    let mut client = connect(&addr).await?;
+                    let s = spinner(&format!("materializing on {addr}"));
+                    let r = client
+                        .materialize(&MaterializeRequest { start, end, views })
+                        .await;
+                    s.finish_and_clear();
+                    r?
+                }
+                None => {
+                    let window = Window::Range {
+                        start: parse_instant(&start)?,
+                        end: parse_instant(&end)?,
+                    };
+                    materialize_local(&Repo::load(&cli.repo)?, window, views).await?
+                }
+            };
+            print_reports(&reports);
+            Ok(())
+        }
+        Command::MaterializeIncremental { end, views, addr } => {
+            let reports = match addr {
+                Some(addr) => {
+                    let mut client = connect(&addr).await?;
+                    let s = spinner(&format!("materializing on {addr}"));
+                    let r = client
+                        .materialize_incremental(&MaterializeIncrementalRequest { end, views })
+                        .await;
+                    s.finish_and_clear();
+                    r?
+                }
+                None => {
+                    let window = Window::Incremental {
+                        end: parse_instant(&end)?,
+                    };
+                    materialize_local(&Repo::load(&cli.repo)?, window, views).await?
+                }
+            };
+            print_reports(&reports);
+            Ok(())
+        }
+        Command::Status { addr } => {
+            let views = match addr {
+                Some(addr) => connect(&addr).await?.status().await?,
+                None => local_status(&Repo::load(&cli.repo)?).await?,
+            };
+            print_status(&views);
+            Ok(())
+        }
+        Command::GetOnline(args) => {
+            let addr = match &args.addr {
+                Some(a) => a.clone(),
+                None => Repo::load(&cli.repo)?.config.server.addr,
+            };
+            let request = args.request()?;
+            let batch = connect(&addr).await?.get_online_features(&request).await?;
+            say(arrow::util::pretty::pretty_format_batches(&[batch])?.to_string());
+            Ok(())
+        }
         Command::Demo { dir } => demo(&dir).await,
+    }
+}
+
+async fn connect(addr: &str) -> Result<QuiverClient> {
+    QuiverClient::connect(addr)
+        .await
+        .with_context(|| format!("is `quiver serve` running on {addr}?"))
+}
+
+/// The clock online ttl checks use: the system clock, or `QUIVER_NOW` (an RFC 3339
+/// instant) to replay or test as of a fixed time.
+fn clock_from_env() -> Result<Clock> {
+    match std::env::var("QUIVER_NOW") {
+        Ok(v) if !v.trim().is_empty() => Ok(Clock::Fixed(parse_instant(&v).context("QUIVER_NOW")?)),
+        _ => Ok(Clock::System),
+    }
+}
+
+fn load_registry(repo: &Repo) -> Result<Registry> {
+    Registry::load(&repo.registry_path())?.with_context(|| {
+        format!(
+            "no registry at {}: run `quiver apply` in the repo first",
+            repo.registry_path().display()
+        )
+    })
+}
+
+/// Opens the repo's offline store (over the applied registry) and online store,
+/// judging online ttls by `clock`.
+pub async fn open_stores(repo: &Repo, clock: Clock) -> Result<Materializer> {
+    let options = EngineOptions {
+        memory_limit: repo.config.server.memory_limit_mb << 20,
+        ..Default::default()
+    };
+    let offline = OfflineStore::open(repo, Arc::new(load_registry(repo)?), options).await?;
+    let online = OnlineStore::open(
+        &repo.online_path(),
+        &OnlineOptions {
+            block_cache_bytes: repo.config.online_store.block_cache_mb << 20,
+            clock,
+        },
+    )?;
+    Ok(Materializer::new(
+        Arc::new(offline),
+        Arc::new(online),
+        MaterializeOptions {
+            bulk_min_keys: repo.config.online_store.bulk_min_keys,
+        },
+    )?)
+}
+
+/// A progress bar per view: rows read, rate, and a summary line when it commits.
+struct BarProgress {
+    bar: ProgressBar,
+}
+
+impl Progress for BarProgress {
+    fn view_started(&self, view: &str, start: Option<i64>, end: i64) {
+        self.bar.reset();
+        self.bar.set_message(format!(
+            "{view} [{} .. {}]",
+            start.map_or("-inf".into(), materialize::format_instant),
+            materialize::format_instant(end)
+        ));
+    }
+    fn rows_read(&self, _view: &str, rows: u64) {
+        self.bar.inc(rows);
+    }
+    fn view_finished(&self, report: &MaterializeReport) {
+        self.bar.println(report_line(report));
+    }
+}
+
+async fn materialize_local(
+    repo: &Repo,
+    window: Window,
+    views: Option<Vec<String>>,
+) -> Result<Vec<MaterializeReport>> {
+    let m = open_stores(repo, Clock::System).await?;
+    let bar = ProgressBar::new_spinner();
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {msg}: {human_pos} rows read ({per_sec}) [{elapsed}]",
+        )
+        .expect("valid template"),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    let progress = BarProgress { bar };
+    let r = m.run(window, views.as_deref(), &progress).await;
+    progress.bar.finish_and_clear();
+    Ok(r?)
+}
+
+fn report_line(r: &MaterializeReport) -> String {
+    format!(
+        "{}: {} rows read [{} .. {}], {} entities, {} keys written ({}), {} keys held, {:.2}s",
+        r.view,
+        r.rows_read,
+        r.start.as_deref().unwrap_or("-inf"),
+        r.end,
+        r.entities,
+        r.keys_written,
+        r.mode,
+        r.key_count,
+        r.seconds
+    )
+}
+
+fn print_reports(reports: &[MaterializeReport]) {
+    for r in reports {
+        say(report_line(r));
+    }
+}
+
+async fn local_status(repo: &Repo) -> Result<Vec<ViewStatus>> {
+    let registry = load_registry(repo)?;
+    let offline = OfflineStore::open(repo, Arc::new(registry), EngineOptions::default()).await?;
+    let layouts = materialize::view_layouts(&offline)?;
+    let online = OnlineStore::open_read_only(&repo.online_path())?;
+    Ok(materialize::status(&online, &layouts)?)
+}
+
+fn print_status(views: &[ViewStatus]) {
+    say(format!(
+        "{:<24} {:<32} {:>10}  last run",
+        "view", "watermark", "keys"
+    ));
+    for v in views {
+        let last = match (&v.last_run, &v.last_run_at) {
+            (Some(r), Some(at)) => format!(
+                "{at}: {} rows, {} keys written ({}), {:.2}s",
+                r.rows_read, r.keys_written, r.mode, r.seconds
+            ),
+            _ => "never".into(),
+        };
+        say(format!(
+            "{:<24} {:<32} {:>10}  {last}",
+            v.view,
+            v.watermark.as_deref().unwrap_or("-"),
+            v.key_count
+        ));
     }
 }
 
@@ -232,20 +527,11 @@ fn local_offline_dir(repo: &Repo) -> Result<PathBuf> {
         .map_err(|_| anyhow::anyhow!("offline_store.url {url} is not a local path"))
 }
 
-/// The applied registry and an offline store over it, as a Flight service.
+/// The applied registry, the offline store over it and the online store, as a
+/// Flight service.
 pub async fn open_service(repo: &Repo) -> Result<QuiverFlightService> {
-    let registry = Registry::load(&repo.registry_path())?.with_context(|| {
-        format!(
-            "no registry at {}: run `quiver apply` in the repo first",
-            repo.registry_path().display()
-        )
-    })?;
-    let options = EngineOptions {
-        memory_limit: repo.config.server.memory_limit_mb << 20,
-        ..Default::default()
-    };
-    let offline = OfflineStore::open(repo, Arc::new(registry), options).await?;
-    Ok(QuiverFlightService::new(Arc::new(offline)))
+    let m = open_stores(repo, clock_from_env()?).await?;
+    Ok(QuiverFlightService::new(m.offline().clone()).with_online(Arc::new(m)))
 }
 
 /// Validates the repo's definitions against the Parquet data and, unless
@@ -397,33 +683,43 @@ pub fn write_example_repo(dir: &Path) -> Result<()> {
 
 async fn demo(dir: &Path) -> Result<()> {
     let t0 = Instant::now();
-    write_example_repo(dir)?;
+    // The demo's folder is its own: always the current example definitions.
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::write(dir.join("quiver.yaml"), EXAMPLE_CONFIG)?;
+    std::fs::write(dir.join("features.yaml"), EXAMPLE_FEATURES)?;
     let repo = Repo::load(dir)?;
     let data = local_offline_dir(&repo)?;
-    say(format!("[1/4] generating fraud data in {}", data.display()));
-    let s = datagen::generate(&data, &datagen::Options::default())?;
+    say(format!("[1/6] generating fraud data in {}", data.display()));
+    let options = datagen::Options::default();
+    let s = datagen::generate(&data, &options)?;
     say(format!(
         "      {} transactions ({} fraud), {} card_stats rows",
         s.transactions, s.fraud, s.card_stats
     ));
-    say("[2/4] quiver apply");
+    say("[2/6] quiver apply");
     apply(&repo.dir, false).await?;
-    say("[3/4] quiver serve on 127.0.0.1 (ephemeral port)");
+    // Online ttls are judged as of the end of the generated data, not today.
+    let data_end_ns = (datagen::EPOCH_US + options.days as i64 * 86_400_000_000) * 1000;
+    say(format!(
+        "[3/6] quiver serve on 127.0.0.1 (ephemeral port), online clock at {}",
+        materialize::format_instant(data_end_ns)
+    ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let service = open_service(&repo).await?;
+    let stores = open_stores(&repo, Clock::Fixed(data_end_ns)).await?;
+    let service = QuiverFlightService::new(stores.offline().clone()).with_online(Arc::new(stores));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(flight::serve(listener, service, async {
         let _ = stopped.await;
     }));
     say(format!(
-        "[4/4] training set over Flight: transactions (spine) x fraud_v1 from {addr}"
+        "[4/6] training set over Flight: transactions (spine) x fraud_v2 from {addr}"
     ));
     let (_, spine) = read_parquet(&data.join("transactions.parquet"))?;
     let mut client = QuiverClient::connect(addr.to_string()).await?;
     let started = Instant::now();
     let train = client
-        .get_historical_features(&HistoricalFeaturesRequest::for_service("fraud_v1"), spine)
+        .get_historical_features(&HistoricalFeaturesRequest::for_service("fraud_v2"), spine)
         .await?;
     let took = started.elapsed();
     let rows: usize = train.iter().map(|b| b.num_rows()).sum();
@@ -435,14 +731,55 @@ async fn demo(dir: &Path) -> Result<()> {
         }
         w.close()?;
     }
-    let _ = stop.send(());
-    server.await??;
     say(format!(
         "      {rows} rows x {} columns in {:.3}s -> {}",
         train.first().map_or(0, |b| b.num_columns()),
         took.as_secs_f64(),
         out.display()
     ));
+    say("[5/6] materialize every view into RocksDB (a Flight action on the server)");
+    let reports = client
+        .materialize(&MaterializeRequest {
+            start: "2020-01-01T00:00:00Z".into(),
+            end: materialize::format_instant(data_end_ns),
+            views: None,
+        })
+        .await?;
+    for r in &reports {
+        say(format!("      {}", report_line(r)));
+    }
+    say("[6/6] online lookups of fraud_v1, one card at a time on one DoExchange stream");
+    let mut session = client.online_session(&OnlineFeaturesRequest::for_service("fraud_v1"))?;
+    let mut times = Vec::new();
+    for i in 0..options.cards as i64 {
+        let keys = RecordBatch::try_from_iter([(
+            "cc_num",
+            Arc::new(arrow::array::Int64Array::from(vec![datagen::CARD_BASE + i])) as _,
+        )])?;
+        let t = Instant::now();
+        session.lookup(keys).await?;
+        times.push(t.elapsed());
+    }
+    times.sort();
+    let pct = |p: f64| {
+        times[((times.len() as f64 * p) as usize).min(times.len() - 1)].as_secs_f64() * 1e6
+    };
+    say(format!(
+        "      {} lookups: p50 {:.0} us, p99 {:.0} us (debug builds are slower; see docs/benchmarks.md)",
+        times.len(),
+        pct(0.5),
+        pct(0.99)
+    ));
+    let one = client
+        .get_online_features(
+            &OnlineFeaturesRequest::for_service("fraud_v1")
+                .with_entity("cc_num", [datagen::CARD_BASE + 5])
+                .with_metadata(true),
+        )
+        .await?;
+    say(arrow::util::pretty::pretty_format_batches(&[one])?.to_string());
+    let _ = stop.send(());
+    server.await??;
     say(format!(
         "demo finished in {:.1}s; data left in {}",
         t0.elapsed().as_secs_f64(),

@@ -6,6 +6,8 @@
 //!   url: ./data              # a folder (relative to the repo), file:///abs/path, or s3://bucket/prefix
 //! online_store:
 //!   path: ./data/online      # RocksDB folder
+//!   block_cache_mb: 256      # RocksDB block cache
+//!   bulk_min_keys: 50000     # empty views receiving this many keys are loaded as one SST
 //! server:
 //!   addr: 127.0.0.1:8815
 //! ```
@@ -109,6 +111,14 @@ pub struct OnlineStoreConfig {
     /// RocksDB block cache size in MiB.
     #[serde(default = "default_block_cache_mb")]
     pub block_cache_mb: usize,
+    /// A materialization writing at least this many keys into an empty view loads
+    /// them as one ingested SST file instead of a write batch.
+    #[serde(default = "default_bulk_min_keys")]
+    pub bulk_min_keys: usize,
+}
+
+fn default_bulk_min_keys() -> usize {
+    50_000
 }
 
 fn default_online_path() -> String {
@@ -124,6 +134,7 @@ impl Default for OnlineStoreConfig {
         Self {
             path: default_online_path(),
             block_cache_mb: default_block_cache_mb(),
+            bulk_min_keys: default_bulk_min_keys(),
         }
     }
 }

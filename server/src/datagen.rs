@@ -1,7 +1,8 @@
 //! Synthetic card-fraud data for the example repo, the tests and the benchmarks.
 //!
 //! [`generate`] writes, under a folder:
-//! - `customers.parquet`: one row per card with the holder's home coordinates;
+//! - `customers.parquet`: one row per card with the holder's home coordinates and
+//!   credit limit;
 //! - `transactions.parquet`: card authorizations (amount, merchant, shipping
 //!   coordinates, `is_fraud`), with three fraud patterns: *card testing* (small
 //!   probes, then a large charge), *account takeover* (a sudden change of place and
@@ -164,6 +165,7 @@ pub fn generate(dir: &Path, o: &Options) -> Result<Summary> {
             Field::new("cc_num", DataType::Int64, false),
             Field::new("home_lat", DataType::Float64, false),
             Field::new("home_lon", DataType::Float64, false),
+            Field::new("credit_limit", DataType::Float64, false),
             ts_field("event_timestamp", false),
         ])),
         vec![
@@ -173,6 +175,13 @@ pub fn generate(dir: &Path, o: &Options) -> Result<Summary> {
             )),
             Arc::new(Float64Array::from(
                 homes.iter().map(|h| h.1).collect::<Vec<_>>(),
+            )),
+            // Limits from 1,000 to 20,000 in steps of 1,000, spread without the RNG
+            // so the other columns stay as they were.
+            Arc::new(Float64Array::from(
+                (0..o.cards)
+                    .map(|i| 1000.0 * (1 + (i * 7919) % 20) as f64)
+                    .collect::<Vec<_>>(),
             )),
             ts_array(vec![EPOCH_US - 365 * DAY_US; o.cards]),
         ],

@@ -7,6 +7,9 @@
 //! | DoGet         | ticket from GetFlightInfo                        | training set out                   |
 //! | ListFlights   | -                                                | one flight per view and service    |
 //! | GetSchema     | command, or path `[view_or_service]`             | output schema                      |
+//! | DoGet         | `{"get_online_features": {..., "entities": ..}}` | latest features, one batch         |
+//! | DoExchange    | `{"get_online_features": {...}}`                 | key batches in, feature batches out|
+//! | DoAction      | `materialize`, `materialize_incremental`, `status` | JSON result per view             |
 //!
 //! Every error is classified by its module ([`ErrorKind`]) and mapped to a gRPC code
 //! here, once; a bad request never takes the server down.
@@ -14,6 +17,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 
+use arrow::array::RecordBatch;
 use arrow::datatypes::{Field, Schema, SchemaRef};
 use arrow::ipc::writer::IpcWriteOptions;
 use arrow_flight::decode::FlightRecordBatchStream;
@@ -28,13 +32,17 @@ use arrow_flight::{
 use datafusion::execution::SendableRecordBatchStream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use quiver_client::protocol::{
-    Command, FeatureDescription, HistoricalFeaturesRequest, ProtocolError,
+    Command, FeatureDescription, HistoricalFeaturesRequest, MaterializeIncrementalRequest,
+    MaterializeReport, MaterializeRequest, OnlineFeaturesRequest, ProtocolError,
+    ACTION_MATERIALIZE, ACTION_MATERIALIZE_INCREMENTAL, ACTION_STATUS,
 };
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
 use crate::error::ErrorKind;
+use crate::materialize::{self, parse_instant, Materializer, Progress, Window};
 use crate::offline::{self, OfflineStore};
+use crate::online::{self, LookupPlan};
 
 /// Largest gRPC message the server accepts (one spine batch).
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
@@ -51,6 +59,26 @@ fn status(kind: ErrorKind, message: String) -> Status {
 
 impl From<offline::Error> for Status {
     fn from(e: offline::Error) -> Self {
+        let kind = e.kind();
+        if kind == ErrorKind::Internal {
+            warn!(error = %e, "internal error");
+        }
+        status(kind, e.to_string())
+    }
+}
+
+impl From<online::Error> for Status {
+    fn from(e: online::Error) -> Self {
+        let kind = e.kind();
+        if kind == ErrorKind::Internal {
+            warn!(error = %e, "internal error");
+        }
+        status(kind, e.to_string())
+    }
+}
+
+impl From<materialize::Error> for Status {
+    fn from(e: materialize::Error) -> Self {
         let kind = e.kind();
         if kind == ErrorKind::Internal {
             warn!(error = %e, "internal error");
@@ -76,16 +104,122 @@ fn flight_status(e: FlightError) -> Status {
 
 type BoxedFlightStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// The Quiver Flight service over one offline store.
+/// The Quiver Flight service over an offline store and, optionally, an online store.
 #[derive(Debug, Clone)]
 pub struct QuiverFlightService {
     offline: Arc<OfflineStore>,
+    online: Option<Arc<Materializer>>,
+    /// Flips to true when the server shuts down: long-lived lookup streams end then,
+    /// so a graceful shutdown does not wait on scorers forever.
+    closing: Option<tokio::sync::watch::Receiver<bool>>,
+}
+
+/// Sends each view's report as its materialization commits.
+struct ChannelProgress(tokio::sync::mpsc::UnboundedSender<MaterializeReport>);
+
+impl Progress for ChannelProgress {
+    fn view_finished(&self, report: &MaterializeReport) {
+        let _ = self.0.send(report.clone());
+    }
+}
+
+fn json_result<T: serde::Serialize>(value: &T) -> arrow_flight::Result {
+    arrow_flight::Result::new(serde_json::to_vec(value).expect("serializes"))
+}
+
+fn action_body<T: serde::de::DeserializeOwned>(
+    name: &str,
+    body: &[u8],
+    example: &str,
+) -> Result<T, Status> {
+    serde_json::from_slice(body).map_err(|e| {
+        Status::invalid_argument(format!(
+            "action {name:?}: body must be JSON such as {example}: {e}"
+        ))
+    })
 }
 
 impl QuiverFlightService {
-    /// A service answering from `offline`.
+    /// A service answering historical requests from `offline` (no online store).
     pub fn new(offline: Arc<OfflineStore>) -> Self {
-        Self { offline }
+        Self {
+            offline,
+            online: None,
+            closing: None,
+        }
+    }
+
+    /// Adds the online store (lookups and materialize actions).
+    pub fn with_online(mut self, materializer: Arc<Materializer>) -> Self {
+        self.online = Some(materializer);
+        self
+    }
+
+    fn online(&self) -> Result<&Arc<Materializer>, Status> {
+        self.online
+            .as_ref()
+            .ok_or_else(|| Status::unavailable("this server has no online store configured"))
+    }
+
+    fn lookup_plan(&self, request: &OnlineFeaturesRequest) -> Result<LookupPlan, Status> {
+        let m = self.online()?;
+        let views = self.offline.resolve(&request.as_historical())?;
+        Ok(LookupPlan::new(
+            &views,
+            m.layouts(),
+            request.include_metadata,
+        )?)
+    }
+
+    /// Answers a DoGet `get_online_features`: the entity columns, then the features.
+    fn online_get(&self, request: &OnlineFeaturesRequest) -> Result<RecordBatch, Status> {
+        let Some(entities) = &request.entities else {
+            return Err(Status::invalid_argument(
+                "get_online_features via DoGet needs \"entities\", e.g. {\"cc_num\": [4000000000000005]}; to stream keys use DoExchange",
+            ));
+        };
+        let plan = self.lookup_plan(request)?;
+        let (keys, rows) = plan.key_columns_from_json(entities)?;
+        let features = self.online()?.online().lookup(&plan, &keys, rows)?;
+        let mut fields: Vec<Field> = plan
+            .key_columns
+            .iter()
+            .map(|(n, t)| Field::new(n, t.data_type(), true))
+            .collect();
+        fields.extend(plan.output_fields.iter().cloned());
+        let mut columns: Vec<arrow::array::ArrayRef> = keys.iter().map(|k| k.array()).collect();
+        columns.extend(features);
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+
+    /// Runs a materialize action, streaming one JSON report per view as it commits.
+    /// The run goes on if the caller disconnects: each view commits whole or not at all.
+    fn run_materialize(
+        &self,
+        window: Window,
+        views: Option<Vec<String>>,
+    ) -> Result<BoxedFlightStream<arrow_flight::Result>, Status> {
+        let m = self.online()?.clone();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let progress = ChannelProgress(tx);
+            let r = m.run(window, views.as_deref(), &progress).await;
+            drop(progress);
+            let _ = done_tx.send(r.map(|_| ()));
+        });
+        let reports =
+            tokio_stream::wrappers::UnboundedReceiverStream::new(rx).map(|r| Ok(json_result(&r)));
+        let outcome = futures::stream::once(async move {
+            match done_rx.await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(Err(Status::from(e))),
+                Err(_) => Some(Err(Status::internal("materialize task ended unexpectedly"))),
+            }
+        })
+        .filter_map(futures::future::ready);
+        Ok(reports.chain(outcome).boxed())
     }
 
     /// The tonic server wrapper, with message size limits set for Arrow batches.
@@ -98,6 +232,9 @@ impl QuiverFlightService {
     fn historical_request(bytes: &[u8]) -> Result<HistoricalFeaturesRequest, Status> {
         match Command::parse(bytes).map_err(protocol_status)? {
             Command::GetHistoricalFeatures(r) => Ok(r),
+            Command::GetOnlineFeatures(_) => Err(Status::invalid_argument(
+                "get_online_features is answered by DoGet (with \"entities\") or DoExchange, not here",
+            )),
         }
     }
 
@@ -183,6 +320,56 @@ impl QuiverFlightService {
                 i.with_descriptor(FlightDescriptor::new_cmd(cmd))
                     .with_app_metadata(serde_json::to_vec(&desc).expect("serializes"))
             })
+    }
+
+    /// The scorers' path: one answer batch per batch of keys, on one stream.
+    fn online_exchange(
+        &self,
+        request: &OnlineFeaturesRequest,
+        first: FlightData,
+        input: Streaming<FlightData>,
+    ) -> Result<Response<BoxedFlightStream<FlightData>>, Status> {
+        if request.entities.is_some() {
+            return Err(Status::invalid_argument(
+                "DoExchange takes the entity keys from the stream; remove \"entities\" from the command",
+            ));
+        }
+        let plan = Arc::new(self.lookup_plan(request)?);
+        let store = self.online()?.online().clone();
+        let answers = FlightRecordBatchStream::new_from_flight_data(data_messages(first, input))
+            .map(move |batch| {
+                let batch = batch?;
+                let keys = plan.key_columns_from_batch(&batch).map_err(to_flight)?;
+                let features = store
+                    .lookup(&plan, &keys, batch.num_rows())
+                    .map_err(to_flight)?;
+                let mut fields: Vec<Field> = batch
+                    .schema()
+                    .fields()
+                    .iter()
+                    .map(|f| f.as_ref().clone())
+                    .collect();
+                fields.extend(plan.output_fields.iter().cloned());
+                let mut columns = batch.columns().to_vec();
+                columns.extend(features);
+                Ok(RecordBatch::try_new(
+                    Arc::new(Schema::new(fields)),
+                    columns,
+                )?)
+            });
+        let answers = match self.closing.clone() {
+            Some(mut closing) => answers
+                .take_until(async move {
+                    let _ = closing.wait_for(|c| *c).await;
+                })
+                .boxed(),
+            None => answers.boxed(),
+        };
+        let out = FlightDataEncoderBuilder::new()
+            .with_max_flight_data_size(usize::MAX)
+            .build(answers)
+            .map_err(flight_status);
+        Ok(Response::new(out.boxed()))
     }
 
     fn encode(stream: SendableRecordBatchStream) -> BoxedFlightStream<FlightData> {
@@ -323,7 +510,17 @@ impl FlightService for QuiverFlightService {
         request: Request<Ticket>,
     ) -> Result<Response<Self::DoGetStream>, Status> {
         let ticket = request.into_inner();
-        let req = Self::historical_request(&ticket.ticket)?;
+        let req = match Command::parse(&ticket.ticket).map_err(protocol_status)? {
+            Command::GetHistoricalFeatures(r) => r,
+            Command::GetOnlineFeatures(r) => {
+                let batch = self.online_get(&r)?;
+                let stream = FlightDataEncoderBuilder::new()
+                    .with_max_flight_data_size(usize::MAX)
+                    .build(futures::stream::once(async { Ok(batch) }))
+                    .map_err(flight_status);
+                return Ok(Response::new(stream.boxed()));
+            }
+        };
         let Some(sql) = &req.entity_sql else {
             return Err(Status::invalid_argument(
                 "this ticket has no \"entity_sql\"; use a ticket from GetFlightInfo",
@@ -361,17 +558,62 @@ impl FlightService for QuiverFlightService {
         &self,
         request: Request<Action>,
     ) -> Result<Response<Self::DoActionStream>, Status> {
-        Err(Status::unimplemented(format!(
-            "unknown action {:?}",
-            request.into_inner().r#type
-        )))
+        let action = request.into_inner();
+        let stream = match action.r#type.as_str() {
+            ACTION_MATERIALIZE => {
+                let r: MaterializeRequest = action_body(
+                    ACTION_MATERIALIZE,
+                    &action.body,
+                    r#"{"start": "2026-01-01T00:00:00Z", "end": "2026-01-31T00:00:00Z", "views": ["card_stats"]}"#,
+                )?;
+                let window = Window::Range {
+                    start: parse_instant(&r.start)?,
+                    end: parse_instant(&r.end)?,
+                };
+                info!(start = %r.start, end = %r.end, "materialize action");
+                self.run_materialize(window, r.views)?
+            }
+            ACTION_MATERIALIZE_INCREMENTAL => {
+                let r: MaterializeIncrementalRequest = action_body(
+                    ACTION_MATERIALIZE_INCREMENTAL,
+                    &action.body,
+                    r#"{"end": "2026-01-31T00:00:00Z"}"#,
+                )?;
+                let window = Window::Incremental {
+                    end: parse_instant(&r.end)?,
+                };
+                info!(end = %r.end, "materialize_incremental action");
+                self.run_materialize(window, r.views)?
+            }
+            ACTION_STATUS => {
+                let views = self.online()?.status()?;
+                futures::stream::iter(views.into_iter().map(|v| Ok(json_result(&v)))).boxed()
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown action {other:?} (known: {ACTION_MATERIALIZE}, {ACTION_MATERIALIZE_INCREMENTAL}, {ACTION_STATUS})"
+                )))
+            }
+        };
+        Ok(Response::new(stream))
     }
 
     async fn list_actions(
         &self,
         _request: Request<Empty>,
     ) -> Result<Response<Self::ListActionsStream>, Status> {
-        Ok(Response::new(futures::stream::empty().boxed()))
+        let actions = [
+            (ACTION_MATERIALIZE, "Load each view's latest row per entity with event time in [start, end] into the online store. Body: {\"start\": RFC 3339, \"end\": RFC 3339, \"views\": [..] (optional)}"),
+            (ACTION_MATERIALIZE_INCREMENTAL, "Like materialize, from each view's watermark to end. Body: {\"end\": RFC 3339, \"views\": [..] (optional)}"),
+            (ACTION_STATUS, "Each view's watermark, key count and last run. No body."),
+        ]
+        .map(|(t, d)| {
+            Ok(ActionType {
+                r#type: t.into(),
+                description: d.into(),
+            })
+        });
+        Ok(Response::new(futures::stream::iter(actions).boxed()))
     }
 
     async fn do_exchange(
@@ -390,19 +632,17 @@ impl FlightService for QuiverFlightService {
                 ))
             }
         };
-        let req = Self::historical_request(&cmd)?;
+        let req = match Command::parse(&cmd).map_err(protocol_status)? {
+            Command::GetHistoricalFeatures(r) => r,
+            Command::GetOnlineFeatures(r) => return self.online_exchange(&r, first, input),
+        };
         if req.entity_sql.is_some() {
             return Err(Status::invalid_argument(
                 "\"entity_sql\" is for GetFlightInfo; DoExchange takes the spine from the stream",
             ));
         }
-        // pyarrow sends the descriptor alone before the schema; messages without an
-        // IPC header (descriptor- or metadata-only) carry no data for the decoder.
-        let data = futures::stream::once(async { Ok(first) })
-            .chain(input)
-            .try_filter(|m| futures::future::ready(!m.data_header.is_empty()))
-            .map_err(|s| FlightError::Tonic(Box::new(s)));
-        let mut decoder = FlightRecordBatchStream::new_from_flight_data(data);
+        let mut decoder =
+            FlightRecordBatchStream::new_from_flight_data(data_messages(first, input));
         let mut spine = Vec::new();
         while let Some(batch) = decoder.next().await {
             spine.push(batch.map_err(flight_status)?);
@@ -424,12 +664,38 @@ impl FlightService for QuiverFlightService {
     }
 }
 
-/// Serves `service` on an already bound listener until `shutdown` resolves.
+/// The data messages of a DoExchange input, starting with the first one already read.
+/// pyarrow sends the descriptor alone before the schema; messages without an IPC
+/// header (descriptor- or metadata-only) carry no data for the decoder.
+fn data_messages(
+    first: FlightData,
+    input: Streaming<FlightData>,
+) -> impl Stream<Item = Result<FlightData, FlightError>> + Send + 'static {
+    futures::stream::once(async { Ok(first) })
+        .chain(input)
+        .try_filter(|m| futures::future::ready(!m.data_header.is_empty()))
+        .map_err(|s| FlightError::Tonic(Box::new(s)))
+}
+
+fn to_flight(e: online::Error) -> FlightError {
+    FlightError::Tonic(Box::new(Status::from(e)))
+}
+
+/// Serves `service` on an already bound listener until `shutdown` resolves. Then
+/// it stops accepting calls, ends open online lookup streams (their clients see
+/// the stream end and reconnect elsewhere) and waits for the other calls to finish.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    service: QuiverFlightService,
+    mut service: QuiverFlightService,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    let (closing, closed) = tokio::sync::watch::channel(false);
+    service.closing = Some(closed);
+    let shutdown = async move {
+        shutdown.await;
+        info!("shutting down: ending online lookup streams");
+        let _ = closing.send(true);
+    };
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
         .tcp_nodelay(true)

@@ -2,13 +2,14 @@
 //!
 //! The server side of Quiver, a feature store for real-time fraud detection: the
 //! feature repo and its registry, the offline store (Parquet in a folder or S3,
-//! queried with DataFusion), the point-in-time join, the Arrow Flight service and
-//! the `quiver` CLI.
+//! queried with DataFusion), the point-in-time join, the RocksDB online store and
+//! materialize, the Arrow Flight service and the `quiver` CLI.
 //!
 //! Layering, top to bottom, with no import running back up:
 //!
 //! ```text
-//! cli ─> flight ─> offline (historical, pit) ─> registry ─> config
+//! cli ─> flight ─> materialize ─> offline (historical, pit, window), online (encoding)
+//!                                   ─> registry ─> config
 //!                     └── quiver_client::protocol (wire types) under all of them
 //! ```
 
@@ -17,5 +18,7 @@ pub mod config;
 pub mod datagen;
 pub mod error;
 pub mod flight;
+pub mod materialize;
 pub mod offline;
+pub mod online;
 pub mod registry;

@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::config::CONFIG_FILE;
+use crate::error::ErrorKind;
 
 /// Errors in feature definitions or in a request's feature references.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +99,19 @@ pub enum Error {
 
 /// Result type of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// How this error should be reported to a caller.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::ViewNotFound { .. }
+            | Error::FeatureNotFound { .. }
+            | Error::ServiceNotFound { .. } => ErrorKind::NotFound,
+            Error::Read { .. } | Error::Registry { .. } => ErrorKind::Internal,
+            _ => ErrorKind::InvalidArgument,
+        }
+    }
+}
 
 /// A feature's value type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -40,7 +40,7 @@ async fn training_set_matches_the_definition_row_by_row() {
     let spine_rows: usize = spine.iter().map(|b| b.num_rows()).sum();
     let out = client
         .get_historical_features(
-            &HistoricalFeaturesRequest::for_service("fraud_v1"),
+            &HistoricalFeaturesRequest::for_service("fraud_v2"),
             spine.clone(),
         )
         .await
@@ -73,6 +73,7 @@ async fn training_set_matches_the_definition_row_by_row() {
             "max_amt_1d",
             "home_lat",
             "home_lon",
+            "credit_limit",
             "merchant_avg_amt_1d"
         ]
     );
@@ -202,7 +203,7 @@ async fn entity_sql_through_flight_info_and_do_get() {
     let amt = column::<Float64Type>(&tx, "amt");
     let expected = (0..tx.num_rows()).filter(|&i| amt.value(i) > 100.0).count();
     assert_eq!(out.num_rows(), expected);
-    assert_eq!(out.num_columns(), 5 + 6);
+    assert_eq!(out.num_columns(), 5 + 6, "fraud_v1 has six features");
     let ids = out.column(0).as_string::<i32>();
     assert!(
         (1..ids.len()).all(|i| ids.value(i - 1) <= ids.value(i)),
@@ -260,7 +261,7 @@ async fn bad_input_gets_a_clear_status_and_the_server_keeps_serving() {
     let cases: Vec<(&[u8], Option<RecordBatch>, Code, &str)> = vec![
         (b"{not json", Some(spine.clone()), Code::InvalidArgument, "malformed command"),
         (br#"{"get_historical_features": {"features": ["nope:x"]}}"#, Some(spine.clone()), Code::NotFound, "feature view \"nope\" not found"),
-        (br#"{"get_historical_features": {"feature_service": "fraud_v2"}}"#, Some(spine.clone()), Code::NotFound, "feature service \"fraud_v2\" not found"),
+        (br#"{"get_historical_features": {"feature_service": "fraud_v9"}}"#, Some(spine.clone()), Code::NotFound, "feature service \"fraud_v9\" not found"),
         (br#"{"get_historical_features": {"features": ["merchant_stats"]}}"#, Some(spine.clone()), Code::InvalidArgument, "the spine has no column \"merchant_id\""),
         (br#"{"get_historical_features": {"features": ["card_stats"], "timestamp_column": "ts"}}"#, Some(spine.clone()), Code::InvalidArgument, "the spine has no timestamp column \"ts\""),
         (br#"{"get_historical_features": {"feature_service": "fraud_v1"}}"#, None, Code::InvalidArgument, "must carry a FlightDescriptor"),

@@ -1,4 +1,6 @@
 //! End-to-end tests of the Quiver server and client (one test binary, as delta-rs).
 
+mod crash;
 mod historical;
+mod online;
 mod s3;

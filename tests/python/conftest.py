@@ -52,3 +52,33 @@ def server(repo):
     yield f"grpc://{addr}"
     proc.terminate()
     proc.wait(timeout=10)
+
+
+# The online tests judge ttl as of this instant (the server's clock is fixed to it
+# with QUIVER_NOW): half a day after the generated data's last day.
+ONLINE_NOW = "2026-02-10T12:00:00+00:00"
+
+
+@pytest.fixture(scope="session")
+def online_server(repo):
+    """A second `quiver serve` over the same Parquet data with its own RocksDB and a
+    fixed clock, so online ttls are judged as of ONLINE_NOW."""
+    d = Path(tempfile.mkdtemp(prefix="quiver-py-online-"))
+    (d / "quiver.yaml").write_text(
+        f"project: fraud\noffline_store:\n  url: {repo / 'data'}\nonline_store:\n  path: ./online\n"
+    )
+    shutil.copy(ROOT / "feature_repo" / "features.yaml", d / "features.yaml")
+    run(d, "apply")
+    env = dict(os.environ, QUIVER_NOW=ONLINE_NOW)
+    proc = subprocess.Popen(
+        [quiver_bin(), "--repo", str(d), "serve", "--addr", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    line = proc.stdout.readline().strip()
+    assert line.startswith("quiver serving on "), f"unexpected readiness line {line!r}"
+    yield f"grpc://{line.rsplit(' ', 1)[1]}"
+    proc.terminate()
+    proc.wait(timeout=10)
+    shutil.rmtree(d, ignore_errors=True)

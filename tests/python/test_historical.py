@@ -8,7 +8,7 @@ import pyarrow.flight as flight
 import pyarrow.parquet as pq
 import pytest
 
-FEATURES = ["avg_amt_1d", "txn_count_1d", "max_amt_1d", "home_lat", "home_lon", "merchant_avg_amt_1d"]
+FEATURES = ["avg_amt_1d", "txn_count_1d", "max_amt_1d", "home_lat", "home_lon", "credit_limit", "merchant_avg_amt_1d"]
 
 
 def exchange(server, command, table, chunk=5000):
@@ -38,7 +38,7 @@ def duckdb_reference(data, spine):
                CASE WHEN cs.event_timestamp >= s.event_timestamp - INTERVAL 2 DAY THEN cs.avg_amt_1d END AS avg_amt_1d,
                CASE WHEN cs.event_timestamp >= s.event_timestamp - INTERVAL 2 DAY THEN cs.txn_count_1d END AS txn_count_1d,
                CASE WHEN cs.event_timestamp >= s.event_timestamp - INTERVAL 2 DAY THEN cs.max_amt_1d END AS max_amt_1d,
-               cu.home_lat, cu.home_lon,
+               cu.home_lat, cu.home_lon, cu.credit_limit,
                CASE WHEN ms.event_timestamp >= s.event_timestamp - INTERVAL 2 DAY THEN ms.merchant_avg_amt_1d END AS merchant_avg_amt_1d
         FROM spine s
         ASOF LEFT JOIN cs ON s.cc_num = cs.cc_num AND s.event_timestamp >= cs.event_timestamp
@@ -53,7 +53,7 @@ def test_training_set_equals_duckdb_asof(repo, server):
     tx = pq.read_table(repo / "data" / "transactions.parquet")
     spine = tx.select(["trans_id", "cc_num", "merchant_id", "event_timestamp", "is_fraud"])
     spine = spine.append_column("rid", pa.array(range(spine.num_rows), pa.int64()))
-    result = exchange(server, {"get_historical_features": {"feature_service": "fraud_v1"}}, spine)
+    result = exchange(server, {"get_historical_features": {"feature_service": "fraud_v2"}}, spine)
     assert result.num_rows == spine.num_rows
     # Spine columns unchanged, in order, then the features.
     assert result.column_names == spine.column_names + FEATURES
@@ -77,7 +77,7 @@ def test_full_feature_names_and_small_chunks(repo, server):
     spine = tx.select(["cc_num", "event_timestamp"])
     cmd = {"get_historical_features": {"features": ["card_stats:avg_amt_1d", "customers"], "full_feature_names": True}}
     result = exchange(server, cmd, spine, chunk=7)
-    assert result.column_names == ["cc_num", "event_timestamp", "card_stats__avg_amt_1d", "customers__home_lat", "customers__home_lon"]
+    assert result.column_names == ["cc_num", "event_timestamp", "card_stats__avg_amt_1d", "customers__home_lat", "customers__home_lon", "customers__credit_limit"]
     assert result.num_rows == 3000
 
 

@@ -77,7 +77,7 @@ pub fn timestamp_nanos(array: &ArrayRef) -> Result<Int64Array> {
 
 /// A typed timestamp literal for `nanos`, in the unit and zone of `dtype`, rounded
 /// up (lower bounds) or down (upper bounds) to that unit.
-fn ts_literal(dtype: &DataType, nanos: i64, round_up: bool) -> ScalarValue {
+pub(crate) fn ts_literal(dtype: &DataType, nanos: i64, round_up: bool) -> ScalarValue {
     let DataType::Timestamp(unit, tz) = dtype else {
         unreachable!("validated as timestamp")
     };

@@ -13,6 +13,7 @@
 
 pub mod historical;
 pub mod pit;
+pub mod window;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -105,15 +106,7 @@ impl Error {
             Error::Schema { .. } | Error::InvalidRequest { .. } | Error::Config(_) => {
                 ErrorKind::InvalidArgument
             }
-            Error::Registry(e) => match e {
-                registry::Error::ViewNotFound { .. }
-                | registry::Error::FeatureNotFound { .. }
-                | registry::Error::ServiceNotFound { .. } => ErrorKind::NotFound,
-                registry::Error::Read { .. } | registry::Error::Registry { .. } => {
-                    ErrorKind::Internal
-                }
-                _ => ErrorKind::InvalidArgument,
-            },
+            Error::Registry(e) => e.kind(),
             Error::Query(e) => match e.find_root() {
                 DataFusionError::Plan(_)
                 | DataFusionError::SQL(..)

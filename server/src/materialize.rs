@@ -1,0 +1,508 @@
+//! Materialize: load each view's latest row per entity from the offline store into
+//! the online store.
+//!
+//! ```text
+//! offline scan [start, end] ──per partition: key -> newest (event, created) row──┐
+//!                                                                                 ├─ merge
+//!     view lock ── newer_only(stored) ── one write batch (data + ViewState) <─────┘
+//!                └─ view empty and large: one SST (data + ViewState), ingested
+//! ```
+//!
+//! Memory is bounded by the number of distinct entities in the window, not by rows.
+//! Every run commits a view's data together with its new watermark; a run killed
+//! at any instant leaves the old or the new state of the view, never a mix, and a
+//! value only ever replaces an older one, so reruns, overlapping and concurrent
+//! windows never move a key backwards.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use arrow::array::{Array, RecordBatch};
+use chrono::{DateTime, SecondsFormat, Utc};
+use futures::StreamExt;
+use quiver_client::protocol::{MaterializeReport, ViewStatus};
+use tracing::info;
+
+use crate::error::ErrorKind;
+use crate::offline::historical::timestamp_nanos;
+use crate::offline::window::WindowColumns;
+use crate::offline::{self, OfflineStore};
+use crate::online::encoding::{
+    encode_key, encode_value, FeatureColumn, KeyColumn, KeyType, NO_CREATED,
+};
+use crate::online::{self, OnlineStore, ViewLayout, ViewState};
+
+/// Errors of a materialization.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading the offline store failed.
+    #[error(transparent)]
+    Offline(#[from] offline::Error),
+    /// Writing the online store failed.
+    #[error(transparent)]
+    Online(#[from] online::Error),
+    /// The request is unusable (bad instants, unknown views, ...).
+    #[error("{0}")]
+    Invalid(String),
+    /// A worker task failed.
+    #[error("materialize worker failed: {0}")]
+    Worker(String),
+}
+
+/// Result type of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// How this error should be reported to a caller.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Offline(e) => e.kind(),
+            Error::Online(e) => e.kind(),
+            Error::Invalid(_) => ErrorKind::InvalidArgument,
+            Error::Worker(_) => ErrorKind::Internal,
+        }
+    }
+}
+
+/// Parses an RFC 3339 instant (or `now`) into nanoseconds since the epoch.
+///
+/// ```
+/// use quiver_server::materialize::parse_instant;
+/// assert_eq!(parse_instant("1970-01-01T00:00:01Z").unwrap(), 1_000_000_000);
+/// assert!(parse_instant("yesterday").is_err());
+/// ```
+pub fn parse_instant(s: &str) -> Result<i64> {
+    if s.trim() == "now" {
+        return Ok(Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX));
+    }
+    DateTime::parse_from_rfc3339(s.trim())
+        .map_err(|e| {
+            Error::Invalid(format!(
+                "{s:?} is not an RFC 3339 instant such as 2026-01-31T00:00:00Z ({e})"
+            ))
+        })?
+        .timestamp_nanos_opt()
+        .ok_or_else(|| Error::Invalid(format!("{s:?} is outside years 1677-2262")))
+}
+
+/// Formats nanoseconds since the epoch as RFC 3339 (UTC).
+pub fn format_instant(ns: i64) -> String {
+    DateTime::<Utc>::from_timestamp_nanos(ns).to_rfc3339_opts(SecondsFormat::AutoSi, true)
+}
+
+/// Which rows a run reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// Event times in `[start, end]`.
+    Range {
+        /// Inclusive start (ns).
+        start: i64,
+        /// Inclusive end (ns).
+        end: i64,
+    },
+    /// From each view's watermark (or its ttl before `end` on the first run) to `end`.
+    Incremental {
+        /// Inclusive end (ns).
+        end: i64,
+    },
+}
+
+/// Progress of a run, reported as it goes.
+pub trait Progress: Send + Sync {
+    /// A view's scan starts.
+    fn view_started(&self, _view: &str, _start: Option<i64>, _end: i64) {}
+    /// More source rows were read.
+    fn rows_read(&self, _view: &str, _rows: u64) {}
+    /// A view committed.
+    fn view_finished(&self, _report: &MaterializeReport) {}
+}
+
+/// A [`Progress`] that ignores everything.
+#[derive(Debug, Default)]
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// Tuning of materialization.
+#[derive(Debug, Clone)]
+pub struct MaterializeOptions {
+    /// An empty view receiving at least this many keys is bulk-loaded (SST ingest).
+    pub bulk_min_keys: usize,
+}
+
+impl Default for MaterializeOptions {
+    fn default() -> Self {
+        Self {
+            bulk_min_keys: 50_000,
+        }
+    }
+}
+
+/// The online layouts of every view, from the registry and the Parquet schemas.
+pub fn view_layouts(offline: &OfflineStore) -> Result<BTreeMap<String, Arc<ViewLayout>>> {
+    let registry = offline.registry();
+    let mut out = BTreeMap::new();
+    for v in &registry.definitions.feature_views {
+        let source = registry.source(&v.source).expect("validated reference");
+        let schema = offline.source_schema(&source.name).expect("registered");
+        let field = |name: &str| {
+            schema.field_with_name(name).map_err(|_| {
+                Error::Invalid(format!(
+                    "view {:?}: column {name:?} is missing from source {:?}; run `quiver apply`",
+                    v.name, source.name
+                ))
+            })
+        };
+        let mut keys = Vec::new();
+        for k in registry.join_keys(v) {
+            let t = KeyType::of(field(&k)?.data_type()).ok_or_else(|| {
+                Error::Invalid(format!(
+                    "view {:?}: join key {k:?} is not an integer or string column",
+                    v.name
+                ))
+            })?;
+            keys.push((k, t));
+        }
+        let mut features = Vec::new();
+        for f in &v.features {
+            let t = field(&f.name)?.data_type().clone();
+            if !online::encoding::supported(&t) {
+                return Err(Error::Invalid(format!(
+                    "view {:?}: feature {:?} has type {t}, which the online store cannot hold",
+                    v.name, f.name
+                )));
+            }
+            features.push((f.name.clone(), t));
+        }
+        let layout = ViewLayout::new(v.name.clone(), keys, features, v.ttl.map(|t| t.0));
+        out.insert(v.name.clone(), Arc::new(layout));
+    }
+    Ok(out)
+}
+
+/// The newest row per entity seen so far: its (event, created) and encoded value.
+type Winners = HashMap<Box<[u8]>, ((i64, i64), Vec<u8>)>;
+
+/// Folds one batch of a window scan into `winners`.
+fn fold_batch(
+    layout: &ViewLayout,
+    columns: &WindowColumns,
+    batch: &RecordBatch,
+    winners: &mut Winners,
+) -> Result<()> {
+    let col = |name: &str| {
+        batch
+            .column_by_name(name)
+            .cloned()
+            .ok_or_else(|| Error::Worker(format!("scan lost column {name:?}")))
+    };
+    let keys: Vec<KeyColumn> = layout
+        .join_keys
+        .iter()
+        .map(|(k, t)| Ok(KeyColumn::new(&col(k)?, *t).map_err(online::Error::from)?))
+        .collect::<Result<_>>()?;
+    let key_refs: Vec<&KeyColumn> = keys.iter().collect();
+    let event = timestamp_nanos(&col(&columns.timestamp)?)?;
+    let created = match &columns.created {
+        Some(c) => Some(timestamp_nanos(&col(c)?)?),
+        None => None,
+    };
+    let features: Vec<FeatureColumn> = columns
+        .features
+        .iter()
+        .map(|f| Ok(FeatureColumn::new(&col(f)?).map_err(online::Error::from)?))
+        .collect::<Result<_>>()?;
+    let prefix = layout.prefix();
+    let mut key = Vec::with_capacity(32);
+    for row in 0..batch.num_rows() {
+        if event.is_null(row) || !encode_key(&prefix, &key_refs, row, &mut key) {
+            continue;
+        }
+        let version = (
+            event.value(row),
+            created
+                .as_ref()
+                .filter(|c| c.is_valid(row))
+                .map_or(NO_CREATED, |c| c.value(row)),
+        );
+        match winners.get_mut(key.as_slice()) {
+            Some((v, _)) if *v >= version => {}
+            Some((v, value)) => {
+                *v = version;
+                value.clear();
+                encode_value(version.0, version.1, &features, row, value);
+            }
+            None => {
+                let mut value = Vec::with_capacity(64);
+                encode_value(version.0, version.1, &features, row, &mut value);
+                winners.insert(key.as_slice().into(), (version, value));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs materializations against one offline and one online store.
+#[derive(Debug)]
+pub struct Materializer {
+    offline: Arc<OfflineStore>,
+    online: Arc<OnlineStore>,
+    layouts: BTreeMap<String, Arc<ViewLayout>>,
+    options: MaterializeOptions,
+}
+
+impl Materializer {
+    /// A materializer; layouts come from the offline store's registry and schemas.
+    pub fn new(
+        offline: Arc<OfflineStore>,
+        online: Arc<OnlineStore>,
+        options: MaterializeOptions,
+    ) -> Result<Self> {
+        let layouts = view_layouts(&offline)?;
+        Ok(Self {
+            offline,
+            online,
+            layouts,
+            options,
+        })
+    }
+
+    /// The online store.
+    pub fn online(&self) -> &Arc<OnlineStore> {
+        &self.online
+    }
+
+    /// The offline store.
+    pub fn offline(&self) -> &Arc<OfflineStore> {
+        &self.offline
+    }
+
+    /// Every view's online layout.
+    pub fn layouts(&self) -> &BTreeMap<String, Arc<ViewLayout>> {
+        &self.layouts
+    }
+
+    /// The views named (all when `None`), or an error naming the unknown ones.
+    fn select(&self, views: Option<&[String]>) -> Result<Vec<Arc<ViewLayout>>> {
+        match views {
+            None => Ok(self.layouts.values().cloned().collect()),
+            Some([]) => Err(Error::Invalid(
+                "\"views\" is empty: name at least one view".into(),
+            )),
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    self.layouts.get(n).cloned().ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "feature view {n:?} not found (known views: {})",
+                            self.layouts.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ))
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Materializes `window` for the views named (all when `None`), one view after
+    /// the other; each view commits on its own.
+    pub async fn run(
+        &self,
+        window: Window,
+        views: Option<&[String]>,
+        progress: &dyn Progress,
+    ) -> Result<Vec<MaterializeReport>> {
+        if let Window::Range { start, end } = window {
+            if start > end {
+                return Err(Error::Invalid(format!(
+                    "start {} is after end {}",
+                    format_instant(start),
+                    format_instant(end)
+                )));
+            }
+        }
+        let layouts = self.select(views)?;
+        let mut reports = Vec::new();
+        for layout in layouts {
+            reports.push(self.run_view(&layout, window, progress).await?);
+        }
+        Ok(reports)
+    }
+
+    async fn run_view(
+        &self,
+        layout: &Arc<ViewLayout>,
+        window: Window,
+        progress: &dyn Progress,
+    ) -> Result<MaterializeReport> {
+        let started = Instant::now();
+        let lock = self.online.view_lock(&layout.name);
+        let _guard = lock.lock().await;
+        let state = self.online.view_state(layout)?;
+        let (start, end) = match window {
+            Window::Range { start, end } => (Some(start), end),
+            Window::Incremental { end } => {
+                let start = match state.as_ref().and_then(|s| s.watermark) {
+                    Some(w) => Some(w),
+                    None => layout
+                        .ttl
+                        .map(|t| end.saturating_sub(t.as_nanos().min(i64::MAX as u128) as i64)),
+                };
+                (start, end)
+            }
+        };
+        progress.view_started(&layout.name, start, end);
+        let mut report = MaterializeReport {
+            view: layout.name.clone(),
+            start: start.map(format_instant),
+            end: format_instant(end),
+            rows_read: 0,
+            entities: 0,
+            keys_written: 0,
+            key_count: state.as_ref().map_or(0, |s| s.key_count),
+            mode: "batch".into(),
+            seconds: 0.0,
+        };
+        if start.is_some_and(|s| s > end) {
+            // Already past `end` (an incremental run behind the watermark): nothing to do.
+            report.seconds = started.elapsed().as_secs_f64();
+            progress.view_finished(&report);
+            return Ok(report);
+        }
+        let winners = self.scan(layout, start, end, progress).await?;
+        report.rows_read = winners.1;
+        let entries: Vec<(Vec<u8>, Vec<u8>)> = winners
+            .0
+            .into_iter()
+            .map(|(k, (_, v))| (k.into_vec(), v))
+            .collect();
+        report.entities = entries.len() as u64;
+        let old = state.unwrap_or(ViewState {
+            fingerprint: layout.fingerprint,
+            ..Default::default()
+        });
+        let mut new_state = ViewState {
+            fingerprint: layout.fingerprint,
+            watermark: Some(old.watermark.map_or(end, |w| w.max(end))),
+            key_count: old.key_count,
+            last_run: None,
+            last_run_at: None,
+        };
+        let online = self.online.clone();
+        let layout2 = layout.clone();
+        let bulk_min = self.options.bulk_min_keys;
+        let report = tokio::task::spawn_blocking(move || -> Result<MaterializeReport> {
+            let mut report = report;
+            if entries.len() >= bulk_min && online.view_is_empty(&layout2)? {
+                report.mode = "bulk".into();
+                report.keys_written = entries.len() as u64;
+                new_state.key_count = entries.len() as u64;
+                report.key_count = new_state.key_count;
+                report.seconds = started.elapsed().as_secs_f64();
+                new_state.last_run = Some(report.clone());
+                new_state.last_run_at = Some(Utc::now().timestamp_nanos_opt().unwrap_or(0));
+                online.commit_bulk(&layout2, entries, &new_state)?;
+            } else {
+                let (keep, new_keys) = online.newer_only(&layout2, entries)?;
+                report.keys_written = keep.len() as u64;
+                new_state.key_count += new_keys;
+                report.key_count = new_state.key_count;
+                report.seconds = started.elapsed().as_secs_f64();
+                new_state.last_run = Some(report.clone());
+                new_state.last_run_at = Some(Utc::now().timestamp_nanos_opt().unwrap_or(0));
+                online.commit_batch(&layout2, &keep, &new_state)?;
+            }
+            Ok(report)
+        })
+        .await
+        .map_err(|e| Error::Worker(e.to_string()))??;
+        info!(view = %report.view, rows = report.rows_read, written = report.keys_written, mode = %report.mode, seconds = report.seconds, "materialized");
+        progress.view_finished(&report);
+        Ok(report)
+    }
+
+    /// Scans the window, one task per partition, and merges the partitions' winners.
+    async fn scan(
+        &self,
+        layout: &Arc<ViewLayout>,
+        start: Option<i64>,
+        end: i64,
+        progress: &dyn Progress,
+    ) -> Result<(Winners, u64)> {
+        let (columns, streams) = self.offline.scan_window(&layout.name, start, end).await?;
+        let columns = Arc::new(columns);
+        let rows = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for mut stream in streams {
+            let (layout, columns, rows) = (layout.clone(), columns.clone(), rows.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut winners = Winners::new();
+                while let Some(batch) = stream.next().await {
+                    let batch = batch.map_err(offline::Error::from)?;
+                    fold_batch(&layout, &columns, &batch, &mut winners)?;
+                    rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                }
+                Ok::<_, Error>(winners)
+            }));
+        }
+        let mut reported = 0;
+        let mut merged: Option<Winners> = None;
+        let mut pending = futures::future::join_all(tasks);
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        let results = loop {
+            tokio::select! {
+                r = &mut pending => break r,
+                _ = tick.tick() => {
+                    let now = rows.load(Ordering::Relaxed);
+                    progress.rows_read(&layout.name, now - reported);
+                    reported = now;
+                }
+            }
+        };
+        for r in results {
+            let part = r.map_err(|e| Error::Worker(e.to_string()))??;
+            match &mut merged {
+                None => merged = Some(part),
+                Some(m) => {
+                    for (k, (v, value)) in part {
+                        match m.get_mut(&k) {
+                            Some((mv, _)) if *mv >= v => {}
+                            Some(slot) => *slot = (v, value),
+                            None => {
+                                m.insert(k, (v, value));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let total = rows.load(Ordering::Relaxed);
+        progress.rows_read(&layout.name, total - reported);
+        Ok((merged.unwrap_or_default(), total))
+    }
+
+    /// Every view's watermark, key count and last run.
+    pub fn status(&self) -> Result<Vec<ViewStatus>> {
+        status(&self.online, &self.layouts)
+    }
+}
+
+/// Every view's watermark, key count and last run, as recorded in `online`.
+pub fn status(
+    online: &OnlineStore,
+    layouts: &BTreeMap<String, Arc<ViewLayout>>,
+) -> Result<Vec<ViewStatus>> {
+    layouts
+        .values()
+        .map(|l| {
+            let s = online.view_state(l)?;
+            Ok(ViewStatus {
+                view: l.name.clone(),
+                watermark: s.as_ref().and_then(|s| s.watermark).map(format_instant),
+                key_count: s.as_ref().map_or(0, |s| s.key_count),
+                last_run_at: s.as_ref().and_then(|s| s.last_run_at).map(format_instant),
+                last_run: s.and_then(|s| s.last_run),
+            })
+        })
+        .collect()
+}

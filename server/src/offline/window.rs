@@ -1,0 +1,82 @@
+//! Reading one view's rows in an event-time window: what materialize loads into
+//! the online store.
+
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::logical_expr::{ident, lit};
+use datafusion::prelude::Expr;
+
+use super::historical::ts_literal;
+use super::{Error, OfflineStore, Result};
+use crate::registry::Error as RegistryError;
+
+/// Column names of a window scan, in the order they come back.
+#[derive(Debug, Clone)]
+pub struct WindowColumns {
+    /// The view's join keys.
+    pub join_keys: Vec<String>,
+    /// The event timestamp column.
+    pub timestamp: String,
+    /// The created timestamp column, if the source has one.
+    pub created: Option<String>,
+    /// The view's features.
+    pub features: Vec<String>,
+}
+
+impl OfflineStore {
+    /// The rows of `view`'s source with event time in `[start, end]` (ns since the
+    /// epoch, `start` unbounded when `None`), projected to join keys, timestamps and
+    /// features, as one stream per partition so callers can reduce them in parallel.
+    pub async fn scan_window(
+        &self,
+        view: &str,
+        start: Option<i64>,
+        end: i64,
+    ) -> Result<(WindowColumns, Vec<SendableRecordBatchStream>)> {
+        let registry = self.registry().clone();
+        let v = registry
+            .view(view)
+            .ok_or_else(|| RegistryError::ViewNotFound {
+                view: view.to_string(),
+                known: registry
+                    .definitions
+                    .feature_views
+                    .iter()
+                    .map(|v| v.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?;
+        let source = registry.source(&v.source).expect("validated reference");
+        let schema = self.source_schema(&source.name).expect("registered");
+        let ts_type = schema
+            .field_with_name(&source.timestamp_field)
+            .map(|f| f.data_type().clone())
+            .map_err(|_| {
+                Error::invalid(format!(
+                    "source {:?} has no column {:?}; run `quiver apply`",
+                    source.name, source.timestamp_field
+                ))
+            })?;
+        let ts = ident(&source.timestamp_field);
+        let mut filter: Expr = ts.clone().lt_eq(lit(ts_literal(&ts_type, end, false)));
+        if let Some(start) = start {
+            filter = ts.gt_eq(lit(ts_literal(&ts_type, start, true))).and(filter);
+        }
+        let columns = WindowColumns {
+            join_keys: registry.join_keys(v),
+            timestamp: source.timestamp_field.clone(),
+            created: source.created_timestamp_field.clone(),
+            features: v.features.iter().map(|f| f.name.clone()).collect(),
+        };
+        let mut names: Vec<&str> = columns.join_keys.iter().map(String::as_str).collect();
+        names.push(&columns.timestamp);
+        names.extend(columns.created.as_deref());
+        names.extend(columns.features.iter().map(String::as_str));
+        let df = self
+            .context()
+            .table(source.name.as_str())
+            .await?
+            .filter(filter)?
+            .select_columns(&names)?;
+        Ok((columns, df.execute_stream_partitioned().await?))
+    }
+}

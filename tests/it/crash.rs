@@ -1,0 +1,134 @@
+//! A `quiver materialize` process killed with SIGKILL at many instants leaves every
+//! view at its old or its new state, and a rerun ends where a clean run ends.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use quiver_e2e::example_repo;
+use quiver_server::config::Repo;
+use quiver_server::online::Clock;
+use quiver_server::{cli, datagen};
+
+/// Per view: every (key, value), the watermark and the key count.
+type Dump = BTreeMap<String, (Vec<(Vec<u8>, Vec<u8>)>, Option<i64>, u64)>;
+
+fn quiver_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("QUIVER_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/it-<hash> -> target/<profile>/quiver
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("quiver");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build --bin quiver` (scripts/test.sh does), or set QUIVER_BIN",
+        bin.display()
+    );
+    bin
+}
+
+async fn dump(repo: &Repo) -> Dump {
+    let m = cli::open_stores(repo, Clock::System)
+        .await
+        .expect("stores open");
+    let mut out = Dump::new();
+    for (name, layout) in m.layouts() {
+        let state = m.online().view_state(layout).expect("state reads");
+        out.insert(
+            name.clone(),
+            (
+                m.online().scan_view(layout).expect("scan"),
+                state.as_ref().and_then(|s| s.watermark),
+                state.map_or(0, |s| s.key_count),
+            ),
+        );
+    }
+    out
+}
+
+fn materialize(repo: &Path, end: &str) -> std::process::Child {
+    Command::new(quiver_binary())
+        .args(["--repo"])
+        .arg(repo)
+        .args(["materialize", "2020-01-01T00:00:00Z", end])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("quiver starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_materialize_leaves_old_or_new_and_a_rerun_finishes() {
+    let options = datagen::Options {
+        cards: 20_000,
+        merchants: 2_000,
+        days: 20,
+        ..Default::default()
+    };
+    let clean = example_repo(&options);
+    // The crashing repo reads the same Parquet data but has its own RocksDB, and
+    // bulk-loads (SST ingest) where the clean repo uses write batches.
+    let crashing = tempfile::tempdir().unwrap();
+    cli::write_example_repo(crashing.path()).unwrap();
+    let data = clean.path().join("data");
+    std::fs::write(
+        crashing.path().join("quiver.yaml"),
+        format!(
+            "project: fraud\noffline_store:\n  url: {}\nonline_store:\n  path: ./online\n  bulk_min_keys: 1000\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let clean_repo = Repo::load(clean.path()).unwrap();
+    let crash_repo = Repo::load(crashing.path()).unwrap();
+    cli::apply_repo(&clean_repo, false).await.unwrap();
+    cli::apply_repo(&crash_repo, false).await.unwrap();
+    let end = "2026-01-25T00:00:00Z";
+
+    let started = Instant::now();
+    let status = materialize(clean.path(), end).wait().unwrap();
+    let took = started.elapsed();
+    assert!(status.success(), "clean run failed");
+    let want = dump(&clean_repo).await;
+    assert!(want
+        .values()
+        .all(|(kv, w, n)| !kv.is_empty() && w.is_some() && *n == kv.len() as u64));
+
+    let mut before = dump(&crash_repo).await;
+    let mut kills = 0;
+    for tenths in [0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95] {
+        let mut child = materialize(crashing.path(), end);
+        std::thread::sleep(took.mul_f64(tenths));
+        let finished = child.try_wait().unwrap().is_some();
+        child.kill().ok(); // SIGKILL
+        child.wait().unwrap();
+        kills += usize::from(!finished);
+        let now = dump(&crash_repo).await;
+        for (view, state) in &now {
+            assert!(
+                state == &before[view] || state == &want[view],
+                "after a kill at {tenths} of a run, view {view} is neither its old nor its new state"
+            );
+        }
+        before = now;
+    }
+    assert!(
+        kills > 0,
+        "every run finished before its kill; the test did not test"
+    );
+    let status = materialize(crashing.path(), end).wait().unwrap();
+    assert!(status.success(), "rerun failed");
+    let got = dump(&crash_repo).await;
+    for (view, state) in &want {
+        assert!(
+            got[view] == *state,
+            "view {view} differs from the clean run after the rerun"
+        );
+    }
+}
