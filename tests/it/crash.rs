@@ -66,9 +66,9 @@ fn materialize(repo: &Path, end: &str) -> std::process::Child {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_materialize_leaves_old_or_new_and_a_rerun_finishes() {
     let options = datagen::Options {
-        cards: 20_000,
-        merchants: 2_000,
-        days: 20,
+        cards: 50_000,
+        merchants: 5_000,
+        days: 30,
         ..Default::default()
     };
     let clean = example_repo(&options);
@@ -102,7 +102,10 @@ async fn killed_materialize_leaves_old_or_new_and_a_rerun_finishes() {
 
     let mut before = dump(&crash_repo).await;
     let mut kills = 0;
-    for tenths in [0.3, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95] {
+    let mut outcomes = Vec::new();
+    for tenths in [
+        0.2, 0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95,
+    ] {
         let mut child = materialize(crashing.path(), end);
         std::thread::sleep(took.mul_f64(tenths));
         let finished = child.try_wait().unwrap().is_some();
@@ -116,8 +119,13 @@ async fn killed_materialize_leaves_old_or_new_and_a_rerun_finishes() {
                 "after a kill at {tenths} of a run, view {view} is neither its old nor its new state"
             );
         }
+        let done = now.iter().filter(|(v, s)| **s == want[v.as_str()]).count();
+        outcomes.push(done);
         before = now;
     }
+    eprintln!(
+        "clean run {took:?}; {kills} runs killed before they finished; views complete after each kill: {outcomes:?}"
+    );
     assert!(
         kills > 0,
         "every run finished before its kill; the test did not test"
