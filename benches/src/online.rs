@@ -378,11 +378,11 @@ async fn feast(
         .arg("version")
         .output()
         .with_context(|| format!("{} not found (pip install feast)", args.feast.display()))?;
+    // `Feast SDK Version: "0.67.0"`, possibly with terminal colours.
     let version = String::from_utf8_lossy(&version.stdout)
-        .split_whitespace()
-        .last()
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .rfind(|t| t.matches('.').count() == 2)
         .unwrap_or("?")
-        .trim_matches('"')
         .to_string();
     let repo = dir.join("feast_repo");
     std::fs::create_dir_all(repo.join("data"))?;
@@ -433,7 +433,8 @@ async fn feast(
     };
     conn.set_nodelay(true)?;
     let first = http_post(&mut conn, port, ids[0])?;
-    if !first.contains("PRESENT") {
+    // The entity key itself is always PRESENT; the features must be too.
+    if first.matches("PRESENT").count() < 4 {
         bail!(
             "feast returned no PRESENT value: {}",
             &first[..first.len().min(300)]
@@ -537,7 +538,10 @@ fn tokio_stream_listener(
     listener: tokio::net::TcpListener,
 ) -> impl Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     futures::stream::unfold(listener, |l| async move {
-        let r = l.accept().await.map(|(s, _)| s);
+        let r = l.accept().await.map(|(s, _)| {
+            let _ = s.set_nodelay(true);
+            s
+        });
         Some((r, l))
     })
 }

@@ -696,9 +696,14 @@ pub async fn serve(
         info!("shutting down: ending online lookup streams");
         let _ = closing.send(true);
     };
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // With our own listener, tonic's tcp_nodelay does not apply: set it per
+    // connection, or small responses (DoGet's schema, batch, trailers) wait on
+    // Nagle + delayed ACKs for ~40 ms.
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map_ok(|s| {
+        let _ = s.set_nodelay(true);
+        s
+    });
     tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .add_service(service.into_server())
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await

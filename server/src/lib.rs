@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! cli ─> flight ─> materialize ─> offline (historical, pit, window), online (encoding)
-//!                                   ─> registry ─> config
+//!                                   ─> registry ─> config; keys (join key kinds) under offline and online
 //!                     └── quiver_client::protocol (wire types) under all of them
 //! ```
 
@@ -18,6 +18,7 @@ pub mod config;
 pub mod datagen;
 pub mod error;
 pub mod flight;
+pub mod keys;
 pub mod materialize;
 pub mod offline;
 pub mod online;

@@ -34,7 +34,8 @@ use quiver_client::protocol::{FeatureSelection, HistoricalFeaturesRequest};
 use tracing::{info, instrument};
 
 use super::pit::{AsofJoinExec, AsofSpec};
-use super::{key_kind, Error, KeyKind, OfflineStore, Result};
+use super::{Error, OfflineStore, Result};
+use crate::keys::KeyType;
 use crate::registry::ViewRequest;
 
 const ROW: &str = "__quiver_row";
@@ -240,8 +241,8 @@ impl OfflineStore {
                     ),
                 })?;
                 let (sk, fk) = (
-                    key_kind(spine_field.data_type()),
-                    key_kind(source_field.data_type()),
+                    KeyType::of(spine_field.data_type()),
+                    KeyType::of(source_field.data_type()),
                 );
                 match (sk, fk) {
                     (Some(a), Some(b)) if a == b => kinds.push(a),
@@ -292,7 +293,7 @@ impl OfflineStore {
             for (j, (k, kind)) in v.join_keys.iter().zip(kinds).enumerate() {
                 let name = format!("{HELPER_PREFIX}k{vi}_{j}");
                 exprs.push(ProjectionExpr {
-                    expr: phys_cast(col_expr(&schema, k)?, &schema, kind.normalized())?,
+                    expr: phys_cast(col_expr(&schema, k)?, &schema, kind.data_type())?,
                     alias: name.clone(),
                 });
                 left_keys.push(name);
@@ -320,7 +321,7 @@ impl OfflineStore {
     async fn view_plan(
         &self,
         v: &ViewRequest<'_>,
-        kinds: &[KeyKind],
+        kinds: &[KeyType],
         info: &SpineInfo,
         request: &HistoricalFeaturesRequest,
         left_keys: Vec<String>,
@@ -361,7 +362,7 @@ impl OfflineStore {
             df = df.filter(if keys.is_empty() {
                 lit(false)
             } else {
-                cast_expr(ident(k), kinds[0].normalized())
+                cast_expr(ident(k), kinds[0].data_type())
                     .in_list(keys.iter().cloned().map(lit).collect(), false)
             })?;
         }
@@ -369,7 +370,7 @@ impl OfflineStore {
         let mut right_keys = Vec::new();
         for (j, (k, kind)) in v.join_keys.iter().zip(kinds).enumerate() {
             let name = format!("{HELPER_PREFIX}rk{j}");
-            select.push(cast_expr(ident(k), kind.normalized()).alias(&name));
+            select.push(cast_expr(ident(k), kind.data_type()).alias(&name));
             right_keys.push(name);
         }
         select.push(
@@ -426,7 +427,7 @@ impl OfflineStore {
 fn small_key_set(
     parts: &[Vec<RecordBatch>],
     v: &ViewRequest<'_>,
-    kinds: &[KeyKind],
+    kinds: &[KeyType],
 ) -> Result<Option<Vec<ScalarValue>>> {
     let [key] = v.join_keys.as_slice() else {
         return Ok(None);
@@ -436,11 +437,11 @@ fn small_key_set(
     let mut strings: HashSet<String> = HashSet::new();
     for b in parts.iter().flatten() {
         let col = b.column_by_name(key).expect("checked by caller");
-        let col = cast(col, &kind.normalized())
+        let col = cast(col, &kind.data_type())
             .map_err(|e| Error::invalid(format!("join key {key:?}: {e}")))?;
         match kind {
-            KeyKind::Integer => ints.extend(col.as_primitive::<Int64Type>().iter().flatten()),
-            KeyKind::String => {
+            KeyType::Int64 => ints.extend(col.as_primitive::<Int64Type>().iter().flatten()),
+            KeyType::Utf8 => {
                 strings.extend(col.as_string::<i32>().iter().flatten().map(str::to_owned))
             }
         }

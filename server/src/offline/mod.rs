@@ -38,6 +38,7 @@ use url::Url;
 
 use crate::config::Repo;
 use crate::error::ErrorKind;
+use crate::keys::KeyType;
 use crate::registry::{self, Dtype, Registry, Source};
 
 /// Errors of the offline store.
@@ -346,7 +347,7 @@ impl OfflineStore {
                         column_list(schema)
                     ))
                 })?;
-                if key_kind(field.data_type()).is_none() {
+                if KeyType::of(field.data_type()).is_none() {
                     return Err(err(format!(
                         "join key {key:?} is {}, expected an integer or a string",
                         field.data_type()
@@ -373,38 +374,6 @@ impl OfflineStore {
             }
         }
         Ok(())
-    }
-}
-
-/// Whether a join key type is integer-like or string-like.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum KeyKind {
-    Integer,
-    String,
-}
-
-impl KeyKind {
-    /// The type both sides of a join are cast to.
-    pub(crate) fn normalized(self) -> DataType {
-        match self {
-            KeyKind::Integer => DataType::Int64,
-            KeyKind::String => DataType::Utf8,
-        }
-    }
-}
-
-pub(crate) fn key_kind(t: &DataType) -> Option<KeyKind> {
-    match t {
-        DataType::Int8
-        | DataType::Int16
-        | DataType::Int32
-        | DataType::Int64
-        | DataType::UInt8
-        | DataType::UInt16
-        | DataType::UInt32 => Some(KeyKind::Integer),
-        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Some(KeyKind::String),
-        DataType::Dictionary(_, v) => key_kind(v),
-        _ => None,
     }
 }
 

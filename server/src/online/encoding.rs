@@ -35,40 +35,7 @@ pub const NO_CREATED: i64 = i64::MIN;
 /// Bytes before the null bitmap.
 pub const HEADER_LEN: usize = 17;
 
-/// The type a join key is stored as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KeyType {
-    /// Any integer column, widened to i64.
-    Int64,
-    /// Any string column.
-    Utf8,
-}
-
-impl KeyType {
-    /// The Arrow type key columns are normalized to.
-    pub fn data_type(self) -> DataType {
-        match self {
-            KeyType::Int64 => DataType::Int64,
-            KeyType::Utf8 => DataType::Utf8,
-        }
-    }
-
-    /// The key type for an Arrow column type, if it can be a join key.
-    pub fn of(t: &DataType) -> Option<Self> {
-        match t {
-            DataType::Int8
-            | DataType::Int16
-            | DataType::Int32
-            | DataType::Int64
-            | DataType::UInt8
-            | DataType::UInt16
-            | DataType::UInt32 => Some(KeyType::Int64),
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Some(KeyType::Utf8),
-            DataType::Dictionary(_, v) => Self::of(v),
-            _ => None,
-        }
-    }
-}
+pub use crate::keys::KeyType;
 
 /// 64-bit FNV-1a: a stable hash (unlike std's) for view fingerprints.
 pub fn fnv1a(parts: &[&str]) -> u64 {
