@@ -57,33 +57,29 @@ fn status(kind: ErrorKind, message: String) -> Status {
     }
 }
 
+/// A module error as a gRPC status: its own classification, logged when internal.
+fn classified(kind: ErrorKind, e: &dyn std::fmt::Display) -> Status {
+    if kind == ErrorKind::Internal {
+        warn!(error = %e, "internal error");
+    }
+    status(kind, e.to_string())
+}
+
 impl From<offline::Error> for Status {
     fn from(e: offline::Error) -> Self {
-        let kind = e.kind();
-        if kind == ErrorKind::Internal {
-            warn!(error = %e, "internal error");
-        }
-        status(kind, e.to_string())
+        classified(e.kind(), &e)
     }
 }
 
 impl From<online::Error> for Status {
     fn from(e: online::Error) -> Self {
-        let kind = e.kind();
-        if kind == ErrorKind::Internal {
-            warn!(error = %e, "internal error");
-        }
-        status(kind, e.to_string())
+        classified(e.kind(), &e)
     }
 }
 
 impl From<materialize::Error> for Status {
     fn from(e: materialize::Error) -> Self {
-        let kind = e.kind();
-        if kind == ErrorKind::Internal {
-            warn!(error = %e, "internal error");
-        }
-        status(kind, e.to_string())
+        classified(e.kind(), &e)
     }
 }
 

@@ -519,18 +519,18 @@ impl OnlineStore {
                     event_ts.append_option(ts);
                     Ok(())
                 };
-            let owned: Vec<Option<Vec<u8>>> = (0..rows)
-                .map(|r| encode_key(&prefix, &view_keys, r, &mut key).then(|| key.clone()))
-                .collect();
             if rows == 1 {
-                match &owned[0] {
-                    Some(k) => {
-                        let got = self.db.get_pinned(k)?;
-                        row_value(got.as_deref(), &mut builders)?;
-                    }
-                    None => row_value(None, &mut builders)?,
+                // The scorers' hot path: no key copies, one pinned get.
+                if encode_key(&prefix, &view_keys, 0, &mut key) {
+                    let got = self.db.get_pinned(&key)?;
+                    row_value(got.as_deref(), &mut builders)?;
+                } else {
+                    row_value(None, &mut builders)?;
                 }
             } else {
+                let owned: Vec<Option<Vec<u8>>> = (0..rows)
+                    .map(|r| encode_key(&prefix, &view_keys, r, &mut key).then(|| key.clone()))
+                    .collect();
                 let cf = self
                     .db
                     .cf_handle(DEFAULT_CF)
