@@ -127,6 +127,14 @@ pub struct HistoricalFeaturesRequest {
     /// row's timestamp, so rows backfilled later cannot leak into training.
     #[serde(default, skip_serializing_if = "is_false")]
     pub created_cutoff: bool,
+    /// Label views to add (e.g. `["chargebacks"]`): for each spine row, the latest
+    /// label of its key as of `labels_as_of`, not as of the row's own time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<String>>,
+    /// The instant labels are read as of (RFC 3339, or `"now"`, the default):
+    /// rerunning with the same instant gives the same labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels_as_of: Option<String>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -157,6 +165,25 @@ impl HistoricalFeaturesRequest {
     /// Sets `full_feature_names`.
     pub fn with_full_feature_names(mut self, full: bool) -> Self {
         self.full_feature_names = full;
+        self
+    }
+
+    /// Adds the labels of these label views, read as of `as_of` (RFC 3339 or
+    /// `"now"`; `None` = now).
+    ///
+    /// ```
+    /// use quiver_client::protocol::HistoricalFeaturesRequest;
+    /// let r = HistoricalFeaturesRequest::for_service("fraud_v2")
+    ///     .with_labels(["chargebacks"], Some("2026-03-01T00:00:00Z"));
+    /// assert_eq!(r.labels.as_deref(), Some(&["chargebacks".to_string()][..]));
+    /// ```
+    pub fn with_labels<I, S>(mut self, views: I, as_of: Option<&str>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.labels = Some(views.into_iter().map(Into::into).collect());
+        self.labels_as_of = as_of.map(str::to_string);
         self
     }
 

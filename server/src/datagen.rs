@@ -7,6 +7,8 @@
 //!   coordinates, `is_fraud`), with three fraud patterns: *card testing* (small
 //!   probes, then a large charge), *account takeover* (a sudden change of place and
 //!   amount) and *geographic anomaly* (a purchase far from home);
+//! - `chargebacks.parquet`: fraud labels arriving days after the purchase, some
+//!   corrected later (a dispute first labeled fraud, then cleared);
 //! - `card_stats.parquet` and `merchant_stats.parquet`: daily aggregates computed
 //!   from the transactions, with ties on event time (broken by created time), null
 //!   values and late rows (created days after their event) on purpose.
@@ -93,6 +95,8 @@ pub struct Summary {
     pub card_stats: usize,
     /// `merchant_stats` rows.
     pub merchant_stats: usize,
+    /// `chargebacks` rows (labels and their corrections).
+    pub chargebacks: usize,
 }
 
 /// One generated card authorization.
@@ -312,6 +316,8 @@ pub fn generate(dir: &Path, o: &Options) -> Result<Summary> {
     )
     .expect("schema matches");
     write_parquet(&dir.join("transactions.parquet"), &tx_batch)?;
+    let chargebacks = chargebacks(&txns, o.seed);
+    write_parquet(&dir.join("chargebacks.parquet"), &chargebacks)?;
 
     let card_stats = daily_stats(&txns, |t| t.cc_num, "cc_num", "", &mut rng);
     write_parquet(&dir.join("card_stats.parquet"), &card_stats)?;
@@ -328,7 +334,47 @@ pub fn generate(dir: &Path, o: &Options) -> Result<Summary> {
         fraud,
         card_stats: card_stats.num_rows(),
         merchant_stats: merchant_stats.num_rows(),
+        chargebacks: chargebacks.num_rows(),
     })
+}
+
+/// Chargeback labels as they arrive (its own RNG, so the other files do not change
+/// with it): every fraudulent transaction is labeled fraud 1-30 days after it;
+/// 0.5% of legitimate ones are disputed (labeled fraud 2-20 days after) and then
+/// cleared 1-10 days later (a correction: a second row, `is_fraud = false`).
+/// Labels arriving after the generated span are written too: what a training set
+/// sees depends on `labels_as_of`.
+fn chargebacks(txns: &[Txn], seed: u64) -> RecordBatch {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x6c61_6265_6c73);
+    let (mut id, mut fraud, mut ts) = (Vec::new(), Vec::new(), Vec::new());
+    for t in txns {
+        if t.fraud {
+            id.push(t.id.as_str());
+            fraud.push(true);
+            ts.push(t.ts + rng.random_range(DAY_US..30 * DAY_US));
+        } else if rng.random::<f64>() < 0.005 {
+            let first = t.ts + rng.random_range(2 * DAY_US..20 * DAY_US);
+            id.push(t.id.as_str());
+            fraud.push(true);
+            ts.push(first);
+            id.push(t.id.as_str());
+            fraud.push(false);
+            ts.push(first + rng.random_range(DAY_US..10 * DAY_US));
+        }
+    }
+    RecordBatch::try_new(
+        Arc::new(Schema::new(vec![
+            Field::new("trans_id", DataType::Utf8, false),
+            Field::new("is_fraud", DataType::Boolean, false),
+            ts_field("label_timestamp", false),
+        ])),
+        vec![
+            Arc::new(StringArray::from(id)),
+            Arc::new(BooleanArray::from(fraud)),
+            ts_array(ts),
+        ],
+    )
+    .expect("schema matches")
 }
 
 /// Daily aggregates per key over the previous 24 hours, stamped at the end of each

@@ -42,6 +42,7 @@ use tracing::{info, warn};
 use crate::error::ErrorKind;
 use crate::materialize::{self, parse_instant, Materializer, Progress, Window};
 use crate::offline::{self, OfflineStore};
+use crate::on_demand::{OnDemandStage, DEPENDENCY_PREFIX};
 use crate::online::{self, LookupPlan};
 
 /// Largest gRPC message the server accepts (one spine batch).
@@ -157,14 +158,15 @@ impl QuiverFlightService {
             .ok_or_else(|| Status::unavailable("this server has no online store configured"))
     }
 
-    fn lookup_plan(&self, request: &OnlineFeaturesRequest) -> Result<LookupPlan, Status> {
+    /// The lookup and the on-demand features of an online request.
+    fn lookup_plan(
+        &self,
+        request: &OnlineFeaturesRequest,
+    ) -> Result<(LookupPlan, Option<OnDemandStage>), Status> {
         let m = self.online()?;
-        let views = self.offline.resolve(&request.as_historical())?;
-        Ok(LookupPlan::new(
-            &views,
-            m.layouts(),
-            request.include_metadata,
-        )?)
+        let plan = self.offline.resolve(&request.as_historical())?;
+        let lookup = LookupPlan::new(&plan.views, m.layouts(), request.include_metadata)?;
+        Ok((lookup, plan.on_demand))
     }
 
     /// Answers a DoGet `get_online_features`: the entity columns, then the features.
@@ -174,19 +176,41 @@ impl QuiverFlightService {
                 "get_online_features via DoGet needs \"entities\", e.g. {\"cc_num\": [4000000000000005]}; to stream keys use DoExchange",
             ));
         };
-        let plan = self.lookup_plan(request)?;
-        let (keys, rows) = plan.key_columns_from_json(entities)?;
+        let (plan, on_demand) = self.lookup_plan(request)?;
+        let request_fields = on_demand
+            .as_ref()
+            .map(|s| s.request_fields())
+            .unwrap_or_default();
+        let extra: Vec<&str> = request_fields.iter().map(|f| f.name().as_str()).collect();
+        let (keys, rows) = plan.key_columns_from_json(entities, &extra)?;
         let features = self.online()?.online().lookup(&plan, &keys, rows)?;
         let mut fields: Vec<Field> = plan
             .key_columns
             .iter()
             .map(|(n, t)| Field::new(n, t.data_type(), true))
             .collect();
-        fields.extend(plan.output_fields.iter().cloned());
         let mut columns: Vec<arrow::array::ArrayRef> = keys.iter().map(|k| k.array()).collect();
+        for f in &request_fields {
+            if fields.iter().any(|x| x.name() == f.name()) {
+                continue;
+            }
+            let values = entities.get(f.name()).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "the requested on-demand features need the request column {:?} in \"entities\"",
+                    f.name()
+                ))
+            })?;
+            columns.push(json_column(f, values, rows)?);
+            fields.push(f.clone());
+        }
+        fields.extend(plan.output_fields.iter().cloned());
         columns.extend(features);
-        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
-            .map_err(|e| Status::internal(e.to_string()))
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        match on_demand {
+            Some(stage) => stage.apply(&batch).map_err(|e| classified(e.kind(), &e)),
+            None => Ok(batch),
+        }
     }
 
     /// Runs a materialize action, streaming one JSON report per view as it commits.
@@ -249,10 +273,10 @@ impl QuiverFlightService {
         &self,
         request: &HistoricalFeaturesRequest,
     ) -> Result<(Schema, Vec<String>), Status> {
-        let views = self.offline.resolve(request)?;
+        let plan = self.offline.resolve(request)?;
         let mut keys: Vec<String> = Vec::new();
         let mut fields = Vec::new();
-        for v in &views {
+        for v in plan.views.iter().chain(&plan.labels) {
             let schema = self
                 .offline
                 .source_schema(&v.source.name)
@@ -274,6 +298,13 @@ impl QuiverFlightService {
             ),
             false,
         ));
+        if let Some(stage) = &plan.on_demand {
+            for f in stage.request_fields() {
+                if !fields.iter().any(|x| x.name() == f.name()) {
+                    fields.push(f);
+                }
+            }
+        }
         Ok((Schema::new(fields), keys))
     }
 
@@ -285,12 +316,13 @@ impl QuiverFlightService {
     ) -> Result<FlightInfo, Status> {
         let (entity_schema, join_keys) = self.entity_schema(&request)?;
         let schema = self.output_schema(&request, &entity_schema)?;
-        let views = self.offline.resolve(&request)?;
+        let plan = self.offline.resolve(&request)?;
+        let views = plan.views;
         let features = views
             .iter()
             .flat_map(|v| {
-                v.features
-                    .iter()
+                (v.features.iter())
+                    .filter(|(_, out)| !out.starts_with(DEPENDENCY_PREFIX))
                     .map(|(f, _)| format!("{}:{}", v.view.name, f.name))
             })
             .collect();
@@ -330,7 +362,8 @@ impl QuiverFlightService {
                 "DoExchange takes the entity keys from the stream; remove \"entities\" from the command",
             ));
         }
-        let plan = Arc::new(self.lookup_plan(request)?);
+        let (plan, on_demand) = self.lookup_plan(request)?;
+        let plan = Arc::new(plan);
         let store = self.online()?.online().clone();
         let answers = FlightRecordBatchStream::new_from_flight_data(data_messages(first, input))
             .map(move |batch| {
@@ -348,10 +381,13 @@ impl QuiverFlightService {
                 fields.extend(plan.output_fields.iter().cloned());
                 let mut columns = batch.columns().to_vec();
                 columns.extend(features);
-                Ok(RecordBatch::try_new(
-                    Arc::new(Schema::new(fields)),
-                    columns,
-                )?)
+                let answer = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+                match &on_demand {
+                    Some(stage) => stage
+                        .apply(&answer)
+                        .map_err(|e| FlightError::Tonic(Box::new(classified(e.kind(), &e)))),
+                    None => Ok(answer),
+                }
             });
         let answers = match self.closing.clone() {
             Some(mut closing) => answers
@@ -671,6 +707,56 @@ fn data_messages(
         .chain(input)
         .try_filter(|m| futures::future::ready(!m.data_header.is_empty()))
         .map_err(|s| FlightError::Tonic(Box::new(s)))
+}
+
+/// A request column from a DoGet request's JSON values, typed as `field`.
+fn json_column(
+    field: &Field,
+    values: &[serde_json::Value],
+    rows: usize,
+) -> Result<arrow::array::ArrayRef, Status> {
+    use arrow::array::{BooleanArray, Float64Array, Int64Array, StringArray};
+    use arrow::datatypes::DataType;
+    if values.len() != rows {
+        return Err(Status::invalid_argument(format!(
+            "entity column {:?} has {} values, the join keys have {rows}",
+            field.name(),
+            values.len()
+        )));
+    }
+    let bad = |v: &serde_json::Value| {
+        Status::invalid_argument(format!(
+            "request column {:?}: {v} is not a {} value",
+            field.name(),
+            field.data_type()
+        ))
+    };
+    let get = |f: &dyn Fn(&serde_json::Value) -> bool| {
+        values
+            .iter()
+            .find(|v| !v.is_null() && !f(v))
+            .map_or(Ok(()), |v| Err(bad(v)))
+    };
+    let array: arrow::array::ArrayRef = match field.data_type() {
+        DataType::Float32 | DataType::Float64 => {
+            get(&|v| v.is_number())?;
+            Arc::new(values.iter().map(|v| v.as_f64()).collect::<Float64Array>())
+        }
+        DataType::Int32 | DataType::Int64 => {
+            get(&|v| v.is_i64())?;
+            Arc::new(values.iter().map(|v| v.as_i64()).collect::<Int64Array>())
+        }
+        DataType::Boolean => {
+            get(&|v| v.is_boolean())?;
+            Arc::new(values.iter().map(|v| v.as_bool()).collect::<BooleanArray>())
+        }
+        _ => {
+            get(&|v| v.is_string())?;
+            Arc::new(values.iter().map(|v| v.as_str()).collect::<StringArray>())
+        }
+    };
+    arrow::compute::cast(&array, field.data_type())
+        .map_err(|e| Status::invalid_argument(format!("request column {:?}: {e}", field.name())))
 }
 
 fn to_flight(e: online::Error) -> FlightError {

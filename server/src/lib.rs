@@ -21,5 +21,6 @@ pub mod flight;
 pub mod keys;
 pub mod materialize;
 pub mod offline;
+pub mod on_demand;
 pub mod online;
 pub mod registry;

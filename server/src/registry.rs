@@ -133,6 +133,24 @@ pub enum Dtype {
     Timestamp,
 }
 
+impl Dtype {
+    /// The Arrow type values of this dtype take where Quiver creates them
+    /// (on-demand features, request fields): strings are `Utf8`, timestamps
+    /// nanoseconds in UTC.
+    pub fn arrow_type(self) -> arrow::datatypes::DataType {
+        use arrow::datatypes::{DataType, TimeUnit};
+        match self {
+            Dtype::Int32 => DataType::Int32,
+            Dtype::Int64 => DataType::Int64,
+            Dtype::Float32 => DataType::Float32,
+            Dtype::Float64 => DataType::Float64,
+            Dtype::Bool => DataType::Boolean,
+            Dtype::String => DataType::Utf8,
+            Dtype::Timestamp => DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+        }
+    }
+}
+
 impl fmt::Display for Dtype {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = serde_json::to_value(self).expect("dtype serializes");
@@ -259,8 +277,49 @@ pub struct FeatureView {
     /// Rows older than this (relative to the spine row or to now) are not used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<Ttl>,
-    /// Features.
+    /// Features (`labels` in a label view).
+    #[serde(alias = "labels")]
     pub features: Vec<Feature>,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A column the caller supplies at request time (the transaction being scored, or
+/// the training set's spine), used by on-demand features.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestField {
+    /// Column name in the request.
+    pub name: String,
+    /// Value type (the request's column is cast to it).
+    pub dtype: Dtype,
+}
+
+/// One on-demand feature: a SQL expression over request fields and features.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnDemandFeature {
+    /// Output name.
+    pub name: String,
+    /// Output type (the expression's value is cast to it).
+    pub dtype: Dtype,
+    /// A DataFusion SQL expression, e.g. `amt / nullif(avg_amt_1d, 0)`.
+    pub expression: String,
+}
+
+/// Request-time features computed from the request and other views' features,
+/// evaluated the same way online (per lookup) and offline (per training row).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnDemandView {
+    /// Name, referenced by services like a feature view.
+    pub name: String,
+    /// Columns the request must carry.
+    #[serde(default)]
+    pub request: Vec<RequestField>,
+    /// The features.
+    pub features: Vec<OnDemandFeature>,
     /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
@@ -295,6 +354,13 @@ pub struct Definitions {
     /// Feature services.
     #[serde(default)]
     pub feature_services: Vec<FeatureService>,
+    /// On-demand (request-time) feature views.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_demand_features: Vec<OnDemandView>,
+    /// Label views: like feature views (with `labels` for `features`), read as of
+    /// the retrieval time instead of the spine row's time; offline only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub label_views: Vec<FeatureView>,
 }
 
 /// Validated definitions with lookups, plus which file declared each object.
@@ -319,6 +385,24 @@ pub struct ViewRequest<'a> {
     pub join_keys: Vec<String>,
     /// Requested features with their output column names.
     pub features: Vec<(&'a Feature, String)>,
+}
+
+/// An on-demand view with the features a request wants from it.
+#[derive(Debug, Clone)]
+pub struct OnDemandRequest<'a> {
+    /// The on-demand view.
+    pub view: &'a OnDemandView,
+    /// Requested features with their output column names.
+    pub features: Vec<(&'a OnDemandFeature, String)>,
+}
+
+/// What a feature selection resolves to.
+#[derive(Debug, Clone, Default)]
+pub struct Resolved<'a> {
+    /// Feature views, in order of first mention.
+    pub views: Vec<ViewRequest<'a>>,
+    /// On-demand views, in order of first mention.
+    pub on_demand: Vec<OnDemandRequest<'a>>,
 }
 
 impl Registry {
@@ -396,6 +480,8 @@ impl Registry {
             take!(sources, "source");
             take!(feature_views, "feature_view");
             take!(feature_services, "feature_service");
+            take!(on_demand_features, "on_demand_feature_view");
+            take!(label_views, "label_view");
         }
         let reg = Registry {
             project: project.to_string(),
@@ -403,6 +489,7 @@ impl Registry {
             origins,
         };
         reg.validate()?;
+        crate::on_demand::Catalog::compile(&reg)?;
         Ok(reg)
     }
 
@@ -446,9 +533,22 @@ impl Registry {
                 ));
             }
         }
-        for v in &d.feature_views {
-            let err = |m: String| self.err("feature_view", &v.name, m);
+        let views = (d.feature_views.iter().map(|v| ("feature_view", v)))
+            .chain(d.label_views.iter().map(|v| ("label_view", v)));
+        let mut seen = HashSet::new();
+        for (kind, v) in views {
+            let err = |m: String| self.err(kind, &v.name, m);
             check_name(&v.name).map_err(&err)?;
+            if !seen.insert(v.name.as_str()) {
+                return Err(err(
+                    "a feature view, label view or on-demand view has this name too".into(),
+                ));
+            }
+            if kind == "label_view" && v.ttl.is_some() {
+                return Err(err(
+                    "a label view has no ttl: labels are read as of the retrieval time".into(),
+                ));
+            }
             if v.name.contains("__") {
                 return Err(err("name must not contain \"__\" (it separates view and feature in full feature names)".into()));
             }
@@ -492,6 +592,33 @@ impl Registry {
                         f.name
                     )));
                 }
+            }
+        }
+        for o in &d.on_demand_features {
+            let err = |m: String| self.err("on_demand_feature_view", &o.name, m);
+            check_name(&o.name).map_err(&err)?;
+            if o.name.contains("__") || !seen.insert(o.name.as_str()) {
+                return Err(err(
+                    "name must not contain \"__\" nor be the name of another view".into(),
+                ));
+            }
+            if o.features.is_empty() {
+                return Err(err("has no features".into()));
+            }
+            let names_used =
+                (o.request.iter().map(|r| &r.name)).chain(o.features.iter().map(|f| &f.name));
+            if let Some(n) = first_duplicate(names_used) {
+                return Err(err(format!(
+                    "{n:?} is declared twice (request fields and features share one namespace)"
+                )));
+            }
+            for f in o
+                .request
+                .iter()
+                .map(|r| &r.name)
+                .chain(o.features.iter().map(|f| &f.name))
+            {
+                check_name(f).map_err(|m| err(format!("{f:?}: {m}")))?;
             }
         }
         for s in &d.feature_services {
@@ -541,8 +668,21 @@ impl Registry {
             .collect()
     }
 
+    /// The on-demand view called `name`.
+    pub fn on_demand_view(&self, name: &str) -> Option<&OnDemandView> {
+        self.definitions
+            .on_demand_features
+            .iter()
+            .find(|v| v.name == name)
+    }
+
+    /// The label view called `name`.
+    pub fn label_view(&self, name: &str) -> Option<&FeatureView> {
+        self.definitions.label_views.iter().find(|v| v.name == name)
+    }
+
     /// Resolves a feature service into views and output column names.
-    pub fn resolve_service(&self, service: &str, full_names: bool) -> Result<Vec<ViewRequest<'_>>> {
+    pub fn resolve_service(&self, service: &str, full_names: bool) -> Result<Resolved<'_>> {
         let s = self
             .service(service)
             .ok_or_else(|| Error::ServiceNotFound {
@@ -552,19 +692,79 @@ impl Registry {
         self.resolve_refs(&s.features, full_names)
     }
 
-    /// Resolves `view` / `view:feature` references into views and output column
-    /// names, views in order of first mention, without duplicates.
-    pub fn resolve_refs(&self, refs: &[String], full_names: bool) -> Result<Vec<ViewRequest<'_>>> {
-        let mut out: Vec<ViewRequest<'_>> = Vec::new();
+    /// Resolves `view` / `view:feature` references (feature views and on-demand
+    /// views) into views and output column names, in order of first mention,
+    /// without duplicates.
+    pub fn resolve_refs(&self, refs: &[String], full_names: bool) -> Result<Resolved<'_>> {
+        let mut out = Resolved::default();
         let mut columns: HashMap<String, String> = HashMap::new();
+        let mut claim = |column: String, reference: String| match columns
+            .insert(column.clone(), reference.clone())
+        {
+            Some(first) => Err(Error::NameCollision {
+                column,
+                first,
+                second: reference,
+            }),
+            None => Ok(column),
+        };
+        let column = |view: &str, feature: &str| {
+            if full_names {
+                format!("{view}__{feature}")
+            } else {
+                feature.to_string()
+            }
+        };
         for r in refs {
             let (view_name, feature) = match r.split_once(':') {
                 Some((v, f)) => (v, Some(f)),
                 None => (r.as_str(), None),
             };
+            if let Some(odfv) = self.on_demand_view(view_name) {
+                let wanted: Vec<&OnDemandFeature> = match feature {
+                    None => odfv.features.iter().collect(),
+                    Some(f) => {
+                        vec![odfv.features.iter().find(|x| x.name == f).ok_or_else(|| {
+                            Error::FeatureNotFound {
+                                view: odfv.name.clone(),
+                                feature: f.to_string(),
+                                known: names(odfv.features.iter().map(|f| &f.name)),
+                            }
+                        })?]
+                    }
+                };
+                let idx = match out.on_demand.iter().position(|v| v.view.name == odfv.name) {
+                    Some(i) => i,
+                    None => {
+                        out.on_demand.push(OnDemandRequest {
+                            view: odfv,
+                            features: Vec::new(),
+                        });
+                        out.on_demand.len() - 1
+                    }
+                };
+                for f in wanted {
+                    if out.on_demand[idx]
+                        .features
+                        .iter()
+                        .any(|(x, _)| x.name == f.name)
+                    {
+                        continue;
+                    }
+                    let c = claim(
+                        column(&odfv.name, &f.name),
+                        format!("{}:{}", odfv.name, f.name),
+                    )?;
+                    out.on_demand[idx].features.push((f, c));
+                }
+                continue;
+            }
             let view = self.view(view_name).ok_or_else(|| Error::ViewNotFound {
                 view: view_name.to_string(),
-                known: names(self.definitions.feature_views.iter().map(|v| &v.name)),
+                known: names(
+                    (self.definitions.feature_views.iter().map(|v| &v.name))
+                        .chain(self.definitions.on_demand_features.iter().map(|v| &v.name)),
+                ),
             })?;
             let wanted: Vec<&Feature> = match feature {
                 None => view.features.iter().collect(),
@@ -576,36 +776,69 @@ impl Registry {
                     }
                 })?],
             };
-            let idx = match out.iter().position(|v| v.view.name == view.name) {
-                Some(i) => i,
-                None => {
-                    out.push(ViewRequest {
-                        view,
-                        source: self.source(&view.source).expect("validated"),
-                        join_keys: self.join_keys(view),
-                        features: Vec::new(),
-                    });
-                    out.len() - 1
-                }
-            };
+            let idx = self.view_slot(&mut out.views, view);
             for f in wanted {
-                if out[idx].features.iter().any(|(x, _)| x.name == f.name) {
+                if out.views[idx]
+                    .features
+                    .iter()
+                    .any(|(x, _)| x.name == f.name)
+                {
                     continue;
                 }
-                let column = if full_names {
-                    format!("{}__{}", view.name, f.name)
-                } else {
-                    f.name.clone()
-                };
-                let reference = format!("{}:{}", view.name, f.name);
-                if let Some(first) = columns.insert(column.clone(), reference.clone()) {
-                    return Err(Error::NameCollision {
-                        column,
-                        first,
-                        second: reference,
-                    });
-                }
-                out[idx].features.push((f, column));
+                let c = claim(
+                    column(&view.name, &f.name),
+                    format!("{}:{}", view.name, f.name),
+                )?;
+                out.views[idx].features.push((f, c));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The index of `view` in `views`, appending it (with no features) if absent.
+    pub fn view_slot<'a>(
+        &'a self,
+        views: &mut Vec<ViewRequest<'a>>,
+        view: &'a FeatureView,
+    ) -> usize {
+        match views.iter().position(|v| v.view.name == view.name) {
+            Some(i) => i,
+            None => {
+                views.push(ViewRequest {
+                    view,
+                    source: self.source(&view.source).expect("validated"),
+                    join_keys: self.join_keys(view),
+                    features: Vec::new(),
+                });
+                views.len() - 1
+            }
+        }
+    }
+
+    /// Resolves label view names into views with all their labels.
+    pub fn resolve_labels(
+        &self,
+        labels: &[String],
+        full_names: bool,
+    ) -> Result<Vec<ViewRequest<'_>>> {
+        let mut out: Vec<ViewRequest<'_>> = Vec::new();
+        for name in labels {
+            let view = self.label_view(name).ok_or_else(|| Error::ViewNotFound {
+                view: name.clone(),
+                known: names(self.definitions.label_views.iter().map(|v| &v.name)),
+            })?;
+            let idx = self.view_slot(&mut out, view);
+            if out[idx].features.is_empty() {
+                out[idx].features = (view.features.iter())
+                    .map(|f| {
+                        let c = if full_names {
+                            format!("{}__{}", view.name, f.name)
+                        } else {
+                            f.name.clone()
+                        };
+                        (f, c)
+                    })
+                    .collect();
             }
         }
         Ok(out)
@@ -677,6 +910,20 @@ impl Registry {
             "feature_service",
             &old.feature_services,
             &new.feature_services,
+            |x| &x.name,
+            &mut lines,
+        );
+        diff_kind(
+            "on_demand_feature_view",
+            &old.on_demand_features,
+            &new.on_demand_features,
+            |x| &x.name,
+            &mut lines,
+        );
+        diff_kind(
+            "label_view",
+            &old.label_views,
+            &new.label_views,
             |x| &x.name,
             &mut lines,
         );
@@ -780,7 +1027,7 @@ feature_services:
             .unwrap_err()
             .to_string();
         assert_eq!(e, "output column \"avg_amt_1d\" would appear twice (card_stats:avg_amt_1d and merchant_stats:avg_amt_1d); set \"full_feature_names\": true");
-        let v = r.resolve_service("fraud_v1", true).unwrap();
+        let v = r.resolve_service("fraud_v1", true).unwrap().views;
         let cols: Vec<&str> = v
             .iter()
             .flat_map(|v| v.features.iter().map(|(_, c)| c.as_str()))

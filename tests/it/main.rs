@@ -3,4 +3,5 @@
 mod crash;
 mod historical;
 mod online;
+mod request_time;
 mod s3;

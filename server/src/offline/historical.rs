@@ -21,25 +21,43 @@ use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
 use datafusion::common::ScalarValue;
 use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::{cast as cast_expr, ident, lit, Expr};
-use datafusion::physical_expr::expressions::{cast as phys_cast, Column};
+use datafusion::physical_expr::expressions::{cast as phys_cast, Column, Literal};
 use datafusion::physical_expr::{LexOrdering, PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::sql::parser::DFParser;
+use futures::StreamExt;
 use quiver_client::protocol::{FeatureSelection, HistoricalFeaturesRequest};
 use tracing::{info, instrument};
 
 use super::pit::{AsofJoinExec, AsofSpec};
 use super::{Error, OfflineStore, Result};
 use crate::keys::KeyType;
+use crate::on_demand::{OnDemandStage, DEPENDENCY_PREFIX};
 use crate::registry::ViewRequest;
+
+/// What a historical request reads: feature views (with hidden on-demand inputs),
+/// label views, and the on-demand features to compute.
+#[derive(Debug)]
+pub struct Plan<'a> {
+    /// Feature views joined at each spine row's time.
+    pub views: Vec<ViewRequest<'a>>,
+    /// Label views joined at the request's `labels_as_of`.
+    pub labels: Vec<ViewRequest<'a>>,
+    /// On-demand features, if any were requested.
+    pub on_demand: Option<OnDemandStage>,
+}
 
 const ROW: &str = "__quiver_row";
 const TS: &str = "__quiver_ts";
+/// The as-of instant of label joins (ns), a constant column.
+const LABEL_TS: &str = "__quiver_lts";
 const HELPER_PREFIX: &str = "__quiver_";
 /// Spines with at most this many distinct keys push their key set into the scan.
 const KEY_PUSHDOWN_LIMIT: usize = 4096;
@@ -112,7 +130,11 @@ fn col_expr(schema: &Schema, name: &str) -> Result<Arc<dyn PhysicalExpr>> {
 fn drop_helpers(input: Arc<dyn ExecutionPlan>, keep: &[&str]) -> Result<Arc<dyn ExecutionPlan>> {
     let schema = input.schema();
     let exprs: Vec<ProjectionExpr> = (schema.fields().iter().enumerate())
-        .filter(|(_, f)| !f.name().starts_with(HELPER_PREFIX) || keep.contains(&f.name().as_str()))
+        .filter(|(_, f)| {
+            !f.name().starts_with(HELPER_PREFIX)
+                || f.name().starts_with(DEPENDENCY_PREFIX)
+                || keep.contains(&f.name().as_str())
+        })
         .map(|(i, f)| ProjectionExpr {
             expr: Arc::new(Column::new(f.name(), i)),
             alias: f.name().clone(),
@@ -151,39 +173,69 @@ impl OfflineStore {
         Ok(df.collect().await?)
     }
 
-    /// Resolves a request's feature selection into views and output names.
-    pub fn resolve<'a>(
-        &'a self,
-        request: &HistoricalFeaturesRequest,
-    ) -> Result<Vec<ViewRequest<'a>>> {
+    /// Resolves a request's feature selection into views, label views and the
+    /// on-demand stage, with output names.
+    pub fn resolve<'a>(&'a self, request: &HistoricalFeaturesRequest) -> Result<Plan<'a>> {
         let registry = self.registry();
-        Ok(
-            match request
-                .selection()
-                .map_err(|e| Error::invalid(e.to_string()))?
-            {
-                FeatureSelection::Service(s) => {
-                    registry.resolve_service(s, request.full_feature_names)?
+        let mut resolved = match request
+            .selection()
+            .map_err(|e| Error::invalid(e.to_string()))?
+        {
+            FeatureSelection::Service(s) => {
+                registry.resolve_service(s, request.full_feature_names)?
+            }
+            FeatureSelection::Features(f) => {
+                registry.resolve_refs(f, request.full_feature_names)?
+            }
+        };
+        let on_demand = self.on_demand().stage(registry, &mut resolved);
+        let labels = registry.resolve_labels(
+            request.labels.as_deref().unwrap_or_default(),
+            request.full_feature_names,
+        )?;
+        let mut visible: HashSet<String> = (resolved.views.iter())
+            .flat_map(|v| v.features.iter().map(|(_, c)| c.clone()))
+            .collect();
+        if let Some(stage) = &on_demand {
+            visible.extend(stage.fields().into_iter().map(|f| f.name().clone()));
+        }
+        for l in &labels {
+            for (f, out) in &l.features {
+                if visible.contains(out) {
+                    return Err(Error::invalid(format!(
+                        "label {:?} of label view {:?} has the name of a requested feature; set \"full_feature_names\": true",
+                        f.name, l.view.name
+                    )));
                 }
-                FeatureSelection::Features(f) => {
-                    registry.resolve_refs(f, request.full_feature_names)?
-                }
-            },
-        )
+            }
+        }
+        Ok(Plan {
+            views: resolved.views,
+            labels,
+            on_demand,
+        })
     }
 
     /// The schema of the features a request returns (without the spine's columns):
-    /// one nullable field per feature, typed as in the Parquet data.
+    /// one nullable field per feature, typed as in the Parquet data, then the
+    /// labels, then the on-demand features.
     pub fn feature_fields(&self, request: &HistoricalFeaturesRequest) -> Result<Vec<Field>> {
+        let plan = self.resolve(request)?;
         let mut out = Vec::new();
-        for v in self.resolve(request)? {
+        for v in plan.views.iter().chain(&plan.labels) {
             let schema = self.source_schema(&v.source.name).expect("registered");
             for (f, name) in &v.features {
+                if name.starts_with(DEPENDENCY_PREFIX) {
+                    continue;
+                }
                 let field = schema
                     .field_with_name(&f.name)
-                    .map_err(|_| self.stale(&v, &f.name))?;
+                    .map_err(|_| self.stale(v, &f.name))?;
                 out.push(Field::new(name, field.data_type().clone(), true));
             }
+        }
+        if let Some(stage) = &plan.on_demand {
+            out.extend(stage.fields());
         }
         Ok(out)
     }
@@ -197,7 +249,22 @@ impl OfflineStore {
         spine_schema: SchemaRef,
         spine: Vec<RecordBatch>,
     ) -> Result<SendableRecordBatchStream> {
-        let views = self.resolve(request)?;
+        let Plan {
+            views,
+            labels,
+            on_demand,
+        } = self.resolve(request)?;
+        let labels_as_of = match request.labels_as_of.as_deref().map(str::trim) {
+            None | Some("now") => chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX),
+            Some(s) => chrono::DateTime::parse_from_rfc3339(s)
+                .ok()
+                .and_then(|t| t.timestamp_nanos_opt())
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "labels_as_of {s:?} is not \"now\" or an RFC 3339 instant such as 2026-03-01T00:00:00Z"
+                    ))
+                })?,
+        };
         let ts_col = request.timestamp_column();
         let ts_field = spine_schema.field_with_name(ts_col).map_err(|_| {
             Error::invalid(format!(
@@ -219,9 +286,36 @@ impl OfflineStore {
                 )));
             }
         }
+        if let Some(stage) = &on_demand {
+            for f in stage.request_fields() {
+                let have = spine_schema.field_with_name(f.name()).map_err(|_| {
+                    Error::invalid(format!(
+                        "the spine has no column {:?}, a request field of the requested on-demand features (spine columns: {})",
+                        f.name(),
+                        super::column_list(&spine_schema)
+                    ))
+                })?;
+                if !arrow::compute::can_cast_types(have.data_type(), f.data_type()) {
+                    return Err(Error::invalid(format!(
+                        "spine column {:?} is {}, which cannot be read as {}",
+                        f.name(),
+                        have.data_type(),
+                        f.data_type()
+                    )));
+                }
+            }
+            for f in stage.fields() {
+                if spine_schema.field_with_name(f.name()).is_ok() {
+                    return Err(Error::invalid(format!(
+                        "on-demand feature {:?} has the name of a spine column; rename the spine column or set \"full_feature_names\": true",
+                        f.name()
+                    )));
+                }
+            }
+        }
         // Key types, and output names that would collide with the spine.
         let mut key_kinds = Vec::new();
-        for v in &views {
+        for v in views.iter().chain(&labels) {
             let schema = self.source_schema(&v.source.name).expect("registered");
             let mut kinds = Vec::new();
             for k in &v.join_keys {
@@ -280,10 +374,14 @@ impl OfflineStore {
         let mut plan: Arc<dyn ExecutionPlan> =
             MemorySourceConfig::try_new_exec(&parts, tagged_schema, None)?;
 
-        for (vi, (v, kinds)) in views.iter().zip(&key_kinds).enumerate() {
-            // Left: the current plan plus the view's keys cast to the normalized types.
+        let joins =
+            (views.iter().map(|v| (v, None))).chain(labels.iter().map(|v| (v, Some(labels_as_of))));
+        for (vi, ((v, as_of), kinds)) in joins.zip(&key_kinds).enumerate() {
+            // Left: the current plan plus the view's keys cast to the normalized
+            // types (and, for labels, the constant as-of time).
             let schema = plan.schema();
             let mut exprs: Vec<ProjectionExpr> = (schema.fields().iter().enumerate())
+                .filter(|(_, f)| f.name() != LABEL_TS)
                 .map(|(i, f)| ProjectionExpr {
                     expr: Arc::new(Column::new(f.name(), i)),
                     alias: f.name().clone(),
@@ -298,10 +396,22 @@ impl OfflineStore {
                 });
                 left_keys.push(name);
             }
+            let left_time = match as_of {
+                Some(t) => {
+                    exprs.push(ProjectionExpr {
+                        expr: Arc::new(Literal::new(ScalarValue::Int64(Some(t)))),
+                        alias: LABEL_TS.into(),
+                    });
+                    LABEL_TS
+                }
+                None => TS,
+            };
             plan = Arc::new(ProjectionExec::try_new(exprs, plan)?);
             let key_set = small_key_set(&parts, v, kinds)?;
             let (right, spec) = self
-                .view_plan(v, kinds, &info, request, left_keys, &key_set)
+                .view_plan(
+                    v, kinds, &info, request, left_keys, &key_set, left_time, as_of,
+                )
                 .await?;
             plan = Arc::new(AsofJoinExec::try_new(plan, right, spec, partitions)?);
             plan = drop_helpers(plan, &[ROW, TS])?;
@@ -313,7 +423,22 @@ impl OfflineStore {
         plan = Arc::new(SortExec::new(order.clone(), plan).with_preserve_partitioning(true));
         plan = Arc::new(SortPreservingMergeExec::new(order, plan));
         plan = drop_helpers(plan, &[])?;
-        Ok(execute_stream(plan, self.context().task_ctx())?)
+        let stream = execute_stream(plan, self.context().task_ctx())?;
+        let Some(stage) = on_demand else {
+            return Ok(stream);
+        };
+        let mut fields: Vec<Field> = (stream.schema().fields().iter())
+            .filter(|f| !stage.hidden().contains(f.name()))
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.extend(stage.fields());
+        let schema = Arc::new(Schema::new(fields));
+        let batches = stream.map(move |b| {
+            stage
+                .apply(&b?)
+                .map_err(|e| DataFusionError::External(Box::new(e)))
+        });
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
     }
 
     /// The feature side of one view's join: its source filtered to the spine's time
@@ -326,6 +451,8 @@ impl OfflineStore {
         request: &HistoricalFeaturesRequest,
         left_keys: Vec<String>,
         key_set: &Option<Vec<ScalarValue>>,
+        left_time: &str,
+        as_of: Option<i64>,
     ) -> Result<(Arc<dyn ExecutionPlan>, AsofSpec)> {
         let source = v.source;
         let schema = self
@@ -344,6 +471,12 @@ impl OfflineStore {
         let mut df = self.context().table(source.name.as_str()).await?;
         let ts = ident(&source.timestamp_field);
         let filter = match (info.min_ts, info.max_ts) {
+            _ if info.rows == 0 => lit(false),
+            // Labels: everything known at the as-of instant.
+            _ if as_of.is_some() => {
+                ts.clone()
+                    .lt_eq(lit(ts_literal(&ts_type, as_of.unwrap_or_default(), false)))
+            }
             (Some(lo), Some(hi)) => {
                 let lo = ttl.map(|t| lo.saturating_sub(t));
                 let upper = ts.clone().lt_eq(lit(ts_literal(&ts_type, hi, false)));
@@ -399,7 +532,7 @@ impl OfflineStore {
         let plan = df.select(select)?.create_physical_plan().await?;
         let spec = AsofSpec {
             left_keys,
-            left_time: TS.into(),
+            left_time: left_time.into(),
             right_keys,
             right_time: format!("{HELPER_PREFIX}fts"),
             right_created,

@@ -152,6 +152,7 @@ pub struct OfflineStore {
     ctx: SessionContext,
     root: Url,
     registry: Arc<Registry>,
+    on_demand: crate::on_demand::Catalog,
     schemas: HashMap<String, SchemaRef>,
     options: EngineOptions,
 }
@@ -190,9 +191,11 @@ impl OfflineStore {
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         let store = object_store_for(repo, &root)?;
         ctx.register_object_store(&root, store.clone());
+        let on_demand = crate::on_demand::Catalog::compile(&registry)?;
         let mut this = Self {
             ctx,
             root,
+            on_demand,
             registry,
             schemas: HashMap::new(),
             options,
@@ -203,6 +206,11 @@ impl OfflineStore {
             this.schemas.insert(source.name.clone(), schema);
         }
         Ok(this)
+    }
+
+    /// The compiled on-demand views of the registry.
+    pub fn on_demand(&self) -> &crate::on_demand::Catalog {
+        &self.on_demand
     }
 
     /// The registry this store serves.
@@ -331,7 +339,7 @@ impl OfflineStore {
                 }
             }
         }
-        for view in &defs.feature_views {
+        for view in defs.feature_views.iter().chain(&defs.label_views) {
             let schema = &self.schemas[&view.source];
             let err = |message: String| Error::Schema {
                 file: self.origin("feature_view", &view.name),

@@ -705,12 +705,16 @@ impl LookupPlan {
 
     /// The key columns of a DoGet request's `entities` (JSON numbers for integer
     /// keys, strings for string keys). Returns them and the row count.
+    /// Columns named in `request_fields` (on-demand inputs) are allowed besides keys.
     pub fn key_columns_from_json(
         &self,
         entities: &BTreeMap<String, Vec<serde_json::Value>>,
+        request_fields: &[&str],
     ) -> Result<(Vec<KeyColumn>, usize)> {
         for name in entities.keys() {
-            if !self.key_columns.iter().any(|(n, _)| n == name) {
+            if !self.key_columns.iter().any(|(n, _)| n == name)
+                && !request_fields.contains(&name.as_str())
+            {
                 return Err(Error::InvalidKeys(format!(
                     "entity column {name:?} is not a join key of the requested features (needed: {})",
                     names(self.key_columns.iter().map(|(n, _)| n.as_str()))
@@ -857,7 +861,10 @@ feature_views:
 
     fn lookup(store: &OnlineStore, l: &ViewLayout, keys: Vec<Option<i64>>) -> Vec<ArrayRef> {
         let registry = Registry::from_files("p", [("f.yaml", DEFS)]).unwrap();
-        let views = registry.resolve_refs(&["v".to_string()], false).unwrap();
+        let views = registry
+            .resolve_refs(&["v".to_string()], false)
+            .unwrap()
+            .views;
         let layouts = BTreeMap::from([("v".to_string(), Arc::new(l.clone()))]);
         let plan = LookupPlan::new(&views, &layouts, true).unwrap();
         let n = keys.len();
