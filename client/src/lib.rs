@@ -27,6 +27,7 @@
 
 pub mod client;
 pub mod protocol;
+pub mod score;
 pub mod session;
 
 pub use client::{Error, QuiverClient};

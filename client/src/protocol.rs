@@ -425,6 +425,10 @@ pub struct FeatureDescription {
     /// Time to live in seconds, for views that have one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_seconds: Option<u64>,
+    /// Request fields its on-demand features read: columns a lookup (or the
+    /// spine) must carry besides the join keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_fields: Vec<String>,
 }
 
 #[cfg(test)]

@@ -317,6 +317,10 @@ impl QuiverFlightService {
         let (entity_schema, join_keys) = self.entity_schema(&request)?;
         let schema = self.output_schema(&request, &entity_schema)?;
         let plan = self.offline.resolve(&request)?;
+        let request_fields = (plan.on_demand.iter())
+            .flat_map(|s| s.request_fields())
+            .map(|f| f.name().clone())
+            .collect();
         let views = plan.views;
         let features = views
             .iter()
@@ -339,6 +343,7 @@ impl QuiverFlightService {
             join_keys,
             features,
             ttl_seconds,
+            request_fields,
         };
         let cmd = Command::GetHistoricalFeatures(request).to_bytes();
         FlightInfo::new()

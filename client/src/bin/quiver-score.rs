@@ -1,0 +1,212 @@
+//! `quiver-score`: score a stream of card transactions with online features and a
+//! fraud model, and emit one decision per transaction.
+//!
+//! ```text
+//! quiver-score --config scorer.yaml < transactions.jsonl > decisions.jsonl
+//! quiver-score --config scorer.yaml --input held_out.parquet --output decisions.parquet --rate 5000
+//! ```
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use quiver_client::score::config::ScorerConfig;
+use quiver_client::score::sink::{DecisionSink, JsonLinesSink, ParquetSink};
+use quiver_client::score::source::{JsonLinesSource, ParquetSource, TransactionSource};
+use quiver_client::score::{RunOptions, Scorer};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    /// One JSON object per line.
+    Jsonl,
+    /// Apache Parquet.
+    Parquet,
+}
+
+/// Scores card transactions: online features from a Quiver server (one DoExchange
+/// session, micro-batched), a fraud model, decision rules.
+#[derive(Debug, Parser)]
+#[command(name = "quiver-score", version)]
+struct Args {
+    /// Scorer configuration (YAML); flags below override it.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Transactions: a file, or `-` for stdin (the default).
+    #[arg(long, short, default_value = "-")]
+    input: String,
+    /// Input format (default: parquet for *.parquet, else jsonl).
+    #[arg(long)]
+    input_format: Option<Format>,
+    /// Decisions: a file, or `-` for stdout (the default).
+    #[arg(long, short, default_value = "-")]
+    output: String,
+    /// Output format (default: parquet for *.parquet, else jsonl).
+    #[arg(long)]
+    output_format: Option<Format>,
+    /// Quiver server address.
+    #[arg(long)]
+    server: Option<String>,
+    /// Feature service to look up.
+    #[arg(long)]
+    service: Option<String>,
+    /// Model file (XGBoost JSON or Quiver logistic JSON).
+    #[arg(long)]
+    model: Option<String>,
+    /// Most transactions per lookup.
+    #[arg(long)]
+    max_batch: Option<usize>,
+    /// Longest wait (microseconds) for more transactions after the first of a batch.
+    #[arg(long)]
+    max_wait_us: Option<u64>,
+    /// Lowest score sent to review.
+    #[arg(long)]
+    review_at: Option<f64>,
+    /// Lowest score declined.
+    #[arg(long)]
+    decline_at: Option<f64>,
+    /// Append served features and decisions as Parquet to this folder or s3:// prefix.
+    #[arg(long)]
+    feature_log: Option<String>,
+    /// Replay at this many transactions per second.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Log throughput and latency percentiles every this many seconds.
+    #[arg(long)]
+    stats_every: Option<f64>,
+    /// Give up after this many seconds without a successful lookup (default: retry forever).
+    #[arg(long)]
+    give_up_after: Option<f64>,
+    /// Print the final report as JSON on stderr instead of text.
+    #[arg(long)]
+    json_report: bool,
+}
+
+fn format_of(explicit: Option<Format>, path: &str) -> Format {
+    explicit.unwrap_or(if path.ends_with(".parquet") {
+        Format::Parquet
+    } else {
+        Format::Jsonl
+    })
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let mut config = match &args.config {
+        Some(p) => ScorerConfig::load(p)?,
+        None => ScorerConfig::default(),
+    };
+    if let Some(v) = args.server {
+        config.server = v;
+    }
+    if let Some(v) = args.service {
+        config.feature_service = v;
+    }
+    if let Some(v) = args.model {
+        config.model = v;
+    }
+    if let Some(v) = args.max_batch {
+        config.batching.max_rows = v;
+        config.queue_capacity = config.queue_capacity.max(v);
+    }
+    if let Some(v) = args.max_wait_us {
+        config.batching.max_wait_us = v;
+    }
+    if let Some(v) = args.review_at {
+        config.rules.review_at = v;
+    }
+    if let Some(v) = args.decline_at {
+        config.rules.decline_at = v;
+    }
+    if let Some(v) = args.give_up_after {
+        config.retry.give_up_after_s = Some(v);
+    }
+    if let Some(url) = args.feature_log {
+        config.feature_log = Some(quiver_client::score::config::FeatureLog {
+            url,
+            rows_per_file: 100_000,
+        });
+    }
+    if config.model.is_empty() {
+        return Err("no model: set `model:` in the config or pass --model model.json".into());
+    }
+    config.check()?;
+    let mut scorer = Scorer::connect(config).await?;
+
+    let source: Box<dyn TransactionSource> = match format_of(args.input_format, &args.input) {
+        Format::Parquet => {
+            if args.input == "-" {
+                return Err("Parquet input must be a file (--input FILE)".into());
+            }
+            Box::new(ParquetSource::open(std::path::Path::new(&args.input))?)
+        }
+        Format::Jsonl => {
+            let schema = scorer.input_schema();
+            if args.input == "-" {
+                Box::new(JsonLinesSource::new(std::io::stdin(), schema, "stdin"))
+            } else {
+                let file = std::fs::File::open(&args.input)
+                    .map_err(|e| format!("cannot open {}: {e}", args.input))?;
+                Box::new(JsonLinesSource::new(file, schema, args.input.clone()))
+            }
+        }
+    };
+    let sink: Box<dyn DecisionSink> = match format_of(args.output_format, &args.output) {
+        Format::Parquet => {
+            if args.output == "-" {
+                return Err("Parquet output must be a file (--output FILE)".into());
+            }
+            Box::new(ParquetSink::new(&args.output))
+        }
+        Format::Jsonl => {
+            if args.output == "-" {
+                Box::new(JsonLinesSink::new(std::io::stdout(), "stdout"))
+            } else {
+                let file = std::fs::File::create(&args.output)
+                    .map_err(|e| format!("cannot create {}: {e}", args.output))?;
+                Box::new(JsonLinesSink::new(file, args.output.clone()))
+            }
+        }
+    };
+    let options = RunOptions {
+        rate: args.rate,
+        stats_every: args.stats_every.map(Duration::from_secs_f64),
+    };
+    let report = scorer.run(source, sink, options).await?;
+    if args.json_report {
+        eprintln!("{}", serde_json::to_string(&report)?);
+    } else {
+        eprintln!("{report}");
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "quiver_client=info".into()),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
