@@ -27,6 +27,8 @@ use quiver_client::{
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
+mod demo;
+
 use crate::config::Repo;
 use crate::datagen;
 use crate::flight::{self, QuiverFlightService};
@@ -370,7 +372,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             say(arrow::util::pretty::pretty_format_batches(&[batch])?.to_string());
             Ok(())
         }
-        Command::Demo { dir } => demo(&dir).await,
+        Command::Demo { dir } => demo::run(&dir).await,
     }
 }
 
@@ -681,109 +683,3 @@ pub fn write_example_repo(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn demo(dir: &Path) -> Result<()> {
-    let t0 = Instant::now();
-    // The demo's folder is its own: always the current example definitions.
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    std::fs::write(dir.join("quiver.yaml"), EXAMPLE_CONFIG)?;
-    std::fs::write(dir.join("features.yaml"), EXAMPLE_FEATURES)?;
-    let repo = Repo::load(dir)?;
-    let data = local_offline_dir(&repo)?;
-    say(format!("[1/6] generating fraud data in {}", data.display()));
-    let options = datagen::Options::default();
-    let s = datagen::generate(&data, &options)?;
-    say(format!(
-        "      {} transactions ({} fraud), {} card_stats rows",
-        s.transactions, s.fraud, s.card_stats
-    ));
-    say("[2/6] quiver apply");
-    apply(&repo.dir, false).await?;
-    // Online ttls are judged as of the end of the generated data, not today.
-    let data_end_ns = (datagen::EPOCH_US + options.days as i64 * 86_400_000_000) * 1000;
-    say(format!(
-        "[3/6] quiver serve on 127.0.0.1 (ephemeral port), online clock at {}",
-        materialize::format_instant(data_end_ns)
-    ));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let stores = open_stores(&repo, Clock::Fixed(data_end_ns)).await?;
-    let service = QuiverFlightService::new(stores.offline().clone()).with_online(Arc::new(stores));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(flight::serve(listener, service, async {
-        let _ = stopped.await;
-    }));
-    say(format!(
-        "[4/6] training set over Flight: transactions (spine) x fraud_v2 from {addr}"
-    ));
-    let (_, spine) = read_parquet(&data.join("transactions.parquet"))?;
-    let mut client = QuiverClient::connect(addr.to_string()).await?;
-    let started = Instant::now();
-    let train = client
-        .get_historical_features(&HistoricalFeaturesRequest::for_service("fraud_v2"), spine)
-        .await?;
-    let took = started.elapsed();
-    let rows: usize = train.iter().map(|b| b.num_rows()).sum();
-    let out = dir.join("train.parquet");
-    if let Some(first) = train.first() {
-        let mut w = ArrowWriter::try_new(std::fs::File::create(&out)?, first.schema(), None)?;
-        for b in &train {
-            w.write(b)?;
-        }
-        w.close()?;
-    }
-    say(format!(
-        "      {rows} rows x {} columns in {:.3}s -> {}",
-        train.first().map_or(0, |b| b.num_columns()),
-        took.as_secs_f64(),
-        out.display()
-    ));
-    say("[5/6] materialize every view into RocksDB (a Flight action on the server)");
-    let reports = client
-        .materialize(&MaterializeRequest {
-            start: "2020-01-01T00:00:00Z".into(),
-            end: materialize::format_instant(data_end_ns),
-            views: None,
-        })
-        .await?;
-    for r in &reports {
-        say(format!("      {}", report_line(r)));
-    }
-    say("[6/6] online lookups of fraud_v1, one card at a time on one DoExchange stream");
-    let mut session = client.online_session(&OnlineFeaturesRequest::for_service("fraud_v1"))?;
-    let mut times = Vec::new();
-    for i in 0..options.cards as i64 {
-        let keys = RecordBatch::try_from_iter([(
-            "cc_num",
-            Arc::new(arrow::array::Int64Array::from(vec![datagen::CARD_BASE + i])) as _,
-        )])?;
-        let t = Instant::now();
-        session.lookup(keys).await?;
-        times.push(t.elapsed());
-    }
-    times.sort();
-    let pct = |p: f64| {
-        times[((times.len() as f64 * p) as usize).min(times.len() - 1)].as_secs_f64() * 1e6
-    };
-    say(format!(
-        "      {} lookups: p50 {:.0} us, p99 {:.0} us (debug builds are slower; see docs/benchmarks.md)",
-        times.len(),
-        pct(0.5),
-        pct(0.99)
-    ));
-    let one = client
-        .get_online_features(
-            &OnlineFeaturesRequest::for_service("fraud_v1")
-                .with_entity("cc_num", [datagen::CARD_BASE + 5])
-                .with_metadata(true),
-        )
-        .await?;
-    say(arrow::util::pretty::pretty_format_batches(&[one])?.to_string());
-    let _ = stop.send(());
-    server.await??;
-    say(format!(
-        "demo finished in {:.1}s; data left in {}",
-        t0.elapsed().as_secs_f64(),
-        dir.display()
-    ));
-    Ok(())
-}

@@ -334,7 +334,8 @@ impl XgbModel {
 }
 
 /// A logistic regression on standardized features: `sigmoid(intercept + sum(w_i *
-/// (x_i - mean_i) / scale_i))`; a missing feature counts as its mean.
+/// clamp((x_i - mean_i) / scale_i, -10, 10)))`; a missing feature counts as its
+/// mean. The clamp keeps a few extreme ratios from dominating.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogisticModel {
     /// Always `"logistic"`.
@@ -371,7 +372,7 @@ impl LogisticModel {
         for i in 0..self.weights.len() {
             let x = row[i];
             if x.is_finite() {
-                z += self.weights[i] * (x - self.means[i]) / self.scales[i];
+                z += self.weights[i] * ((x - self.means[i]) / self.scales[i]).clamp(-10.0, 10.0);
             }
         }
         1.0 / (1.0 + (-z).exp())
@@ -437,8 +438,6 @@ impl LogisticModel {
             }
             b -= lr * gb / total;
         }
-        // Weights apply to clipped standardized values; predict() does not clip,
-        // which only matters beyond 10 standard deviations.
         Self {
             quiver_model: "logistic".into(),
             features,

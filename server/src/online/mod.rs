@@ -113,13 +113,16 @@ impl Error {
 }
 
 /// What "now" is when judging a value's age.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Default)]
 pub enum Clock {
     /// The system clock.
     #[default]
     System,
     /// A fixed instant in nanoseconds since the epoch (tests and replays).
     Fixed(i64),
+    /// An instant the caller moves forward while replaying history (`quiver
+    /// demo` replays held-out days); shared with whoever holds the `Arc`.
+    Replay(Arc<std::sync::atomic::AtomicI64>),
 }
 
 impl Clock {
@@ -128,6 +131,7 @@ impl Clock {
         match self {
             Clock::System => chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX),
             Clock::Fixed(n) => *n,
+            Clock::Replay(n) => n.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 }
@@ -281,7 +285,7 @@ impl OnlineStore {
             db,
             path: path.into(),
             options: opts,
-            clock: options.clock,
+            clock: options.clock.clone(),
             view_locks: Mutex::new(HashMap::new()),
         })
     }
@@ -317,7 +321,7 @@ impl OnlineStore {
 
     /// What "now" is for ttl checks.
     pub fn clock(&self) -> Clock {
-        self.clock
+        self.clock.clone()
     }
 
     /// The lock serializing writes to one view (read-compare-write must not race).

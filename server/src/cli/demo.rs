@@ -1,0 +1,408 @@
+//! `quiver demo`: the whole loop on the embedded default (a local folder and
+//! RocksDB, no services), in one command.
+//!
+//! ```text
+//! datagen ─> apply ─> serve (in-process, replay clock)
+//!   ─> training set over Flight: transactions before the split x fraud_v3,
+//!      chargeback labels as of the split ─> train.parquet
+//!   ─> logistic regression trained in Rust ─> model.json
+//!   ─> each held-out day: materialize_incremental to its start, then replay its
+//!      transactions through quiver-score at 5,000/s ─> decisions.parquet + feature log
+//!   ─> report: precision, recall, AUC against the true labels; latency; throughput
+//! ```
+
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use arrow::compute::{cast, filter_record_batch};
+use arrow::datatypes::{DataType, Float64Type, TimestampMicrosecondType};
+use parquet::arrow::ArrowWriter;
+use quiver_client::score::config::{FeatureLog, Rules, ScorerConfig};
+use quiver_client::score::model::LogisticModel;
+use quiver_client::score::sink::{DecisionSink, JsonLinesSink};
+use quiver_client::score::source::MemorySource;
+use quiver_client::score::{Report, RunOptions, Scorer};
+use quiver_client::{
+    HistoricalFeaturesRequest, MaterializeIncrementalRequest, MaterializeRequest, QuiverClient,
+};
+
+use super::{
+    apply, local_offline_dir, open_stores, read_parquet, report_line, say, EXAMPLE_CONFIG,
+    EXAMPLE_FEATURES,
+};
+use crate::config::Repo;
+use crate::datagen;
+use crate::flight::{self, QuiverFlightService};
+use crate::materialize;
+use crate::online::Clock;
+
+const DAY_US: i64 = 86_400_000_000;
+/// The features the demo's model uses: served ones and on-demand ones.
+const MODEL_FEATURES: [&str; 11] = [
+    "amt",
+    "avg_amt_1d",
+    "txn_count_1d",
+    "max_amt_1d",
+    "credit_limit",
+    "merchant_avg_amt_1d",
+    "distance_from_home_km",
+    "amt_over_avg_1d",
+    "amt_over_max_1d",
+    "amt_over_limit",
+    "amt_over_merchant_avg",
+];
+/// Days of history; the last `HELD_OUT_DAYS` are replayed through the scorer.
+const DAYS: i64 = 60;
+const HELD_OUT_DAYS: i64 = 10;
+/// Replay rate of the held-out days (transactions per second).
+const REPLAY_RATE: f64 = 5000.0;
+
+/// Collects decision batches in memory (the demo writes one file at the end).
+struct Collect(Arc<Mutex<Vec<RecordBatch>>>);
+
+impl DecisionSink for Collect {
+    fn write(&mut self, decisions: &RecordBatch) -> quiver_client::score::sink::Result<()> {
+        self.0.lock().expect("not poisoned").push(decisions.clone());
+        Ok(())
+    }
+    fn finish(&mut self) -> quiver_client::score::sink::Result<()> {
+        Ok(())
+    }
+}
+
+fn instant_ns(us: i64) -> String {
+    materialize::format_instant(us * 1000)
+}
+
+/// A column as f64 values, NaN for nulls.
+fn f64_column(batch: &RecordBatch, name: &str) -> Result<Vec<f64>> {
+    let col = batch
+        .column_by_name(name)
+        .with_context(|| format!("training set has no column {name}"))?;
+    let col = cast(col, &DataType::Float64)?;
+    let col = col.as_primitive::<Float64Type>();
+    Ok((0..col.len())
+        .map(|i| if col.is_valid(i) { col.value(i) } else { f64::NAN })
+        .collect())
+}
+
+/// Area under the ROC curve (rank statistic, ties averaged).
+fn auc(scores: &[f64], labels: &[bool]) -> f64 {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[a].total_cmp(&scores[b]));
+    let (mut rank_sum, mut i) = (0.0, 0);
+    while i < order.len() {
+        let mut j = i;
+        while j + 1 < order.len() && scores[order[j + 1]] == scores[order[i]] {
+            j += 1;
+        }
+        let avg_rank = (i + j) as f64 / 2.0 + 1.0;
+        for &k in &order[i..=j] {
+            if labels[k] {
+                rank_sum += avg_rank;
+            }
+        }
+        i = j + 1;
+    }
+    let pos = labels.iter().filter(|&&l| l).count() as f64;
+    let neg = labels.len() as f64 - pos;
+    if pos == 0.0 || neg == 0.0 {
+        return f64::NAN;
+    }
+    (rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg)
+}
+
+/// Runs the demo in `dir` (created if needed; its repo files are rewritten).
+pub(super) async fn run(dir: &Path) -> Result<()> {
+    let t0 = Instant::now();
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::write(dir.join("quiver.yaml"), EXAMPLE_CONFIG)?;
+    std::fs::write(dir.join("features.yaml"), EXAMPLE_FEATURES)?;
+    let repo = Repo::load(dir)?;
+    let data = local_offline_dir(&repo)?;
+    // A fresh online store: the replay moves its watermarks from the start.
+    let online_dir = repo.online_path();
+    if online_dir.exists() {
+        std::fs::remove_dir_all(&online_dir)
+            .with_context(|| format!("cannot clear {}", online_dir.display()))?;
+    }
+    let _ = std::fs::remove_dir_all(data.join("feature_logs"));
+
+    say(format!("[1/8] generating fraud data in {}", data.display()));
+    let options = datagen::Options {
+        cards: 4000,
+        days: DAYS as usize,
+        fraud_card_rate: 0.08,
+        ..Default::default()
+    };
+    let s = datagen::generate(&data, &options)?;
+    say(format!(
+        "      {} transactions ({} fraud), {} chargeback rows, {} card_stats rows",
+        s.transactions, s.fraud, s.chargebacks, s.card_stats
+    ));
+
+    say("[2/8] quiver apply");
+    apply(&repo.dir, false).await?;
+
+    let split_us = datagen::EPOCH_US + (DAYS - HELD_OUT_DAYS) * DAY_US;
+    let clock = Arc::new(AtomicI64::new(split_us * 1000));
+    say(format!(
+        "[3/8] quiver serve on 127.0.0.1 (ephemeral port); the online clock replays from {}",
+        instant_ns(split_us)
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let stores = open_stores(&repo, Clock::Replay(clock.clone())).await?;
+    let service = QuiverFlightService::new(stores.offline().clone()).with_online(Arc::new(stores));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(flight::serve(listener, service, async {
+        let _ = stopped.await;
+    }));
+    let mut client = QuiverClient::connect(addr.to_string()).await?;
+
+    say(format!(
+        "[4/8] training set over Flight: transactions before {} x fraud_v3, chargebacks known then",
+        instant_ns(split_us)
+    ));
+    let started = Instant::now();
+    let request = HistoricalFeaturesRequest::for_service("fraud_v3")
+        .with_labels(["chargebacks"], Some(&instant_ns(split_us)))
+        .with_entity_sql(format!(
+            "SELECT trans_id, cc_num, merchant_id, amt, lat, lon, event_timestamp FROM transactions \
+             WHERE event_timestamp < TIMESTAMP '{}'",
+            instant_ns(split_us)
+        ));
+    let train = client.get_historical_features_from_sql(&request).await?;
+    let Some(first) = train.first() else {
+        bail!("the training set is empty");
+    };
+    let train = arrow::compute::concat_batches(&first.schema(), &train)?;
+    let out = dir.join("train.parquet");
+    let mut w = ArrowWriter::try_new(std::fs::File::create(&out)?, train.schema(), None)?;
+    w.write(&train)?;
+    w.close()?;
+    let labels_col = train.column_by_name("is_fraud").context("no label column")?;
+    let labels: Vec<bool> = (0..train.num_rows())
+        .map(|i| labels_col.is_valid(i) && labels_col.as_boolean().value(i))
+        .collect();
+    say(format!(
+        "      {} rows x {} columns in {:.2}s ({} labeled fraud as of the split) -> {}",
+        train.num_rows(),
+        train.num_columns(),
+        started.elapsed().as_secs_f64(),
+        labels.iter().filter(|&&l| l).count(),
+        out.display()
+    ));
+
+    say("[5/8] training a logistic regression in Rust on the training set");
+    let columns: Vec<Vec<f64>> = MODEL_FEATURES
+        .iter()
+        .map(|f| f64_column(&train, f))
+        .collect::<Result<_>>()?;
+    let rows: Vec<Vec<f64>> = (0..train.num_rows())
+        .map(|i| columns.iter().map(|c| c[i]).collect())
+        .collect();
+    let started = Instant::now();
+    let model = LogisticModel::fit(
+        MODEL_FEATURES.iter().map(|s| s.to_string()).collect(),
+        &rows,
+        &labels,
+        300,
+    );
+    let train_scores: Vec<f64> = rows.iter().map(|r| model.predict(r)).collect();
+    let model_path = dir.join("model.json");
+    std::fs::write(&model_path, serde_json::to_string_pretty(&model)?)?;
+    say(format!(
+        "      {} features, training AUC {:.3}, {:.2}s -> {}",
+        MODEL_FEATURES.len(),
+        auc(&train_scores, &labels),
+        started.elapsed().as_secs_f64(),
+        model_path.display()
+    ));
+
+    say(format!(
+        "[6/8] materialize every view up to {} (a Flight action)",
+        instant_ns(split_us)
+    ));
+    let reports = client
+        .materialize(&MaterializeRequest {
+            start: "2020-01-01T00:00:00Z".into(),
+            end: instant_ns(split_us),
+            views: None,
+        })
+        .await?;
+    for r in &reports {
+        say(format!("      {}", report_line(r)));
+    }
+
+    let config = ScorerConfig {
+        server: format!("http://{addr}"),
+        feature_service: "fraud_v3".into(),
+        model: model_path.display().to_string(),
+        rules: Rules {
+            review_at: 0.9,
+            decline_at: 0.98,
+        },
+        feature_log: Some(FeatureLog {
+            url: data.join("feature_logs/fraud_v3").display().to_string(),
+            rows_per_file: 100_000,
+        }),
+        ..Default::default()
+    };
+    std::fs::write(dir.join("scorer.yaml"), serde_yaml::to_string(&config)?)?;
+    let mut scorer = Scorer::connect(config.clone()).await?;
+    let (_, tx) = read_parquet(&data.join("transactions.parquet"))?;
+    let tx = arrow::compute::concat_batches(&tx[0].schema(), &tx)?;
+    let ts = tx
+        .column_by_name("event_timestamp")
+        .context("transactions have no event_timestamp")?
+        .as_primitive::<TimestampMicrosecondType>()
+        .clone();
+    say(format!(
+        "[7/8] quiver-score: replaying {HELD_OUT_DAYS} held-out days at {REPLAY_RATE:.0} tx/s \
+         (each day: materialize_incremental to its start, then its transactions)"
+    ));
+    let decided = Arc::new(Mutex::new(Vec::new()));
+    let mut replay = Vec::new();
+    for day in 0..HELD_OUT_DAYS {
+        let (from, to) = (split_us + day * DAY_US, split_us + (day + 1) * DAY_US);
+        clock.store(from * 1000, Ordering::Relaxed);
+        client
+            .materialize_incremental(&MaterializeIncrementalRequest {
+                end: instant_ns(from),
+                views: None,
+            })
+            .await?;
+        let mask = BooleanArray::from_iter(ts.iter().map(|t| t.map(|t| t >= from && t < to)));
+        let day_tx = filter_record_batch(&tx, &mask)?;
+        let report = scorer
+            .run(
+                Box::new(MemorySource::new(vec![day_tx])),
+                Box::new(Collect(decided.clone())),
+                RunOptions {
+                    rate: Some(REPLAY_RATE),
+                    stats_every: None,
+                },
+            )
+            .await?;
+        replay.push(report);
+    }
+    let decisions = std::mem::take(&mut *decided.lock().expect("not poisoned"));
+    let decisions = arrow::compute::concat_batches(&decisions[0].schema(), &decisions)?;
+    let out = dir.join("decisions.parquet");
+    let mut w = ArrowWriter::try_new(std::fs::File::create(&out)?, decisions.schema(), None)?;
+    w.write(&decisions)?;
+    w.close()?;
+    let sample = {
+        let mut w = arrow::json::LineDelimitedWriter::new(Vec::new());
+        w.write(&decisions.slice(0, 1))?;
+        w.finish()?;
+        String::from_utf8_lossy(&w.into_inner()).trim().to_string()
+    };
+
+    // Burst: the same transactions again, unpaced, to see the scorer's capacity.
+    let mask = BooleanArray::from_iter(ts.iter().map(|t| t.map(|t| t >= split_us)));
+    let held_out = filter_record_batch(&tx, &mask)?;
+    let mut burst_config = config.clone();
+    burst_config.feature_log = None;
+    let mut burst_scorer = Scorer::connect(burst_config).await?;
+    let burst = burst_scorer
+        .run(
+            Box::new(MemorySource::new(vec![held_out.clone()])),
+            Box::new(JsonLinesSink::new(std::io::sink(), "discard")),
+            RunOptions::default(),
+        )
+        .await?;
+
+    say("[8/8] report");
+    let truth: std::collections::HashMap<&str, bool> = {
+        let ids = held_out.column_by_name("trans_id").context("no trans_id")?.as_string::<i32>();
+        let fraud = held_out.column_by_name("is_fraud").context("no is_fraud")?.as_boolean();
+        (0..ids.len()).map(|i| (ids.value(i), fraud.value(i))).collect()
+    };
+    let ids = decisions.column_by_name("trans_id").context("no trans_id")?.as_string::<i32>();
+    let scores = decisions.column_by_name("score").context("no score")?.as_primitive::<Float64Type>();
+    let kinds = decisions.column_by_name("decision").context("no decision")?.as_string::<i32>();
+    let (mut tp, mut fp, mut fn_) = (0usize, 0usize, 0usize);
+    let (mut all_scores, mut all_labels) = (Vec::new(), Vec::new());
+    for i in 0..decisions.num_rows() {
+        let fraud = truth.get(ids.value(i)).copied().unwrap_or(false);
+        let flagged = kinds.value(i) != "approve";
+        match (flagged, fraud) {
+            (true, true) => tp += 1,
+            (true, false) => fp += 1,
+            (false, true) => fn_ += 1,
+            _ => {}
+        }
+        all_scores.push(scores.value(i));
+        all_labels.push(fraud);
+    }
+    let ratio = |a: usize, b: usize| if b == 0 { f64::NAN } else { a as f64 / b as f64 };
+    let mut total = Report::default();
+    let mut latencies = Vec::new();
+    for r in &replay {
+        total.scored += r.scored;
+        total.unscored += r.unscored;
+        for (k, v) in &r.decisions {
+            *total.decisions.entry(k.clone()).or_default() += v;
+        }
+        latencies.push(r.latency);
+    }
+    let worst = |f: fn(&quiver_client::score::stats::Percentiles) -> f64| {
+        latencies.iter().map(f).fold(0.0, f64::max)
+    };
+    say(format!(
+        "      held-out: {} transactions, {} fraud; decisions {:?}",
+        decisions.num_rows(),
+        all_labels.iter().filter(|&&l| l).count(),
+        total.decisions
+    ));
+    say(format!(
+        "      flagged (review or decline): precision {:.3}, recall {:.3}; AUC {:.3}",
+        ratio(tp, tp + fp),
+        ratio(tp, tp + fn_),
+        auc(&all_scores, &all_labels)
+    ));
+    say(format!(
+        "      event-to-decision at {REPLAY_RATE:.0} tx/s (worst day): p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us",
+        worst(|p| p.p50_us),
+        worst(|p| p.p99_us),
+        worst(|p| p.p999_us)
+    ));
+    say(format!(
+        "      burst (unpaced, same {} transactions): {:.0} tx/s, p50 {:.0} us (queueing included)",
+        burst.scored, burst.throughput_per_s, burst.latency.p50_us
+    ));
+    say(format!("      one decision: {sample}"));
+    say(format!(
+        "      decisions -> {}; served features logged under {}",
+        out.display(),
+        data.join("feature_logs/fraud_v3").display()
+    ));
+    let _ = stop.send(());
+    server.await??;
+    say(format!(
+        "demo finished in {:.1}s; data left in {} (scorer config: {})",
+        t0.elapsed().as_secs_f64(),
+        dir.display(),
+        dir.join("scorer.yaml").display()
+    ));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::auc;
+
+    #[test]
+    fn auc_counts_ordered_pairs_and_ties() {
+        assert_eq!(auc(&[0.1, 0.2, 0.8, 0.9], &[false, false, true, true]), 1.0);
+        assert_eq!(auc(&[0.9, 0.8, 0.2, 0.1], &[false, false, true, true]), 0.0);
+        assert_eq!(auc(&[0.5, 0.5], &[false, true]), 0.5);
+        assert!(auc(&[0.5], &[true]).is_nan());
+    }
+}
