@@ -52,9 +52,13 @@ impl Server {
 
     /// Serves an already built service on an ephemeral loopback port.
     pub async fn serve(service: flight::QuiverFlightService) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        Self::serve_at(service, "127.0.0.1:0".parse().expect("addr")).await
+    }
+
+    /// Serves an already built service on `addr` (e.g. the port of a server that
+    /// was stopped, to test reconnects).
+    pub async fn serve_at(service: flight::QuiverFlightService, addr: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let handle = tokio::spawn(flight::serve(listener, service, async {

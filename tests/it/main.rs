@@ -5,3 +5,4 @@ mod historical;
 mod online;
 mod request_time;
 mod s3;
+mod scorer;

@@ -300,7 +300,7 @@ impl Scorer {
                     continue;
                 }
                 let decisions = self
-                    .score(&mut session, parts, &mut stats, &rx, &carry)
+                    .score(&mut session, parts, &mut stats)
                     .await?;
                 sink.write(&decisions)?;
                 if let Some(log) = &mut log {
@@ -365,8 +365,6 @@ impl Scorer {
         session: &mut OnlineSession,
         parts: Vec<Arrived>,
         stats: &mut Stats,
-        rx: &mpsc::Receiver<Message>,
-        carry: &VecDeque<Arrived>,
     ) -> Result<RecordBatch> {
         let arrived: Vec<Instant> = parts
             .iter()
@@ -391,9 +389,8 @@ impl Scorer {
                             return Err(Error::GaveUp {
                                 seconds: waited.as_secs_f64(),
                                 last_error: e.to_string(),
-                                unscored: rows as u64
-                                    + carry.iter().map(|a| a.batch.num_rows() as u64).sum::<u64>()
-                                    + rx.len() as u64,
+                                // The caller adds what is still queued.
+                                unscored: rows as u64,
                                 scored: stats.scored(),
                             });
                         }

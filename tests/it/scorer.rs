@@ -1,0 +1,223 @@
+//! quiver-score end to end against a real server: every transaction gets exactly
+//! one decision, through a server restart; giving up is reported with counts;
+//! bad input lines are rejected and counted; a model that needs an unserved
+//! feature is refused by name.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow::array::{AsArray, BooleanArray, Float64Array, RecordBatch};
+use arrow::compute::filter_record_batch;
+use arrow::datatypes::{Float64Type, TimestampMicrosecondType};
+use quiver_client::score::config::{Retry, ScorerConfig};
+use quiver_client::score::model::LogisticModel;
+use quiver_client::score::sink::{self, DecisionSink};
+use quiver_client::score::source::{JsonLinesSource, MemorySource};
+use quiver_client::score::{Error as ScoreError, RunOptions, Scorer};
+use quiver_client::{MaterializeRequest, QuiverClient};
+use quiver_e2e::{concat, example_repo, read_parquet as read, small_data, Server};
+use quiver_server::config::Repo;
+use quiver_server::materialize::format_instant;
+use quiver_server::online::Clock;
+use quiver_server::{cli, datagen, flight};
+
+const DAY_US: i64 = 86_400_000_000;
+const T_US: i64 = datagen::EPOCH_US + 15 * DAY_US;
+
+struct Collect(Arc<Mutex<Vec<RecordBatch>>>);
+
+impl DecisionSink for Collect {
+    fn write(&mut self, decisions: &RecordBatch) -> sink::Result<()> {
+        self.0.lock().unwrap().push(decisions.clone());
+        Ok(())
+    }
+    fn finish(&mut self) -> sink::Result<()> {
+        Ok(())
+    }
+}
+
+async fn service(dir: &std::path::Path) -> flight::QuiverFlightService {
+    let repo = Repo::load(dir).unwrap();
+    let m = cli::open_stores(&repo, Clock::Fixed(T_US * 1000)).await.unwrap();
+    flight::QuiverFlightService::new(m.offline().clone()).with_online(Arc::new(m))
+}
+
+/// A served repo, materialized to T, a model file, and two days of transactions.
+async fn setup(dir: &std::path::Path) -> (Server, ScorerConfig, RecordBatch) {
+    let repo = Repo::load(dir).unwrap();
+    cli::apply_repo(&repo, false).await.unwrap();
+    let server = Server::serve(service(dir).await).await;
+    let mut client = QuiverClient::connect(server.url()).await.unwrap();
+    client
+        .materialize(&MaterializeRequest {
+            start: "2020-01-01T00:00:00Z".into(),
+            end: format_instant(T_US * 1000),
+            views: None,
+        })
+        .await
+        .unwrap();
+    let model = LogisticModel {
+        quiver_model: "logistic".into(),
+        features: vec!["amt_over_avg_1d".into(), "distance_from_home_km".into()],
+        intercept: -2.0,
+        weights: vec![0.5, 1.0],
+        means: vec![1.0, 10.0],
+        scales: vec![1.0, 100.0],
+    };
+    let model_path = dir.join("model.json");
+    std::fs::write(&model_path, serde_json::to_string(&model).unwrap()).unwrap();
+    let config = ScorerConfig {
+        server: server.url(),
+        model: model_path.display().to_string(),
+        retry: Retry {
+            initial_ms: 20,
+            max_ms: 200,
+            give_up_after_s: Some(30.0),
+        },
+        ..Default::default()
+    };
+    let tx = concat(&read(&dir.join("data/transactions.parquet")));
+    let ts = tx
+        .column_by_name("event_timestamp")
+        .unwrap()
+        .as_primitive::<TimestampMicrosecondType>();
+    let mask = BooleanArray::from_iter(ts.iter().map(|t| t.map(|t| t > T_US && t <= T_US + 2 * DAY_US)));
+    let tx = filter_record_batch(&tx, &mask).unwrap();
+    (server, config, tx)
+}
+
+fn ids(batches: &[RecordBatch]) -> Vec<String> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            b.column_by_name("trans_id")
+                .unwrap()
+                .as_string::<i32>()
+                .iter()
+                .map(|v| v.unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_transaction_is_decided_once_across_a_server_restart() {
+    let dir = example_repo(&small_data());
+    let (server, config, tx) = setup(dir.path()).await;
+    let n = tx.num_rows();
+    assert!(n > 200, "{n} transactions");
+    let addr = server.addr;
+    let mut scorer = Scorer::connect(config).await.unwrap();
+    let decided = Arc::new(Mutex::new(Vec::new()));
+    let sink = Collect(decided.clone());
+    let input = tx.clone();
+    // Paced so the restart falls in the middle of the stream.
+    let run = tokio::spawn(async move {
+        scorer
+            .run(
+                Box::new(MemorySource::new(vec![input])),
+                Box::new(sink),
+                RunOptions {
+                    rate: Some(n as f64 / 1.5),
+                    stats_every: None,
+                },
+            )
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    server.stop().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let restarted = Server::serve_at(service(dir.path()).await, addr).await;
+    let report = run.await.unwrap().unwrap();
+
+    assert_eq!(report.scored as usize, n, "{report}");
+    assert_eq!(report.unscored, 0);
+    assert!(report.retries > 0, "the restart was noticed: {report}");
+    let decided = decided.lock().unwrap().clone();
+    let got = ids(&decided);
+    assert_eq!(got.len(), n, "one decision per transaction");
+    assert_eq!(
+        got.iter().collect::<BTreeSet<_>>(),
+        ids(&[tx]).iter().collect::<BTreeSet<_>>()
+    );
+    // Decisions follow the rules and carry the features and timings.
+    let all = concat(&decided);
+    let scores = all.column_by_name("score").unwrap().as_primitive::<Float64Type>();
+    let kinds = all.column_by_name("decision").unwrap().as_string::<i32>();
+    for i in 0..all.num_rows() {
+        let want = quiver_client::score::config::Rules::default().decide(scores.value(i));
+        assert_eq!(kinds.value(i), want);
+    }
+    let features = all.column_by_name("features").unwrap().as_struct();
+    assert!(features.column_by_name("distance_from_home_km").is_some());
+    let timings = all.column_by_name("timings_us").unwrap().as_struct();
+    let latency = timings.column_by_name("event_to_decision").unwrap();
+    let latency: &Float64Array = latency.as_primitive();
+    assert!(latency.iter().flatten().any(|l| l > 100_000.0), "the outage shows in latencies");
+    restarted.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn giving_up_reports_what_was_not_scored_and_bad_input_is_counted() {
+    let dir = example_repo(&small_data());
+    let (server, mut config, tx) = setup(dir.path()).await;
+    let n = tx.num_rows() as u64;
+
+    // Bad lines among good ones: rejected with their line numbers, the rest scored.
+    let scorer_config = config.clone();
+    let mut scorer = Scorer::connect(scorer_config).await.unwrap();
+    let lines = "{\"trans_id\": \"a\", \"cc_num\": 4000000000000001, \"merchant_id\": 3, \"amt\": 12.5, \"lat\": 40.0, \"lon\": -100.0}\n\
+                 {\"trans_id\": \"b\", \"cc_num\": \"not a number\"}\n\
+                 {\"trans_id\": \"c\", \"cc_num\": 4000000000000002, \"merchant_id\": 3, \"amt\": 3, \"lat\": 40.0, \"lon\": -100.0}\n";
+    let source = JsonLinesSource::new(std::io::Cursor::new(lines), scorer.input_schema(), "lines");
+    let decided = Arc::new(Mutex::new(Vec::new()));
+    let report = scorer
+        .run(Box::new(source), Box::new(Collect(decided.clone())), RunOptions::default())
+        .await
+        .unwrap();
+    assert_eq!((report.scored, report.rejected), (2, 1), "{report}");
+    assert_eq!(ids(&decided.lock().unwrap()), ["a", "c"]);
+
+    // A model feature the service does not serve is refused by name.
+    let model_path = dir.path().join("bad_model.json");
+    std::fs::write(
+        &model_path,
+        r#"{"quiver_model": "logistic", "features": ["nope"], "intercept": 0, "weights": [1], "means": [0], "scales": [1]}"#,
+    )
+    .unwrap();
+    let mut bad = config.clone();
+    bad.model = model_path.display().to_string();
+    let e = Scorer::connect(bad)
+        .await
+        .unwrap()
+        .run(
+            Box::new(MemorySource::new(vec![tx.slice(0, 3)])),
+            Box::new(Collect(Arc::new(Mutex::new(Vec::new())))),
+            RunOptions::default(),
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("\"nope\"") && e.contains("fraud_v3"), "{e}");
+
+    // The server goes away for good: the scorer gives up and says how much was
+    // scored and how much was not; nothing is silently dropped.
+    config.retry.give_up_after_s = Some(1.0);
+    let mut scorer = Scorer::connect(config).await.unwrap();
+    server.stop().await;
+    let e = scorer
+        .run(
+            Box::new(MemorySource::new(vec![tx])),
+            Box::new(Collect(Arc::new(Mutex::new(Vec::new())))),
+            RunOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    match e {
+        ScoreError::GaveUp {
+            scored, unscored, ..
+        } => assert_eq!(scored + unscored, n, "{scored} + {unscored} != {n}"),
+        other => panic!("expected GaveUp, got {other}"),
+    }
+}
