@@ -8,9 +8,10 @@ scripts/setup.sh --tests
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/quiver-target}"
 export PATH="$HOME/.cargo/bin:$PATH"
 echo "== cargo build (target dir $CARGO_TARGET_DIR)"
-# The crash test and the Python tests run the real `quiver` binary.
-cargo build --bin quiver
+# The crash test and the Python tests run the real `quiver` and `quiver-score` binaries.
+cargo build --bin quiver --bin quiver-score
 echo "== cargo test"
 QUIVER_BIN="$CARGO_TARGET_DIR/debug/quiver" cargo test --workspace
 echo "== python end-to-end tests"
-QUIVER_BIN="$CARGO_TARGET_DIR/debug/quiver" .venv/bin/python -m pytest -q tests/python
+QUIVER_BIN="$CARGO_TARGET_DIR/debug/quiver" QUIVER_SCORE_BIN="$CARGO_TARGET_DIR/debug/quiver-score" \
+  .venv/bin/python -m pytest -q tests/python

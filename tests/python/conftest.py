@@ -22,6 +22,13 @@ def quiver_bin() -> str:
     return str(Path(target) / "debug" / "quiver")
 
 
+def score_bin() -> str:
+    b = os.environ.get("QUIVER_SCORE_BIN")
+    if b:
+        return b
+    return str(Path(quiver_bin()).parent / "quiver-score")
+
+
 def run(repo: Path, *args: str) -> str:
     out = subprocess.run([quiver_bin(), "--repo", str(repo), *args], check=True, capture_output=True, text=True)
     return out.stdout
