@@ -4,6 +4,7 @@
 //! ```text
 //! quiver-bench historical [--cards 100000] [--days 20] [--spine-rows 1000000]
 //! quiver-bench online     [--cards 100000] [--days 20] [--requests 5000] [--feast PATH]
+//! quiver-bench score      [--cards 20000] [--days 10] [--rates 5000,20000] [--seconds 15]
 //! ```
 //! generates a daily card_stats view (cards x days rows, ttl 2d, ties and nulls), a
 //! static customers view (90% of cards) and a spine, starts `quiver serve` (the
@@ -31,6 +32,7 @@ use parquet::file::properties::WriterProperties;
 use quiver_client::{HistoricalFeaturesRequest, QuiverClient};
 
 mod online;
+mod score;
 
 const DAY_US: i64 = 86_400_000_000;
 const EPOCH_US: i64 = 1_767_225_600_000_000;
@@ -68,6 +70,8 @@ enum Bench {
     },
     /// Materialize throughput and online lookup latency vs this machine's floor and Feast.
     Online(online::OnlineArgs),
+    /// The streaming scorer: paced latency and unpaced throughput vs a lookup-only floor.
+    Score(score::ScoreArgs),
     /// (internal) The floor server the online benchmark compares against.
     #[command(hide = true)]
     FloorServer {
@@ -467,6 +471,7 @@ async fn main() -> Result<()> {
             no_duckdb,
         } => historical(cards, days, spine_rows, dir, python, no_duckdb).await,
         Bench::Online(args) => online::online(args).await,
+        Bench::Score(args) => score::score(args).await,
         Bench::FloorServer { dir, cards } => online::floor_server(&dir, cards).await,
     }
 }

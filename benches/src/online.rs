@@ -104,7 +104,7 @@ fn keys(ids: impl IntoIterator<Item = i64>) -> RecordBatch {
     .expect("one column")
 }
 
-fn spawn_ready(mut cmd: Command, what: &str) -> Result<(ServerProcess, String)> {
+pub(crate) fn spawn_ready(mut cmd: Command, what: &str) -> Result<(ServerProcess, String)> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .spawn()

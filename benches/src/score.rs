@@ -1,0 +1,279 @@
+//! `quiver-bench score`: the streaming scorer against a real `quiver serve` on
+//! loopback (separate process, same 2 cores).
+//!
+//! Generates the example fraud data (`quiver datagen`), applies the example repo,
+//! materializes, serves with the clock at the data's end, and scores the
+//! generated transactions with `fraud_v3` (features + on-demand features) and a
+//! 100-tree depth-6 XGBoost-format booster, decisions written as JSON lines to
+//! /dev/null:
+//! - paced runs at each `--rates` value for `--seconds` (event-to-decision
+//!   percentiles, counted from each transaction's scheduled time);
+//! - an unpaced run over every transaction (sustained throughput);
+//! - the floor measured in the same run: the same micro-batches through a bare
+//!   OnlineSession (lookups only, no model, no sink), unpaced.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use arrow::array::RecordBatch;
+use clap::Args;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use quiver_client::score::config::ScorerConfig;
+use quiver_client::score::sink::JsonLinesSink;
+use quiver_client::score::source::MemorySource;
+use quiver_client::score::{RunOptions, Scorer};
+use quiver_client::{MaterializeRequest, OnlineFeaturesRequest, QuiverClient};
+
+use crate::online::spawn_ready;
+use crate::{peak_rss_mib, quiver_bin, tempfile_dir, Rng, DAY_US, EPOCH_US};
+
+const FEATURES: [&str; 10] = [
+    "amt",
+    "avg_amt_1d",
+    "txn_count_1d",
+    "max_amt_1d",
+    "credit_limit",
+    "merchant_avg_amt_1d",
+    "distance_from_home_km",
+    "amt_over_avg_1d",
+    "amt_over_limit",
+    "amt_over_merchant_avg",
+];
+
+/// Options of `quiver-bench score`.
+#[derive(Debug, Args)]
+pub(crate) struct ScoreArgs {
+    /// Cards in the generated data (about 1.5 transactions per card and day).
+    #[arg(long, default_value_t = 20_000)]
+    cards: usize,
+    /// Days of generated history.
+    #[arg(long, default_value_t = 10)]
+    days: usize,
+    /// Paced replay rates (transactions per second).
+    #[arg(long, value_delimiter = ',', default_values_t = [5000.0, 20000.0])]
+    rates: Vec<f64>,
+    /// Seconds per paced run.
+    #[arg(long, default_value_t = 15.0)]
+    seconds: f64,
+    /// Most transactions per lookup.
+    #[arg(long, default_value_t = 256)]
+    max_batch: usize,
+    /// Longest wait for a batch to fill (microseconds).
+    #[arg(long, default_value_t = 300)]
+    max_wait_us: u64,
+    /// Work folder (default: a new temporary folder, removed afterwards).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// A full depth-6 booster with 100 trees over [`FEATURES`], in XGBoost's JSON
+/// format (random splits: the cost of evaluating it is what matters here).
+fn booster_json() -> String {
+    let mut rng = Rng(7);
+    let mut trees = Vec::new();
+    for id in 0..100 {
+        let nodes = 127;
+        let (mut left, mut right, mut index, mut cond, mut dl) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for i in 0..nodes {
+            if i < 63 {
+                left.push(2 * i + 1);
+                right.push(2 * i + 2);
+                index.push(rng.below(FEATURES.len() as u64) as i64);
+                cond.push(rng.unit() * 50.0);
+            } else {
+                left.push(-1);
+                right.push(-1);
+                index.push(0);
+                cond.push((rng.unit() - 0.5) * 0.2);
+            }
+            dl.push(rng.below(2) as i64);
+        }
+        trees.push(serde_json::json!({
+            "id": id, "left_children": left, "right_children": right,
+            "split_indices": index, "split_conditions": cond,
+            "default_left": dl, "split_type": vec![0; nodes as usize],
+        }));
+    }
+    serde_json::json!({"learner": {
+        "feature_names": FEATURES,
+        "learner_model_param": {"base_score": "[1E-2]", "num_class": "0", "num_feature": FEATURES.len().to_string(), "num_target": "1"},
+        "objective": {"name": "binary:logistic"},
+        "gradient_booster": {"name": "gbtree", "model": {"trees": trees}},
+    }})
+    .to_string()
+}
+
+fn read_transactions(path: &std::path::Path) -> Result<Vec<RecordBatch>> {
+    let file = std::fs::File::open(path).with_context(|| format!("open {}", path.display()))?;
+    Ok(ParquetRecordBatchReaderBuilder::try_new(file)?
+        .with_batch_size(65536)
+        .build()?
+        .collect::<Result<Vec<_>, _>>()?)
+}
+
+fn rows(batches: &[RecordBatch]) -> usize {
+    batches.iter().map(|b| b.num_rows()).sum()
+}
+
+/// The first `n` rows of `batches`.
+fn head(batches: &[RecordBatch], mut n: usize) -> Vec<RecordBatch> {
+    let mut out = Vec::new();
+    for b in batches {
+        if n == 0 {
+            break;
+        }
+        let k = b.num_rows().min(n);
+        out.push(b.slice(0, k));
+        n -= k;
+    }
+    out
+}
+
+pub(crate) async fn score(args: ScoreArgs) -> Result<()> {
+    let temporary = args.dir.is_none();
+    let dir = std::path::absolute(match &args.dir {
+        Some(d) => d.clone(),
+        None => tempfile_dir()?,
+    })?;
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(
+        dir.join("quiver.yaml"),
+        include_str!("../../feature_repo/quiver.yaml"),
+    )?;
+    std::fs::write(
+        dir.join("features.yaml"),
+        include_str!("../../feature_repo/features.yaml"),
+    )?;
+    let bin = quiver_bin()?;
+    let quiver = |a: &[&str]| {
+        let mut c = Command::new(&bin);
+        c.arg("--repo").arg(&dir).args(a);
+        c
+    };
+    let (cards, days) = (args.cards.to_string(), args.days.to_string());
+    for step in [
+        vec!["datagen", "--cards", &cards, "--days", &days],
+        vec!["apply"],
+    ] {
+        let out = quiver(&step).output()?;
+        if !out.status.success() {
+            bail!("quiver {step:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    let end_us = EPOCH_US + args.days as i64 * DAY_US;
+    let now = chrono::DateTime::from_timestamp_micros(end_us)
+        .context("end of data")?
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let (server, addr) = spawn_ready(
+        {
+            let mut c = quiver(&["serve", "--addr", "127.0.0.1:0"]);
+            c.env("QUIVER_NOW", &now).stderr(Stdio::null());
+            c
+        },
+        "quiver serve",
+    )?;
+    let url = format!("http://{addr}");
+    let mut client = QuiverClient::connect(&url).await?;
+    client
+        .materialize(&MaterializeRequest {
+            start: "2020-01-01T00:00:00Z".into(),
+            end: now.clone(),
+            views: None,
+        })
+        .await?;
+    let model = dir.join("model.json");
+    std::fs::write(&model, booster_json())?;
+    let mut config = ScorerConfig {
+        server: url.clone(),
+        feature_service: "fraud_v3".into(),
+        model: model.display().to_string(),
+        ..Default::default()
+    };
+    config.batching.max_rows = args.max_batch;
+    config.batching.max_wait_us = args.max_wait_us;
+    config.queue_capacity = config.queue_capacity.max(args.max_batch);
+    let tx = read_transactions(&dir.join("data/transactions.parquet"))?;
+    let total = rows(&tx);
+    println!(
+        "quiver-bench score: {total} transactions, {} cards, fraud_v3 (7 features + 5 on-demand), 100-tree depth-6 booster, batches <= {} rows / {} us, server on {addr}",
+        args.cards, args.max_batch, args.max_wait_us
+    );
+
+    // Floor: lookups only, the same micro-batches, unpaced.
+    let mut session = client.online_session(&OnlineFeaturesRequest::for_service("fraud_v3"))?;
+    let send_cols = ["cc_num", "merchant_id", "amt", "lat", "lon"];
+    let mut floor_batches = Vec::new();
+    for b in &tx {
+        let idx: Vec<usize> = send_cols
+            .iter()
+            .map(|c| b.schema().index_of(c))
+            .collect::<Result<_, _>>()?;
+        let b = b.project(&idx)?;
+        let mut off = 0;
+        while off < b.num_rows() {
+            let n = args.max_batch.min(b.num_rows() - off);
+            floor_batches.push(b.slice(off, n));
+            off += n;
+        }
+    }
+    let t = Instant::now();
+    for b in &floor_batches {
+        session.lookup(b.clone()).await?;
+    }
+    let floor_per_s = total as f64 / t.elapsed().as_secs_f64();
+    drop(session);
+
+    // Unpaced: sustained throughput.
+    let mut scorer = Scorer::connect(config.clone()).await?;
+    let burst = scorer
+        .run(
+            Box::new(MemorySource::new(tx.clone())),
+            Box::new(JsonLinesSink::new(std::io::sink(), "discard")),
+            RunOptions::default(),
+        )
+        .await?;
+    println!(
+        "unpaced: {} tx in {:.2} s = {:.0} tx/s (floor, lookups only: {:.0} tx/s; scorer/floor {:.2}x), {} lookups",
+        burst.scored,
+        burst.elapsed_s,
+        burst.throughput_per_s,
+        floor_per_s,
+        burst.throughput_per_s / floor_per_s,
+        burst.batches
+    );
+    for rate in &args.rates {
+        let n = ((rate * args.seconds) as usize).min(total);
+        let report = scorer
+            .run(
+                Box::new(MemorySource::new(head(&tx, n))),
+                Box::new(JsonLinesSink::new(std::io::sink(), "discard")),
+                RunOptions {
+                    rate: Some(*rate),
+                    stats_every: None,
+                },
+            )
+            .await?;
+        println!(
+            "paced {:>6.0} tx/s: {} tx, achieved {:.0} tx/s, event-to-decision p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us, mean batch {:.1} rows",
+            rate,
+            report.scored,
+            report.throughput_per_s,
+            report.latency.p50_us,
+            report.latency.p99_us,
+            report.latency.p999_us,
+            report.latency.max_us,
+            report.scored as f64 / report.batches.max(1) as f64
+        );
+    }
+    if let Some(rss) = peak_rss_mib(server.0.id()) {
+        println!("server peak RSS {rss:.0} MiB");
+    }
+    drop(server);
+    if temporary {
+        std::fs::remove_dir_all(&dir)?;
+    }
+    Ok(())
+}
