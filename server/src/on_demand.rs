@@ -473,8 +473,12 @@ feature_services:
   - { name: svc, features: ["stats:home_lat", ctx] }
 "#;
 
+    /// Parses and compiles, as `quiver apply` does (it compiles when it opens the
+    /// offline store).
     fn registry(defs: &str) -> registry::Result<Registry> {
-        Registry::from_files("p", [("f.yaml", defs)])
+        let r = Registry::from_files("p", [("f.yaml", defs)])?;
+        Catalog::compile(&r)?;
+        Ok(r)
     }
 
     #[test]

@@ -489,7 +489,6 @@ impl Registry {
             origins,
         };
         reg.validate()?;
-        crate::on_demand::Catalog::compile(&reg)?;
         Ok(reg)
     }
 

@@ -178,6 +178,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         eprintln!("{report}");
     }
+    if report.unscored > 0 {
+        return Err(format!("{} transactions read were not scored", report.unscored).into());
+    }
     Ok(())
 }
 
