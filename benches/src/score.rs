@@ -160,7 +160,10 @@ pub(crate) async fn score(args: ScoreArgs) -> Result<()> {
     ] {
         let out = quiver(&step).output()?;
         if !out.status.success() {
-            bail!("quiver {step:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "quiver {step:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
     let end_us = EPOCH_US + args.days as i64 * DAY_US;
@@ -197,7 +200,7 @@ pub(crate) async fn score(args: ScoreArgs) -> Result<()> {
     config.queue_capacity = config.queue_capacity.max(args.max_batch);
     let tx = read_transactions(&dir.join("data/transactions.parquet"))?;
     let total = rows(&tx);
-    println!(
+    eprintln!(
         "quiver-bench score: {total} transactions, {} cards, fraud_v3 (7 features + 5 on-demand), 100-tree depth-6 booster, batches <= {} rows / {} us, server on {addr}",
         args.cards, args.max_batch, args.max_wait_us
     );
@@ -235,7 +238,7 @@ pub(crate) async fn score(args: ScoreArgs) -> Result<()> {
             RunOptions::default(),
         )
         .await?;
-    println!(
+    eprintln!(
         "unpaced: {} tx in {:.2} s = {:.0} tx/s (floor, lookups only: {:.0} tx/s; scorer/floor {:.2}x), {} lookups",
         burst.scored,
         burst.elapsed_s,
@@ -256,7 +259,7 @@ pub(crate) async fn score(args: ScoreArgs) -> Result<()> {
                 },
             )
             .await?;
-        println!(
+        eprintln!(
             "paced {:>6.0} tx/s: {} tx, achieved {:.0} tx/s, event-to-decision p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, max {:.0} us, mean batch {:.1} rows",
             rate,
             report.scored,
@@ -269,7 +272,7 @@ pub(crate) async fn score(args: ScoreArgs) -> Result<()> {
         );
     }
     if let Some(rss) = peak_rss_mib(server.0.id()) {
-        println!("server peak RSS {rss:.0} MiB");
+        eprintln!("server peak RSS {rss:.0} MiB");
     }
     drop(server);
     if temporary {

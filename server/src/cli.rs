@@ -28,6 +28,7 @@ use tracing::info;
 use tracing_subscriber::EnvFilter;
 
 mod demo;
+mod gbdt;
 
 use crate::config::Repo;
 use crate::datagen;
@@ -682,4 +683,3 @@ pub fn write_example_repo(dir: &Path) -> Result<()> {
     }
     Ok(())
 }
-

@@ -39,7 +39,9 @@ impl DecisionSink for Collect {
 
 async fn service(dir: &std::path::Path) -> flight::QuiverFlightService {
     let repo = Repo::load(dir).unwrap();
-    let m = cli::open_stores(&repo, Clock::Fixed(T_US * 1000)).await.unwrap();
+    let m = cli::open_stores(&repo, Clock::Fixed(T_US * 1000))
+        .await
+        .unwrap();
     flight::QuiverFlightService::new(m.offline().clone()).with_online(Arc::new(m))
 }
 
@@ -82,7 +84,10 @@ async fn setup(dir: &std::path::Path) -> (Server, ScorerConfig, RecordBatch) {
         .column_by_name("event_timestamp")
         .unwrap()
         .as_primitive::<TimestampMicrosecondType>();
-    let mask = BooleanArray::from_iter(ts.iter().map(|t| t.map(|t| t > T_US && t <= T_US + 2 * DAY_US)));
+    let mask = BooleanArray::from_iter(
+        ts.iter()
+            .map(|t| t.map(|t| t > T_US && t <= T_US + 2 * DAY_US)),
+    );
     let tx = filter_record_batch(&tx, &mask).unwrap();
     (server, config, tx)
 }
@@ -143,7 +148,10 @@ async fn every_transaction_is_decided_once_across_a_server_restart() {
     );
     // Decisions follow the rules and carry the features and timings.
     let all = concat(&decided);
-    let scores = all.column_by_name("score").unwrap().as_primitive::<Float64Type>();
+    let scores = all
+        .column_by_name("score")
+        .unwrap()
+        .as_primitive::<Float64Type>();
     let kinds = all.column_by_name("decision").unwrap().as_string::<i32>();
     for i in 0..all.num_rows() {
         let want = quiver_client::score::config::Rules::default().decide(scores.value(i));
@@ -154,7 +162,10 @@ async fn every_transaction_is_decided_once_across_a_server_restart() {
     let timings = all.column_by_name("timings_us").unwrap().as_struct();
     let latency = timings.column_by_name("event_to_decision").unwrap();
     let latency: &Float64Array = latency.as_primitive();
-    assert!(latency.iter().flatten().any(|l| l > 100_000.0), "the outage shows in latencies");
+    assert!(
+        latency.iter().flatten().any(|l| l > 100_000.0),
+        "the outage shows in latencies"
+    );
     restarted.stop().await;
 }
 
@@ -173,7 +184,11 @@ async fn giving_up_reports_what_was_not_scored_and_bad_input_is_counted() {
     let source = JsonLinesSource::new(std::io::Cursor::new(lines), scorer.input_schema(), "lines");
     let decided = Arc::new(Mutex::new(Vec::new()));
     let report = scorer
-        .run(Box::new(source), Box::new(Collect(decided.clone())), RunOptions::default())
+        .run(
+            Box::new(source),
+            Box::new(Collect(decided.clone())),
+            RunOptions::default(),
+        )
         .await
         .unwrap();
     assert_eq!((report.scored, report.rejected), (2, 1), "{report}");

@@ -369,10 +369,10 @@ impl LogisticModel {
     /// Scores one row (NaN = missing).
     pub fn predict(&self, row: &[f64]) -> f64 {
         let mut z = self.intercept;
-        for i in 0..self.weights.len() {
-            let x = row[i];
+        let terms = self.weights.iter().zip(&self.means).zip(&self.scales);
+        for (x, ((w, mean), scale)) in row.iter().zip(terms) {
             if x.is_finite() {
-                z += self.weights[i] * ((x - self.means[i]) / self.scales[i]).clamp(-10.0, 10.0);
+                z += w * ((x - mean) / scale).clamp(-10.0, 10.0);
             }
         }
         1.0 / (1.0 + (-z).exp())

@@ -143,6 +143,15 @@ fn drop_helpers(input: Arc<dyn ExecutionPlan>, keep: &[&str]) -> Result<Arc<dyn 
     Ok(Arc::new(ProjectionExec::try_new(exprs, input)?))
 }
 
+/// What one join needs from its left side: the normalized key columns, the spine's
+/// key set when small, and the as-of instant of a label join (`None`: each row's
+/// own time).
+struct LeftSide {
+    keys: Vec<String>,
+    key_set: Option<Vec<ScalarValue>>,
+    as_of: Option<i64>,
+}
+
 /// Statistics of the spine gathered while tagging it.
 struct SpineInfo {
     rows: usize,
@@ -396,21 +405,25 @@ impl OfflineStore {
                 });
                 left_keys.push(name);
             }
-            let left_time = match as_of {
-                Some(t) => {
-                    exprs.push(ProjectionExpr {
-                        expr: Arc::new(Literal::new(ScalarValue::Int64(Some(t)))),
-                        alias: LABEL_TS.into(),
-                    });
-                    LABEL_TS
-                }
-                None => TS,
-            };
+            if let Some(t) = as_of {
+                exprs.push(ProjectionExpr {
+                    expr: Arc::new(Literal::new(ScalarValue::Int64(Some(t)))),
+                    alias: LABEL_TS.into(),
+                });
+            }
             plan = Arc::new(ProjectionExec::try_new(exprs, plan)?);
             let key_set = small_key_set(&parts, v, kinds)?;
             let (right, spec) = self
                 .view_plan(
-                    v, kinds, &info, request, left_keys, &key_set, left_time, as_of,
+                    v,
+                    kinds,
+                    &info,
+                    request,
+                    LeftSide {
+                        keys: left_keys,
+                        key_set,
+                        as_of,
+                    },
                 )
                 .await?;
             plan = Arc::new(AsofJoinExec::try_new(plan, right, spec, partitions)?);
@@ -449,11 +462,14 @@ impl OfflineStore {
         kinds: &[KeyType],
         info: &SpineInfo,
         request: &HistoricalFeaturesRequest,
-        left_keys: Vec<String>,
-        key_set: &Option<Vec<ScalarValue>>,
-        left_time: &str,
-        as_of: Option<i64>,
+        left: LeftSide,
     ) -> Result<(Arc<dyn ExecutionPlan>, AsofSpec)> {
+        let LeftSide {
+            keys: left_keys,
+            key_set,
+            as_of,
+        } = left;
+        let left_time = if as_of.is_some() { LABEL_TS } else { TS };
         let source = v.source;
         let schema = self
             .source_schema(&source.name)
@@ -491,7 +507,7 @@ impl OfflineStore {
             _ => lit(false),
         };
         df = df.filter(filter)?;
-        if let (Some(keys), [k]) = (key_set, v.join_keys.as_slice()) {
+        if let (Some(keys), [k]) = (&key_set, v.join_keys.as_slice()) {
             df = df.filter(if keys.is_empty() {
                 lit(false)
             } else {
