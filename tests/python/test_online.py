@@ -35,7 +35,7 @@ def duckdb_latest(data, cards):
     con = duckdb.connect()
     con.register("cards", pa.table({"cc_num": pa.array(cards, pa.int64()), "pos": pa.array(range(len(cards)), pa.int64())}))
     now = datetime.fromisoformat(ONLINE_NOW)
-    return con.execute(
+    return con.sql(
         f"""
         WITH cs AS (SELECT * FROM read_parquet('{data}/card_stats.parquet') WHERE event_timestamp <= $now
                     QUALIFY row_number() OVER (PARTITION BY cc_num ORDER BY event_timestamp DESC, created_timestamp DESC) = 1),
@@ -53,7 +53,7 @@ def duckdb_latest(data, cards):
         FROM cards c LEFT JOIN cs USING (cc_num) LEFT JOIN cu USING (cc_num)
         ORDER BY c.pos
         """,
-        {"now": now},
+        params={"now": now},
     ).to_arrow_table()
 
 
