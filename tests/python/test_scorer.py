@@ -124,3 +124,20 @@ def test_bad_model_and_unknown_service_are_clear_errors(online_server, tmp_path)
     proc = subprocess.run([score_bin(), "--server", online_server.replace("grpc://", "http://"), "--model", str(good),
                            "--service", "nope"], input="", capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "nope" in proc.stderr and "fraud_v3" in proc.stderr
+
+
+def test_parquet_in_parquet_out_equals_json_lines(repo, online_server, trained, tmp_path):
+    _, model_path = trained
+    rows = held_out(repo)[:300]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "tx.parquet")
+    (tmp_path / "tx.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    base = [score_bin(), "--server", online_server.replace("grpc://", "http://"), "--model", str(model_path)]
+    for src, dst in [("tx.parquet", "d.parquet"), ("tx.jsonl", "d.jsonl")]:
+        proc = subprocess.run(base + ["--input", str(tmp_path / src), "--output", str(tmp_path / dst)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+    from_parquet = pq.read_table(tmp_path / "d.parquet")
+    from_json = [json.loads(line) for line in (tmp_path / "d.jsonl").read_text().splitlines()]
+    assert from_parquet.column("trans_id").to_pylist() == [d["trans_id"] for d in from_json]
+    assert from_parquet.column("score").to_pylist() == [d["score"] for d in from_json]
+    assert from_parquet.schema.field("features").type.num_fields == len(from_json[0]["features"])
