@@ -256,6 +256,7 @@ pub(crate) async fn score(args: ScoreArgs) -> Result<()> {
                 RunOptions {
                     rate: Some(*rate),
                     stats_every: None,
+                    ..Default::default()
                 },
             )
             .await?;

@@ -182,7 +182,14 @@ impl QuiverFlightService {
             .map(|s| s.request_fields())
             .unwrap_or_default();
         let extra: Vec<&str> = request_fields.iter().map(|f| f.name().as_str()).collect();
-        let (keys, rows) = plan.key_columns_from_json(entities, &extra)?;
+        let (keys, mut rows) = plan.key_columns_from_json(entities, &extra)?;
+        if plan.key_columns.is_empty() {
+            // Only request fields (an on-demand view of request data alone).
+            rows = extra
+                .first()
+                .and_then(|n| entities.get(*n))
+                .map_or(0, Vec::len);
+        }
         let features = self.online()?.online().lookup(&plan, &keys, rows)?;
         let mut fields: Vec<Field> = plan
             .key_columns

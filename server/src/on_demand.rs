@@ -19,9 +19,10 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch, RecordBatchOptions};
 use arrow::compute::cast;
+use arrow::compute::CastOptions;
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::DFSchema;
-use datafusion::physical_expr::expressions::cast as phys_cast;
+use datafusion::physical_expr::expressions::CastExpr;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 
@@ -200,8 +201,29 @@ impl Catalog {
                     .create_physical_expr(expr, &df_schema)
                     .map_err(|e| err(&f.name, e.find_root().to_string()))?;
                 let dtype = f.dtype.arrow_type();
-                let physical = phys_cast(physical, &input_schema, dtype.clone())
-                    .map_err(|e| err(&f.name, format!("cannot be cast to {}: {e}", f.dtype)))?;
+                let result_type = physical
+                    .data_type(&input_schema)
+                    .map_err(|e| err(&f.name, e.to_string()))?;
+                if !arrow::compute::can_cast_types(&result_type, &dtype) {
+                    return Err(err(
+                        &f.name,
+                        format!("its {result_type} value cannot be cast to {}", f.dtype),
+                    ));
+                }
+                // A value that does not fit the declared type becomes null (the
+                // same on both sides) instead of failing the whole batch.
+                let physical: Arc<dyn PhysicalExpr> = if result_type == dtype {
+                    physical
+                } else {
+                    Arc::new(CastExpr::new(
+                        physical,
+                        dtype.clone(),
+                        Some(CastOptions {
+                            safe: true,
+                            format_options: Default::default(),
+                        }),
+                    ))
+                };
                 features.push(CompiledFeature {
                     name: f.name.clone(),
                     uses: keep.iter().map(|&i| uses[i]).collect(),
@@ -408,14 +430,7 @@ impl OnDemandStage {
             })?;
             for (i, out) in &s.outputs {
                 let f = &c.features[*i];
-                let value = f
-                    .expr
-                    .evaluate(&input)
-                    .and_then(|v| v.into_array(rows))
-                    .map_err(|e| Error::Eval {
-                        feature: f.name.clone(),
-                        message: e.find_root().to_string(),
-                    })?;
+                let value = evaluate(f, &input)?;
                 fields.push(Field::new(out, f.dtype.clone(), true));
                 columns.push(value);
             }
@@ -433,6 +448,32 @@ impl OnDemandStage {
             message: e.to_string(),
         })
     }
+}
+
+/// Evaluates one feature over a batch. When the batch fails (an overflow or an
+/// integer division by zero in some row), rows are evaluated one by one and the
+/// failing ones get null, so one bad row neither fails its neighbours nor differs
+/// between training and serving.
+fn evaluate(f: &CompiledFeature, input: &RecordBatch) -> Result<ArrayRef> {
+    let rows = input.num_rows();
+    let run = |b: &RecordBatch| f.expr.evaluate(b).and_then(|v| v.into_array(b.num_rows()));
+    if let Ok(a) = run(input) {
+        return Ok(a);
+    }
+    let mut parts: Vec<ArrayRef> = Vec::with_capacity(rows);
+    for r in 0..rows {
+        parts.push(
+            run(&input.slice(r, 1)).unwrap_or_else(|_| arrow::array::new_null_array(&f.dtype, 1)),
+        );
+    }
+    let refs: Vec<&dyn arrow::array::Array> = parts.iter().map(|a| a.as_ref()).collect();
+    if refs.is_empty() {
+        return Ok(arrow::array::new_null_array(&f.dtype, 0));
+    }
+    arrow::compute::concat(&refs).map_err(|e| Error::Eval {
+        feature: f.name.clone(),
+        message: e.to_string(),
+    })
 }
 
 fn names(fields: &[Field]) -> String {
@@ -469,6 +510,7 @@ on_demand_features:
     features:
       - { name: amt_ratio, dtype: float64, expression: "amt / nullif(avg_amt, 0)" }
       - { name: north, dtype: bool, expression: "lat > home_lat" }
+      - { name: cents, dtype: int32, expression: "amt * 100" }
 feature_services:
   - { name: svc, features: ["stats:home_lat", ctx] }
 "#;
@@ -521,13 +563,41 @@ feature_services:
         let out = stage.apply(&batch).unwrap();
         let schema = out.schema();
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-        assert_eq!(names, ["amt", "lat", "home_lat", "amt_ratio", "north"]);
+        assert_eq!(
+            names,
+            ["amt", "lat", "home_lat", "amt_ratio", "north", "cents"]
+        );
         let ratio = out.column(3).as_primitive::<Float64Type>();
         assert_eq!(ratio.value(0), 2.0);
         assert!(ratio.is_null(1), "division by nullif(0) is null");
         assert!(ratio.is_null(2), "null request value gives null");
         let north = out.column(4).as_boolean();
         assert!(north.value(0) && !north.value(1) && north.is_null(2));
+        let cents = out.column(5).as_primitive::<arrow::datatypes::Int32Type>();
+        assert_eq!(cents.value(0), 1000);
+        // A value that does not fit int32 is null, the other rows unaffected.
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("amt", DataType::Float64, true),
+            Field::new("lat", DataType::Float64, true),
+            Field::new("home_lat", DataType::Float64, true),
+            Field::new("__quiver_dep_stats__avg_amt", DataType::Float64, true),
+        ]));
+        let huge = RecordBatch::try_new(
+            schema,
+            (0..4)
+                .map(|i| {
+                    Arc::new(Float64Array::from(vec![
+                        if i == 0 { 1e30 } else { 2.0 },
+                        2.0,
+                    ])) as ArrayRef
+                })
+                .collect(),
+        )
+        .unwrap();
+        let out = stage.apply(&huge).unwrap();
+        let cents = out.column(5).as_primitive::<arrow::datatypes::Int32Type>();
+        assert!(cents.is_null(0));
+        assert_eq!(cents.value(1), 200);
     }
 
     #[test]

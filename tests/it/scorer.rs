@@ -126,6 +126,7 @@ async fn every_transaction_is_decided_once_across_a_server_restart() {
                 RunOptions {
                     rate: Some(n as f64 / 1.5),
                     stats_every: None,
+                    ..Default::default()
                 },
             )
             .await
@@ -235,4 +236,37 @@ async fn giving_up_reports_what_was_not_scored_and_bad_input_is_counted() {
         } => assert_eq!(scored + unscored, n, "{scored} + {unscored} != {n}"),
         other => panic!("expected GaveUp, got {other}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_reports_the_scored_and_writes_exactly_those() {
+    let dir = example_repo(&small_data());
+    let (server, config, tx) = setup(dir.path()).await;
+    let n = tx.num_rows();
+    let mut scorer = Scorer::connect(config).await.unwrap();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let decided = Arc::new(Mutex::new(Vec::new()));
+    let sink = Collect(decided.clone());
+    let run = tokio::spawn(async move {
+        scorer
+            .run(
+                Box::new(MemorySource::new(vec![tx])),
+                Box::new(sink),
+                RunOptions {
+                    rate: Some(n as f64 / 2.0),
+                    stop: Some(stop),
+                    ..Default::default()
+                },
+            )
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop_tx.send(true).unwrap();
+    let report = run.await.unwrap().unwrap();
+    assert!(
+        report.scored > 0 && (report.scored as usize) < n,
+        "{report}"
+    );
+    assert_eq!(ids(&decided.lock().unwrap()).len() as u64, report.scored);
+    server.stop().await;
 }

@@ -168,9 +168,17 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     };
+    // Ctrl-C stops reading; what was read and not decided is reported.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = stop_tx.send(true);
+        }
+    });
     let options = RunOptions {
         rate: args.rate,
         stats_every: args.stats_every.map(Duration::from_secs_f64),
+        stop: Some(stop),
     };
     let report = scorer.run(source, sink, options).await?;
     if args.json_report {

@@ -34,7 +34,8 @@ use arrow::array::{
 };
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Fields, Float64Type, Schema, SchemaRef, TimeUnit};
-use tokio::sync::mpsc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::client::{Error as ClientError, QuiverClient};
@@ -68,6 +69,20 @@ pub enum Error {
     /// The transactions lack a column the scorer needs.
     #[error("{0}")]
     Input(String),
+    /// The run was stopped through [`RunOptions::stop`] (reported as `unscored`
+    /// in the [`Report`], not returned).
+    #[error("interrupted")]
+    Interrupted,
+    /// The run stopped on an error; the counts say what was and was not decided.
+    #[error("{source}; {scored} transactions were scored, {unscored} read were not")]
+    Stopped {
+        /// What stopped it.
+        source: Box<Error>,
+        /// Transactions decided and written before.
+        scored: u64,
+        /// Transactions read and not decided.
+        unscored: u64,
+    },
     /// The server stayed unreachable longer than `retry.give_up_after_s`.
     #[error("gave up after {seconds:.1} s of failed lookups ({last_error}); {unscored} transactions read were not scored, {scored} were")]
     GaveUp {
@@ -93,6 +108,28 @@ pub struct RunOptions {
     pub rate: Option<f64>,
     /// Log throughput and latency percentiles this often.
     pub stats_every: Option<Duration>,
+    /// Stop when this becomes `true` (the CLI wires Ctrl-C to it): reading stops,
+    /// what was read and not decided is reported as unscored.
+    pub stop: Option<watch::Receiver<bool>>,
+}
+
+/// One decided micro-batch.
+struct Scored {
+    batch: RecordBatch,
+    latencies: Vec<Duration>,
+    decisions: Vec<&'static str>,
+}
+
+/// Resolves when `stop` turns true; never when there is none.
+async fn stopped(stop: &mut Option<watch::Receiver<bool>>) {
+    match stop {
+        Some(rx) => {
+            if rx.wait_for(|s| *s).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// One read from the source, stamped.
@@ -217,23 +254,28 @@ impl Scorer {
     }
 
     /// Scores every transaction of `source` into `sink` and returns the report.
+    ///
+    /// Every transaction read is either decided (and written) or counted as
+    /// unscored: in the report when the run was interrupted, in the error otherwise.
     pub async fn run(
         &mut self,
         source: Box<dyn TransactionSource>,
         mut sink: Box<dyn DecisionSink>,
         options: RunOptions,
     ) -> Result<Report> {
+        if let Some(rate) = options.rate {
+            if !(rate.is_finite() && rate > 0.0) {
+                return Err(Error::Input(format!(
+                    "the replay rate must be a positive number of transactions per second, not {rate}"
+                )));
+            }
+        }
         let batching = self.config.batching.clone();
         let max_rows = batching.max_rows;
         let max_wait = Duration::from_micros(batching.max_wait_us);
         let capacity = (self.config.queue_capacity / max_rows).max(1);
         let (tx, mut rx) = mpsc::channel::<Message>(capacity);
         let rate = options.rate;
-        let reader = std::thread::Builder::new()
-            .name("quiver-score-source".into())
-            .spawn(move || read_source(source, tx, max_rows, rate))
-            .map_err(|e| Error::Input(format!("cannot start the source thread: {e}")))?;
-
         let mut log = match &self.config.feature_log {
             Some(l) => Some(FeatureLog::open(&l.url, l.rows_per_file)?),
             None => None,
@@ -244,11 +286,21 @@ impl Scorer {
                 self.config.feature_service.clone(),
             ))
             .map_err(|e| Error::Server(e.to_string()))?;
+        // The source starts last: nothing is read before the outputs are ready.
+        let undelivered = Arc::new(AtomicU64::new(0));
+        let reader = {
+            let undelivered = undelivered.clone();
+            std::thread::Builder::new()
+                .name("quiver-score-source".into())
+                .spawn(move || read_source(source, tx, max_rows, rate, &undelivered))
+                .map_err(|e| Error::Input(format!("cannot start the source thread: {e}")))?
+        };
+        let mut stop = options.stop.clone();
         let mut stats = Stats::new();
         let mut last_stats = Instant::now();
         let mut carry: VecDeque<Arrived> = VecDeque::new();
+        let mut in_flight = 0u64;
         let mut ended = false;
-        let mut interrupted = false;
         let result: Result<()> = async {
             loop {
                 // Collect up to max_rows, or until max_wait after the first row.
@@ -261,7 +313,7 @@ impl Scorer {
                     let message = if rows == 0 {
                         tokio::select! {
                             m = rx.recv() => m,
-                            _ = tokio::signal::ctrl_c() => { interrupted = true; ended = true; break; }
+                            _ = stopped(&mut stop) => return Err(Error::Interrupted),
                         }
                     } else {
                         let deadline = parts[0].arrived[0] + max_wait;
@@ -290,7 +342,10 @@ impl Scorer {
                             }
                             stats.reject(r.len());
                         }
-                        Some(Message::Failed(e)) => return Err(e.into()),
+                        Some(Message::Failed(e)) => {
+                            in_flight = rows as u64;
+                            return Err(e.into());
+                        }
                     }
                 }
                 if rows == 0 {
@@ -299,13 +354,17 @@ impl Scorer {
                     }
                     continue;
                 }
-                let decisions = self
-                    .score(&mut session, parts, &mut stats)
+                // Until written, these rows are not decided.
+                in_flight = rows as u64;
+                let scored = self
+                    .score(&mut session, parts, &mut stats, &mut stop)
                     .await?;
-                sink.write(&decisions)?;
+                sink.write(&scored.batch)?;
                 if let Some(log) = &mut log {
-                    log.append(&decisions).await?;
+                    log.append(&scored.batch).await?;
                 }
+                stats.record(scored.latencies.into_iter(), &scored.decisions);
+                in_flight = 0;
                 if let Some(every) = options.stats_every {
                     if last_stats.elapsed() >= every {
                         let (n, rate, p) = stats.window();
@@ -323,39 +382,67 @@ impl Scorer {
             }
         }
         .await;
-        // Whatever happened, close the outputs with what was decided.
-        let unscored =
-            carry.iter().map(|a| a.batch.num_rows() as u64).sum::<u64>() + drain_count(&mut rx);
-        drop(rx);
-        sink.finish()?;
-        if let Some(log) = &mut log {
-            log.flush().await?;
-            let (files, rows) = log.written();
-            info!(files, rows, "feature log written");
+        // Whatever happened: stop the source, count what it read and nobody
+        // scored, and close the outputs with what was decided.
+        rx.close();
+        let mut unscored = in_flight + carry.iter().map(|a| a.batch.num_rows() as u64).sum::<u64>();
+        while let Some(m) = rx.recv().await {
+            if let Message::Rows(a) = m {
+                unscored += a.batch.num_rows() as u64;
+            }
         }
-        let _ = reader.join();
-        match result {
-            Ok(()) => {
-                if interrupted {
-                    warn!(
-                        unscored,
-                        "interrupted: transactions still queued were not scored"
-                    );
-                }
+        // The source thread ends at its next send; one blocked reading its input
+        // (a quiet stdin) is left behind rather than waited for.
+        let waited = Instant::now();
+        while !reader.is_finished() && waited.elapsed() < Duration::from_secs(1) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let reader_panicked = if reader.is_finished() {
+            reader.join().is_err()
+        } else {
+            warn!("the source is still blocked reading its input; not waiting for it");
+            false
+        };
+        unscored += undelivered.load(Ordering::Relaxed);
+        let closed = sink.finish().map_err(Error::from).and(match &mut log {
+            Some(log) => {
+                let r = log.flush().await.map_err(Error::from);
+                let (files, rows) = log.written();
+                info!(files, rows, "feature log written");
+                r
+            }
+            None => Ok(()),
+        });
+        let scored = stats.scored();
+        let result = match (result, reader_panicked) {
+            (Ok(()), true) => Err(Error::Input("the source thread panicked".into())),
+            (r, _) => r,
+        };
+        match result.and(closed) {
+            Ok(()) => Ok(stats.report(unscored)),
+            Err(Error::Interrupted) => {
+                warn!(
+                    scored,
+                    unscored,
+                    "interrupted: transactions read but not decided are counted as unscored"
+                );
                 Ok(stats.report(unscored))
             }
             Err(Error::GaveUp {
                 seconds,
                 last_error,
-                unscored: in_batch,
-                scored,
+                ..
             }) => Err(Error::GaveUp {
                 seconds,
                 last_error,
-                unscored: in_batch + unscored,
+                unscored,
                 scored,
             }),
-            Err(e) => Err(e),
+            Err(e) => Err(Error::Stopped {
+                source: Box::new(e),
+                scored,
+                unscored,
+            }),
         }
     }
 
@@ -365,7 +452,8 @@ impl Scorer {
         session: &mut OnlineSession,
         parts: Vec<Arrived>,
         stats: &mut Stats,
-    ) -> Result<RecordBatch> {
+        stop: &mut Option<watch::Receiver<bool>>,
+    ) -> Result<Scored> {
         let arrived: Vec<Instant> = parts
             .iter()
             .flat_map(|a| a.arrived.iter().copied())
@@ -379,19 +467,23 @@ impl Scorer {
         let lookup_started = Instant::now();
         let mut delay = Duration::from_millis(self.config.retry.initial_ms);
         let answer = loop {
-            match session.lookup(send.clone()).await {
+            let attempt = tokio::select! {
+                r = session.lookup(send.clone()) => r,
+                _ = stopped(stop) => return Err(Error::Interrupted),
+            };
+            match attempt {
                 Ok(a) => break a,
                 Err(e) if retryable(&e) => {
                     stats.retry();
                     let waited = lookup_started.elapsed();
                     if let Some(limit) = self.config.retry.give_up_after_s {
                         if waited.as_secs_f64() >= limit {
+                            // The caller fills in the counts.
                             return Err(Error::GaveUp {
                                 seconds: waited.as_secs_f64(),
                                 last_error: e.to_string(),
-                                // The caller adds what is still queued.
-                                unscored: rows as u64,
-                                scored: stats.scored(),
+                                unscored: 0,
+                                scored: 0,
                             });
                         }
                     }
@@ -401,17 +493,27 @@ impl Scorer {
                         pending = rows,
                         "lookup failed; retrying (the source waits meanwhile)"
                     );
-                    tokio::time::sleep(delay).await;
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stopped(stop) => return Err(Error::Interrupted),
+                    }
                     delay = (delay * 2).min(Duration::from_millis(self.config.retry.max_ms));
                 }
                 Err(e) => return Err(Error::Server(format!("lookup refused: {e}"))),
             }
         };
         let lookup_us = lookup_started.elapsed().as_secs_f64() * 1e6;
-        if answer.num_rows() != rows {
+        let answer_schema = answer.schema();
+        let echoed = (answer_schema.fields().iter())
+            .take(send.num_columns())
+            .map(|f| f.name());
+        if answer.num_rows() != rows || !echoed.eq(self.send_fields.iter().map(|f| f.name())) {
             return Err(Error::Server(format!(
-                "the server answered {} rows for {rows}",
-                answer.num_rows()
+                "the server's answer ({} rows, columns {:?}) does not match the {rows} rows sent",
+                answer.num_rows(),
+                (answer_schema.fields().iter())
+                    .map(|f| f.name().as_str())
+                    .collect::<Vec<_>>()
             )));
         }
 
@@ -456,7 +558,6 @@ impl Scorer {
         let decided = Instant::now();
         let decided_us = now_micros();
         let latencies: Vec<Duration> = arrived.iter().map(|a| decided - *a).collect();
-        stats.record(latencies.iter().copied(), &decisions);
 
         // The decision batch.
         let sent = send.num_columns();
@@ -470,7 +571,6 @@ impl Scorer {
             fields.push(Field::new(name, ts.data_type().clone(), true));
             columns.push(ts);
         }
-        let answer_schema = answer.schema();
         for i in 0..sent {
             fields.push(answer_schema.field(i).as_ref().clone());
             columns.push(answer.column(i).clone());
@@ -490,7 +590,7 @@ impl Scorer {
         fields.push(Field::new("score", DataType::Float64, false));
         columns.push(Arc::new(Float64Array::from(scores)));
         fields.push(Field::new("decision", DataType::Utf8, false));
-        columns.push(Arc::new(StringArray::from(decisions)));
+        columns.push(Arc::new(StringArray::from(decisions.clone())));
         let timing_fields = Fields::from(vec![
             Field::new("event_to_decision", DataType::Float64, false),
             Field::new("lookup", DataType::Float64, false),
@@ -521,8 +621,13 @@ impl Scorer {
         columns.push(Arc::new(
             TimestampMicrosecondArray::from(vec![decided_us; rows]).with_timezone("UTC"),
         ));
-        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
-            .map_err(|e| Error::Input(format!("cannot assemble decisions: {e}")))
+        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+            .map_err(|e| Error::Input(format!("cannot assemble decisions: {e}")))?;
+        Ok(Scored {
+            batch,
+            latencies,
+            decisions,
+        })
     }
 
     /// Splits source rows into the id, the event time and the batch sent to the
@@ -631,17 +736,6 @@ fn take(
     }
 }
 
-/// Rows still queued when the run stops (they are reported, not dropped silently).
-fn drain_count(rx: &mut mpsc::Receiver<Message>) -> u64 {
-    let mut n = 0;
-    while let Ok(m) = rx.try_recv() {
-        if let Message::Rows(a) = m {
-            n += a.batch.num_rows() as u64;
-        }
-    }
-    n
-}
-
 /// The source thread: reads, stamps (or paces) and queues; blocks when the queue
 /// is full.
 fn read_source(
@@ -649,7 +743,17 @@ fn read_source(
     tx: mpsc::Sender<Message>,
     max_rows: usize,
     rate: Option<f64>,
+    undelivered: &AtomicU64,
 ) {
+    // A read the scorer stopped listening to is counted, not lost.
+    let send = |m: Message| match tx.blocking_send(m) {
+        Ok(()) => true,
+        Err(mpsc::error::SendError(Message::Rows(a))) => {
+            undelivered.fetch_add(a.batch.num_rows() as u64, Ordering::Relaxed);
+            false
+        }
+        Err(_) => false,
+    };
     let start = Instant::now();
     let mut sent: u64 = 0;
     loop {
@@ -657,25 +761,23 @@ fn read_source(
             Ok(Some(r)) => r,
             Ok(None) => return,
             Err(e) => {
-                let _ = tx.blocking_send(Message::Failed(e));
+                send(Message::Failed(e));
                 return;
             }
         };
-        if !read.rejected.is_empty() && tx.blocking_send(Message::Rejected(read.rejected)).is_err()
-        {
+        if !read.rejected.is_empty() && !send(Message::Rejected(read.rejected)) {
             return;
         }
-        let Some(batch) = read.batch else { continue };
+        let Some(batch) = read.batch.filter(|b| b.num_rows() > 0) else {
+            continue;
+        };
         let n = batch.num_rows();
         let Some(rate) = rate else {
             let now = Instant::now();
-            if tx
-                .blocking_send(Message::Rows(Arrived {
-                    batch,
-                    arrived: vec![now; n],
-                }))
-                .is_err()
-            {
+            if !send(Message::Rows(Arrived {
+                batch,
+                arrived: vec![now; n],
+            })) {
                 return;
             }
             continue;
@@ -697,13 +799,11 @@ fn read_source(
             }
             let arrived = (offset..end).map(|k| due(sent + k as u64)).collect();
             let part = batch.slice(offset, end - offset);
-            if tx
-                .blocking_send(Message::Rows(Arrived {
-                    batch: part,
-                    arrived,
-                }))
-                .is_err()
-            {
+            if !send(Message::Rows(Arrived {
+                batch: part,
+                arrived,
+            })) {
+                undelivered.fetch_add((n - end) as u64, Ordering::Relaxed);
                 return;
             }
             offset = end;

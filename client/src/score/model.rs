@@ -274,7 +274,11 @@ impl XgbModel {
             .ok_or_else(|| invalid("model.trees is not a list"))?;
         let mut trees = Vec::with_capacity(trees_json.len());
         for t in trees_json {
-            let split_type = vec_of(t, "split_type", |x| x.as_u64())?;
+            // Older XGBoost versions do not write split_type (numerical only then).
+            let split_type = match t.get("split_type") {
+                Some(_) => vec_of(t, "split_type", |x| x.as_u64())?,
+                None => Vec::new(),
+            };
             if split_type.iter().any(|&s| s != 0) {
                 return Err(invalid("categorical splits are not supported"));
             }

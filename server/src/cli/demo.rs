@@ -296,6 +296,7 @@ pub(super) async fn run(dir: &Path) -> Result<()> {
                 RunOptions {
                     rate: Some(REPLAY_RATE),
                     stats_every: None,
+                    ..Default::default()
                 },
             )
             .await?;

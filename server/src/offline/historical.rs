@@ -554,7 +554,8 @@ impl OfflineStore {
             right_created,
             right_values,
             ttl_nanos: ttl,
-            created_cutoff: request.created_cutoff,
+            // Labels: a correction created after the as-of instant was not known then.
+            created_cutoff: request.created_cutoff || as_of.is_some(),
         };
         Ok((plan, spec))
     }

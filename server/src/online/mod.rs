@@ -557,7 +557,7 @@ impl OnlineStore {
             for (b, &(i, _)) in builders.iter_mut().zip(&v.features) {
                 out.push(b.finish(&v.layout.features[i].1)?);
             }
-            if plan.include_metadata {
+            if v.metadata {
                 meta.push(Arc::new(event_ts.finish().with_timezone("UTC")));
                 meta.push(Arc::new(status.finish()));
             }
@@ -582,6 +582,8 @@ pub struct ViewLookup {
     pub features: Vec<(usize, String)>,
     /// For each feature of the layout, the output builder it feeds, if requested.
     wanted: Vec<Option<usize>>,
+    /// Whether the answer carries this view's event timestamp and status.
+    metadata: bool,
 }
 
 /// A resolved online request: built once per DoExchange stream, reused per batch.
@@ -651,7 +653,11 @@ impl LookupPlan {
                 features.push((i, out_name.clone()));
                 fields.push(Field::new(out_name, layout.features[i].1.clone(), true));
             }
-            if include_metadata {
+            // Views read only as inputs of on-demand features stay hidden.
+            let metadata = include_metadata
+                && (v.features.iter())
+                    .any(|(_, out)| !out.starts_with(crate::on_demand::DEPENDENCY_PREFIX));
+            if metadata {
                 meta_fields.push(Field::new(
                     format!("{}__event_timestamp", v.view.name),
                     DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
@@ -668,6 +674,7 @@ impl LookupPlan {
                 key_index,
                 features,
                 wanted,
+                metadata,
             });
         }
         fields.extend(meta_fields);
