@@ -270,9 +270,9 @@ impl QuiverFlightService {
         request: &HistoricalFeaturesRequest,
         spine: &Schema,
     ) -> Result<SchemaRef, Status> {
-        let mut fields: Vec<Field> = spine.fields().iter().map(|f| f.as_ref().clone()).collect();
-        fields.extend(self.offline.feature_fields(request)?);
-        Ok(Arc::new(Schema::new(fields)))
+        Ok(Arc::new(Schema::new(
+            self.offline.output_fields(request, spine)?,
+        )))
     }
 
     /// The spine columns a request needs (join keys + timestamp), as a schema.

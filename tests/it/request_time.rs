@@ -259,6 +259,19 @@ async fn on_demand_features_are_the_same_online_and_offline() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("request field") && e.contains("\"amt\""), "{e}");
+    // GetFlightInfo already refuses an entity_sql spine without them.
+    let cmd = quiver_client::Command::GetHistoricalFeatures(
+        HistoricalFeaturesRequest::for_service("fraud_v3")
+            .with_entity_sql("SELECT cc_num, merchant_id, event_timestamp FROM transactions"),
+    )
+    .to_bytes();
+    let e = client
+        .flight_client()
+        .get_flight_info(arrow_flight::FlightDescriptor::new_cmd(cmd))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("request field") && e.contains("amt"), "{e}");
     server.stop().await;
 }
 

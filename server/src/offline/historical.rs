@@ -263,112 +263,10 @@ impl OfflineStore {
             labels,
             on_demand,
         } = self.resolve(request)?;
-        let labels_as_of = match request.labels_as_of.as_deref().map(str::trim) {
-            None | Some("now") => chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX),
-            Some(s) => chrono::DateTime::parse_from_rfc3339(s)
-                .ok()
-                .and_then(|t| t.timestamp_nanos_opt())
-                .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "labels_as_of {s:?} is not \"now\" or an RFC 3339 instant such as 2026-03-01T00:00:00Z"
-                    ))
-                })?,
-        };
+        let labels_as_of = labels_as_of(request)?;
+        let key_kinds =
+            self.check_spine(&views, &labels, on_demand.as_ref(), request, &spine_schema)?;
         let ts_col = request.timestamp_column();
-        let ts_field = spine_schema.field_with_name(ts_col).map_err(|_| {
-            Error::invalid(format!(
-                "the spine has no timestamp column {ts_col:?} (columns: {}); name it with \"timestamp_column\"",
-                super::column_list(&spine_schema)
-            ))
-        })?;
-        if !matches!(ts_field.data_type(), DataType::Timestamp(_, _)) {
-            return Err(Error::invalid(format!(
-                "spine column {ts_col:?} is {}, expected a timestamp",
-                ts_field.data_type()
-            )));
-        }
-        for f in spine_schema.fields() {
-            if f.name().starts_with(HELPER_PREFIX) {
-                return Err(Error::invalid(format!(
-                    "spine column {:?} uses the reserved prefix {HELPER_PREFIX:?}",
-                    f.name()
-                )));
-            }
-        }
-        if let Some(stage) = &on_demand {
-            for f in stage.request_fields() {
-                let have = spine_schema.field_with_name(f.name()).map_err(|_| {
-                    Error::invalid(format!(
-                        "the spine has no column {:?}, a request field of the requested on-demand features (spine columns: {})",
-                        f.name(),
-                        super::column_list(&spine_schema)
-                    ))
-                })?;
-                if !arrow::compute::can_cast_types(have.data_type(), f.data_type()) {
-                    return Err(Error::invalid(format!(
-                        "spine column {:?} is {}, which cannot be read as {}",
-                        f.name(),
-                        have.data_type(),
-                        f.data_type()
-                    )));
-                }
-            }
-            for f in stage.fields() {
-                if spine_schema.field_with_name(f.name()).is_ok() {
-                    return Err(Error::invalid(format!(
-                        "on-demand feature {:?} has the name of a spine column; rename the spine column or set \"full_feature_names\": true",
-                        f.name()
-                    )));
-                }
-            }
-        }
-        // Key types, and output names that would collide with the spine.
-        let mut key_kinds = Vec::new();
-        for v in views.iter().chain(&labels) {
-            let schema = self.source_schema(&v.source.name).expect("registered");
-            let mut kinds = Vec::new();
-            for k in &v.join_keys {
-                let spine_field = spine_schema.field_with_name(k).map_err(|_| {
-                    Error::invalid(format!(
-                        "the spine has no column {k:?}, a join key of feature view {:?} (spine columns: {})",
-                        v.view.name,
-                        super::column_list(&spine_schema)
-                    ))
-                })?;
-                let source_field = schema.field_with_name(k).map_err(|_| Error::Schema {
-                    file: self.origin("feature_view", &v.view.name),
-                    kind: "feature_view",
-                    name: v.view.name.clone(),
-                    message: format!(
-                        "join key {k:?} is missing from its Parquet data; run `quiver apply`"
-                    ),
-                })?;
-                let (sk, fk) = (
-                    KeyType::of(spine_field.data_type()),
-                    KeyType::of(source_field.data_type()),
-                );
-                match (sk, fk) {
-                    (Some(a), Some(b)) if a == b => kinds.push(a),
-                    _ => {
-                        return Err(Error::invalid(format!(
-                            "spine column {k:?} is {} but feature view {:?} stores it as {}",
-                            spine_field.data_type(),
-                            v.view.name,
-                            source_field.data_type()
-                        )))
-                    }
-                }
-            }
-            for (_, out) in &v.features {
-                if spine_schema.field_with_name(out).is_ok() {
-                    return Err(Error::invalid(format!(
-                        "feature column {out:?} has the name of a spine column; rename the spine column or set \"full_feature_names\": true"
-                    )));
-                }
-            }
-            key_kinds.push(kinds);
-        }
-
         let (tagged, info, tagged_schema) = tag_spine(&spine_schema, spine, ts_col)?;
         info!(
             rows = info.rows,
@@ -452,6 +350,141 @@ impl OfflineStore {
                 .map_err(|e| DataFusionError::External(Box::new(e)))
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+    }
+
+    /// Checks a spine's schema against a resolved request (timestamp column, join
+    /// keys and their kinds, on-demand request fields, name collisions) and returns
+    /// the key kinds per view. GetFlightInfo runs it too, so a bad `entity_sql`
+    /// spine fails there and not only at DoGet.
+    fn check_spine(
+        &self,
+        views: &[ViewRequest<'_>],
+        labels: &[ViewRequest<'_>],
+        on_demand: Option<&OnDemandStage>,
+        request: &HistoricalFeaturesRequest,
+        spine_schema: &Schema,
+    ) -> Result<Vec<Vec<KeyType>>> {
+        let ts_col = request.timestamp_column();
+        let ts_field = spine_schema.field_with_name(ts_col).map_err(|_| {
+            Error::invalid(format!(
+                "the spine has no timestamp column {ts_col:?} (columns: {}); name it with \"timestamp_column\"",
+                super::column_list(spine_schema)
+            ))
+        })?;
+        if !matches!(ts_field.data_type(), DataType::Timestamp(_, _)) {
+            return Err(Error::invalid(format!(
+                "spine column {ts_col:?} is {}, expected a timestamp",
+                ts_field.data_type()
+            )));
+        }
+        for f in spine_schema.fields() {
+            if f.name().starts_with(HELPER_PREFIX) {
+                return Err(Error::invalid(format!(
+                    "spine column {:?} uses the reserved prefix {HELPER_PREFIX:?}",
+                    f.name()
+                )));
+            }
+        }
+        if let Some(stage) = on_demand {
+            for f in stage.request_fields() {
+                let have = spine_schema.field_with_name(f.name()).map_err(|_| {
+                    Error::invalid(format!(
+                        "the spine has no column {:?}, a request field of the requested on-demand features (spine columns: {})",
+                        f.name(),
+                        super::column_list(spine_schema)
+                    ))
+                })?;
+                if !arrow::compute::can_cast_types(have.data_type(), f.data_type()) {
+                    return Err(Error::invalid(format!(
+                        "spine column {:?} is {}, which cannot be read as {}",
+                        f.name(),
+                        have.data_type(),
+                        f.data_type()
+                    )));
+                }
+            }
+            for f in stage.fields() {
+                if spine_schema.field_with_name(f.name()).is_ok() {
+                    return Err(Error::invalid(format!(
+                        "on-demand feature {:?} has the name of a spine column; rename the spine column or set \"full_feature_names\": true",
+                        f.name()
+                    )));
+                }
+            }
+        }
+        // Key types, and output names that would collide with the spine.
+        let mut key_kinds = Vec::new();
+        for v in views.iter().chain(labels) {
+            let schema = self.source_schema(&v.source.name).expect("registered");
+            let mut kinds = Vec::new();
+            for k in &v.join_keys {
+                let spine_field = spine_schema.field_with_name(k).map_err(|_| {
+                    Error::invalid(format!(
+                        "the spine has no column {k:?}, a join key of feature view {:?} (spine columns: {})",
+                        v.view.name,
+                        super::column_list(spine_schema)
+                    ))
+                })?;
+                let source_field = schema.field_with_name(k).map_err(|_| Error::Schema {
+                    file: self.origin("feature_view", &v.view.name),
+                    kind: "feature_view",
+                    name: v.view.name.clone(),
+                    message: format!(
+                        "join key {k:?} is missing from its Parquet data; run `quiver apply`"
+                    ),
+                })?;
+                let (sk, fk) = (
+                    KeyType::of(spine_field.data_type()),
+                    KeyType::of(source_field.data_type()),
+                );
+                match (sk, fk) {
+                    (Some(a), Some(b)) if a == b => kinds.push(a),
+                    _ => {
+                        return Err(Error::invalid(format!(
+                            "spine column {k:?} is {} but feature view {:?} stores it as {}",
+                            spine_field.data_type(),
+                            v.view.name,
+                            source_field.data_type()
+                        )))
+                    }
+                }
+            }
+            for (_, out) in &v.features {
+                if spine_schema.field_with_name(out).is_ok() {
+                    return Err(Error::invalid(format!(
+                        "feature column {out:?} has the name of a spine column; rename the spine column or set \"full_feature_names\": true"
+                    )));
+                }
+            }
+            key_kinds.push(kinds);
+        }
+
+        Ok(key_kinds)
+    }
+
+    /// The columns a request returns for a spine of `spine_schema` (spine
+    /// columns, features, labels, on-demand features), after checking the spine.
+    pub fn output_fields(
+        &self,
+        request: &HistoricalFeaturesRequest,
+        spine_schema: &Schema,
+    ) -> Result<Vec<Field>> {
+        let plan = self.resolve(request)?;
+        labels_as_of(request)?;
+        self.check_spine(
+            &plan.views,
+            &plan.labels,
+            plan.on_demand.as_ref(),
+            request,
+            spine_schema,
+        )?;
+        let mut fields: Vec<Field> = spine_schema
+            .fields()
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        fields.extend(self.feature_fields(request)?);
+        Ok(fields)
     }
 
     /// The feature side of one view's join: its source filtered to the spine's time
@@ -570,6 +603,21 @@ impl OfflineStore {
             ),
         }
     }
+}
+
+/// The instant labels are read as of: the request's `labels_as_of`, or now.
+fn labels_as_of(request: &HistoricalFeaturesRequest) -> Result<i64> {
+    Ok(match request.labels_as_of.as_deref().map(str::trim) {
+            None | Some("now") => chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX),
+            Some(s) => chrono::DateTime::parse_from_rfc3339(s)
+                .ok()
+                .and_then(|t| t.timestamp_nanos_opt())
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "labels_as_of {s:?} is not \"now\" or an RFC 3339 instant such as 2026-03-01T00:00:00Z"
+                    ))
+                })?,
+        })
 }
 
 /// The spine's distinct keys for a single-key view, when few enough

@@ -401,7 +401,7 @@ fn dtype_matches(d: Dtype, t: &DataType) -> bool {
     )
 }
 
-pub(crate) fn column_list(schema: &SchemaRef) -> String {
+pub(crate) fn column_list(schema: &arrow::datatypes::Schema) -> String {
     let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
     names.join(", ")
 }
