@@ -9,11 +9,40 @@ use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use quiver_client::{MaterializeReport, MaterializeRequest, QuiverClient};
 use quiver_server::config::Repo;
+use quiver_server::materialize::format_instant;
+use quiver_server::online::Clock;
 use quiver_server::{cli, datagen, flight};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+
+/// One day in microseconds.
+pub const DAY_US: i64 = 86_400_000_000;
+
+/// A service over an applied repo with its online store, the online clock fixed
+/// at `now_ns` (so ttls are judged as of then).
+pub async fn online_service(repo_dir: &Path, now_ns: i64) -> flight::QuiverFlightService {
+    let repo = Repo::load(repo_dir).expect("repo loads");
+    let m = cli::open_stores(&repo, Clock::Fixed(now_ns))
+        .await
+        .expect("stores open");
+    flight::QuiverFlightService::new(m.offline().clone()).with_online(std::sync::Arc::new(m))
+}
+
+/// Materializes every view from the beginning of time to `end_ns` through the
+/// Flight action; one report per view.
+pub async fn materialize_all(client: &mut QuiverClient, end_ns: i64) -> Vec<MaterializeReport> {
+    client
+        .materialize(&MaterializeRequest {
+            start: "2020-01-01T00:00:00Z".into(),
+            end: format_instant(end_ns),
+            views: None,
+        })
+        .await
+        .expect("materialize")
+}
 
 /// A small data set: quick to generate, still with every fraud pattern.
 pub fn small_data() -> datagen::Options {
@@ -48,6 +77,14 @@ impl Server {
         cli::apply_repo(&repo, false).await.expect("apply");
         let service = cli::open_service(&repo).await.expect("service");
         Self::serve(service).await
+    }
+
+    /// Applies the repo and serves it with its online store, the online clock fixed
+    /// at `now_ns`.
+    pub async fn start_online(repo_dir: &Path, now_ns: i64) -> Self {
+        let repo = Repo::load(repo_dir).expect("repo loads");
+        cli::apply_repo(&repo, false).await.expect("apply");
+        Self::serve(online_service(repo_dir, now_ns).await).await
     }
 
     /// Serves an already built service on an ephemeral loopback port.

@@ -290,6 +290,24 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// Starts a server that prints its address as the last word of its first line.
+pub(crate) fn spawn_ready(mut cmd: Command, what: &str) -> Result<(ServerProcess, String)> {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {what}"))?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
+    let addr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .filter(|a| a.contains(':'))
+        .with_context(|| format!("{what} printed {line:?} instead of its address"))?
+        .to_string();
+    Ok((ServerProcess(child), addr))
+}
+
 struct ServerProcess(Child);
 impl Drop for ServerProcess {
     fn drop(&mut self) {
@@ -353,21 +371,16 @@ async fn historical(
     if !status.success() {
         bail!("quiver apply failed");
     }
-    let mut child = Command::new(&bin)
-        .arg("--repo")
-        .arg(&dir)
-        .args(["serve", "--addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("server stdout")?).read_line(&mut line)?;
-    let server = ServerProcess(child);
-    let addr = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .context("readiness line")?
-        .to_string();
+    let (server, addr) = spawn_ready(
+        {
+            let mut c = Command::new(&bin);
+            c.arg("--repo")
+                .arg(&dir)
+                .args(["serve", "--addr", "127.0.0.1:0"]);
+            c
+        },
+        "quiver serve",
+    )?;
 
     let spine: Vec<RecordBatch> =
         ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(dir.join("spine.parquet"))?)?

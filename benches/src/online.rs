@@ -2,7 +2,7 @@
 //! this machine's floor (a bare Flight server answering a RocksDB get) and Feast
 //! (materialize into SQLite, `feast serve` over HTTP), all measured in the same run.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -25,7 +25,9 @@ use futures::{Stream, StreamExt, TryStreamExt};
 use quiver_client::{OnlineFeaturesRequest, QuiverClient};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::{generate, quiver_bin, tempfile_dir, Rng, ServerProcess, CARD_BASE, DAY_US};
+use crate::{
+    generate, quiver_bin, spawn_ready, tempfile_dir, Rng, ServerProcess, CARD_BASE, DAY_US,
+};
 
 /// Options of the online benchmark.
 #[derive(Debug, clap::Args)]
@@ -79,12 +81,13 @@ impl Latency {
     }
 }
 
-/// Runs `$body` (which may `.await` and `?`) 200 times to warm up, then `$n` times
-/// timing each run.
+/// Runs `$body` (which may `.await` and `?`) 200 times to warm up (with indices
+/// past the timed ones, so the timed lookups do not find their keys pre-cached),
+/// then `$n` times timing each run.
 macro_rules! measure {
     ($n:expr, |$i:ident| $body:block) => {{
         let n: usize = $n;
-        for $i in 0..n.min(200) $body
+        for $i in n..n + 200 $body
         let mut times = Vec::with_capacity(n);
         let all = Instant::now();
         for $i in 0..n {
@@ -102,23 +105,6 @@ fn keys(ids: impl IntoIterator<Item = i64>) -> RecordBatch {
         Arc::new(Int64Array::from_iter_values(ids)) as ArrayRef,
     )])
     .expect("one column")
-}
-
-pub(crate) fn spawn_ready(mut cmd: Command, what: &str) -> Result<(ServerProcess, String)> {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {what}"))?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let addr = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .filter(|a| a.contains(':'))
-        .with_context(|| format!("{what} printed {line:?} instead of its address"))?
-        .to_string();
-    Ok((ServerProcess(child), addr))
 }
 
 pub(crate) async fn online(args: OnlineArgs) -> Result<()> {
@@ -403,7 +389,10 @@ async fn feast(
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let end = chrono_like_now();
+    // Feast takes naive ISO instants (UTC); a day ahead covers everything generated.
+    let end = (chrono::Utc::now() + chrono::Duration::days(1))
+        .format("%Y-%m-%dT%H:%M:%S")
+        .to_string();
     let t = Instant::now();
     let out = feast(&["materialize", start.trim_end_matches('Z'), &end]).output()?;
     let mat_s = t.elapsed().as_secs_f64();
@@ -444,36 +433,6 @@ async fn feast(
         http_post(&mut conn, port, ids[i % ids.len()])?;
     });
     Ok((version, mat_s, l))
-}
-
-fn chrono_like_now() -> String {
-    // Feast takes naive ISO instants (UTC); a day ahead covers everything generated.
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64 + 86_400)
-        .unwrap_or(0);
-    let days = secs.div_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    let s = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}",
-        s / 3600,
-        s % 3600 / 60,
-        s % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// One keep-alive HTTP/1.1 POST of a single-card lookup; returns the body.

@@ -182,14 +182,7 @@ impl QuiverFlightService {
             .map(|s| s.request_fields())
             .unwrap_or_default();
         let extra: Vec<&str> = request_fields.iter().map(|f| f.name().as_str()).collect();
-        let (keys, mut rows) = plan.key_columns_from_json(entities, &extra)?;
-        if plan.key_columns.is_empty() {
-            // Only request fields (an on-demand view of request data alone).
-            rows = extra
-                .first()
-                .and_then(|n| entities.get(*n))
-                .map_or(0, Vec::len);
-        }
+        let (keys, rows) = plan.key_columns_from_json(entities, &extra)?;
         let features = self.online()?.online().lookup(&plan, &keys, rows)?;
         let mut fields: Vec<Field> = plan
             .key_columns
@@ -207,7 +200,7 @@ impl QuiverFlightService {
                     f.name()
                 ))
             })?;
-            columns.push(json_column(f, values, rows)?);
+            columns.push(json_column(f, values)?);
             fields.push(f.clone());
         }
         fields.extend(plan.output_fields.iter().cloned());
@@ -377,6 +370,9 @@ impl QuiverFlightService {
         let (plan, on_demand) = self.lookup_plan(request)?;
         let plan = Arc::new(plan);
         let store = self.online()?.online().clone();
+        // (input schema, answer schema): a stream's batches share one schema, so the
+        // answer's is built once, not per batch.
+        let mut schemas: Option<(SchemaRef, SchemaRef)> = None;
         let answers = FlightRecordBatchStream::new_from_flight_data(data_messages(first, input))
             .map(move |batch| {
                 let batch = batch?;
@@ -384,16 +380,24 @@ impl QuiverFlightService {
                 let features = store
                     .lookup(&plan, &keys, batch.num_rows())
                     .map_err(to_flight)?;
-                let mut fields: Vec<Field> = batch
-                    .schema()
-                    .fields()
-                    .iter()
-                    .map(|f| f.as_ref().clone())
-                    .collect();
-                fields.extend(plan.output_fields.iter().cloned());
+                let input_schema = batch.schema();
+                let answer_schema = match &schemas {
+                    Some((i, a)) if *i == input_schema => a.clone(),
+                    _ => {
+                        let mut fields: Vec<Field> = input_schema
+                            .fields()
+                            .iter()
+                            .map(|f| f.as_ref().clone())
+                            .collect();
+                        fields.extend(plan.output_fields.iter().cloned());
+                        let a: SchemaRef = Arc::new(Schema::new(fields));
+                        schemas = Some((input_schema, a.clone()));
+                        a
+                    }
+                };
                 let mut columns = batch.columns().to_vec();
                 columns.extend(features);
-                let answer = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
+                let answer = RecordBatch::try_new(answer_schema, columns)?;
                 match &on_demand {
                     Some(stage) => stage
                         .apply(&answer)
@@ -725,17 +729,9 @@ fn data_messages(
 fn json_column(
     field: &Field,
     values: &[serde_json::Value],
-    rows: usize,
 ) -> Result<arrow::array::ArrayRef, Status> {
     use arrow::array::{BooleanArray, Float64Array, Int64Array, StringArray};
     use arrow::datatypes::DataType;
-    if values.len() != rows {
-        return Err(Status::invalid_argument(format!(
-            "entity column {:?} has {} values, the join keys have {rows}",
-            field.name(),
-            values.len()
-        )));
-    }
     let bad = |v: &serde_json::Value| {
         Status::invalid_argument(format!(
             "request column {:?}: {v} is not a {} value",

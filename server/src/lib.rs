@@ -9,7 +9,8 @@
 //!
 //! ```text
 //! cli ─> flight ─> materialize ─> offline (historical, pit, window), online (encoding)
-//!                                   ─> registry ─> config; keys (join key kinds) under offline and online
+//!                                   ─> on_demand ─> registry ─> config; keys (join key kinds) and
+//!                                   instant (RFC 3339 parsing) are leaves
 //!                     └── quiver_client::protocol (wire types) under all of them
 //! ```
 
@@ -18,6 +19,7 @@ pub mod config;
 pub mod datagen;
 pub mod error;
 pub mod flight;
+pub mod instant;
 pub mod keys;
 pub mod materialize;
 pub mod offline;

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arrow::array::{Array, RecordBatch};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::Utc;
 use futures::StreamExt;
 use quiver_client::protocol::{MaterializeReport, ViewStatus};
 use tracing::info;
@@ -74,23 +74,10 @@ impl Error {
 /// assert!(parse_instant("yesterday").is_err());
 /// ```
 pub fn parse_instant(s: &str) -> Result<i64> {
-    if s.trim() == "now" {
-        return Ok(Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX));
-    }
-    DateTime::parse_from_rfc3339(s.trim())
-        .map_err(|e| {
-            Error::Invalid(format!(
-                "{s:?} is not an RFC 3339 instant such as 2026-01-31T00:00:00Z ({e})"
-            ))
-        })?
-        .timestamp_nanos_opt()
-        .ok_or_else(|| Error::Invalid(format!("{s:?} is outside years 1677-2262")))
+    crate::instant::parse(s).map_err(Error::Invalid)
 }
 
-/// Formats nanoseconds since the epoch as RFC 3339 (UTC).
-pub fn format_instant(ns: i64) -> String {
-    DateTime::<Utc>::from_timestamp_nanos(ns).to_rfc3339_opts(SecondsFormat::AutoSi, true)
-}
+pub use crate::instant::format as format_instant;
 
 /// Which rows a run reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

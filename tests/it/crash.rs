@@ -111,7 +111,9 @@ async fn killed_materialize_leaves_old_or_new_and_a_rerun_finishes() {
         let finished = child.try_wait().unwrap().is_some();
         child.kill().ok(); // SIGKILL
         child.wait().unwrap();
-        kills += usize::from(!finished);
+        // A kill only tests something while some view still had work to do.
+        let pending = before.iter().any(|(v, s)| *s != want[v.as_str()]);
+        kills += usize::from(!finished && pending);
         let now = dump(&crash_repo).await;
         for (view, state) in &now {
             assert!(
@@ -124,11 +126,11 @@ async fn killed_materialize_leaves_old_or_new_and_a_rerun_finishes() {
         before = now;
     }
     eprintln!(
-        "clean run {took:?}; {kills} runs killed before they finished; views complete after each kill: {outcomes:?}"
+        "clean run {took:?}; {kills} runs killed mid-work; views complete after each kill: {outcomes:?}"
     );
     assert!(
         kills > 0,
-        "every run finished before its kill; the test did not test"
+        "no run was killed while a view still had work to do; the test did not test"
     );
     let status = materialize(crashing.path(), end).wait().unwrap();
     assert!(status.success(), "rerun failed");

@@ -10,23 +10,13 @@ use quiver_client::{
     HistoricalFeaturesRequest, MaterializeIncrementalRequest, MaterializeRequest,
     OnlineFeaturesRequest, QuiverClient,
 };
-use quiver_e2e::{column, concat, example_repo, read_parquet as read, small_data, Server};
-use quiver_server::config::Repo;
+use quiver_e2e::{
+    column, concat, example_repo, materialize_all, read_parquet as read, small_data, Server, DAY_US,
+};
+use quiver_server::datagen;
 use quiver_server::materialize::format_instant;
-use quiver_server::online::Clock;
-use quiver_server::{cli, datagen, flight};
 
-const DAY_US: i64 = 86_400_000_000;
 const HOUR_US: i64 = 3_600_000_000;
-
-/// Applies the repo and serves it with the online clock fixed at `now_ns`.
-async fn online_server(dir: &std::path::Path, now_ns: i64) -> Server {
-    let repo = Repo::load(dir).unwrap();
-    cli::apply_repo(&repo, false).await.unwrap();
-    let m = cli::open_stores(&repo, Clock::Fixed(now_ns)).await.unwrap();
-    let service = flight::QuiverFlightService::new(m.offline().clone()).with_online(Arc::new(m));
-    Server::serve(service).await
-}
 
 fn distinct(batches: &[RecordBatch], name: &str) -> Vec<i64> {
     let set: BTreeSet<i64> = batches
@@ -97,16 +87,9 @@ async fn online_answers_equal_point_in_time_rows_at_materialize_time() {
     let dir = example_repo(&small_data());
     // Half a day after the last generated day: a mix of fresh and stale card stats.
     let t_us = datagen::EPOCH_US + 20 * DAY_US + 12 * HOUR_US;
-    let server = online_server(dir.path(), t_us * 1000).await;
+    let server = Server::start_online(dir.path(), t_us * 1000).await;
     let mut client = QuiverClient::connect(server.url()).await.unwrap();
-    let reports = client
-        .materialize(&MaterializeRequest {
-            start: "2020-01-01T00:00:00Z".into(),
-            end: format_instant(t_us * 1000),
-            views: None,
-        })
-        .await
-        .unwrap();
+    let reports = materialize_all(&mut client, t_us * 1000).await;
     assert_eq!(reports.len(), 3, "{reports:?}");
 
     let mut cards = distinct(&read(&dir.path().join("data/customers.parquet")), "cc_num");
@@ -233,7 +216,7 @@ async fn online_answers_equal_point_in_time_rows_at_materialize_time() {
 async fn windows_out_of_order_twice_or_concurrently_never_move_keys_back() {
     let dir = example_repo(&small_data());
     let t_us = datagen::EPOCH_US + 15 * DAY_US;
-    let server = online_server(dir.path(), t_us * 1000).await;
+    let server = Server::start_online(dir.path(), t_us * 1000).await;
     let mut client = QuiverClient::connect(server.url()).await.unwrap();
     let at = |us: i64| format_instant(us * 1000);
     let cards: Vec<i64> = (0..300).map(|i| datagen::CARD_BASE + i).collect();
@@ -316,7 +299,7 @@ async fn bad_online_requests_get_clear_statuses_and_the_server_keeps_serving() {
     use arrow_flight::{Action, Ticket};
     use tonic::Code;
     let dir = example_repo(&small_data());
-    let server = online_server(dir.path(), datagen::EPOCH_US * 1000).await;
+    let server = Server::start_online(dir.path(), datagen::EPOCH_US * 1000).await;
     let mut client = QuiverClient::connect(server.url()).await.unwrap();
     let flight = client.flight_client();
     let cases: Vec<(&str, Code, &str)> = vec![

@@ -7,24 +7,12 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch, TimestampMicrosecondArray};
 use arrow::datatypes::{Float64Type, TimestampMicrosecondType};
-use quiver_client::{
-    HistoricalFeaturesRequest, MaterializeRequest, OnlineFeaturesRequest, QuiverClient,
+use quiver_client::{HistoricalFeaturesRequest, OnlineFeaturesRequest, QuiverClient};
+use quiver_e2e::{
+    concat, example_repo, materialize_all, read_parquet as read, small_data, Server, DAY_US,
 };
-use quiver_e2e::{concat, example_repo, read_parquet as read, small_data, Server};
-use quiver_server::config::Repo;
+use quiver_server::datagen;
 use quiver_server::materialize::format_instant;
-use quiver_server::online::Clock;
-use quiver_server::{cli, datagen, flight};
-
-const DAY_US: i64 = 86_400_000_000;
-
-async fn online_server(dir: &std::path::Path, now_ns: i64) -> Server {
-    let repo = Repo::load(dir).unwrap();
-    cli::apply_repo(&repo, false).await.unwrap();
-    let m = cli::open_stores(&repo, Clock::Fixed(now_ns)).await.unwrap();
-    let service = flight::QuiverFlightService::new(m.offline().clone()).with_online(Arc::new(m));
-    Server::serve(service).await
-}
 
 fn f64s(b: &RecordBatch, name: &str) -> Vec<Option<f64>> {
     b.column_by_name(name)
@@ -53,16 +41,9 @@ fn close(a: Option<f64>, b: Option<f64>) -> bool {
 async fn on_demand_features_are_the_same_online_and_offline() {
     let dir = example_repo(&small_data());
     let t_us = datagen::EPOCH_US + 15 * DAY_US;
-    let server = online_server(dir.path(), t_us * 1000).await;
+    let server = Server::start_online(dir.path(), t_us * 1000).await;
     let mut client = QuiverClient::connect(server.url()).await.unwrap();
-    client
-        .materialize(&MaterializeRequest {
-            start: "2020-01-01T00:00:00Z".into(),
-            end: format_instant(t_us * 1000),
-            views: None,
-        })
-        .await
-        .unwrap();
+    materialize_all(&mut client, t_us * 1000).await;
 
     // Real transactions of the next day, scored as if they happened at t.
     let tx = concat(&read(&dir.path().join("data/transactions.parquet")));

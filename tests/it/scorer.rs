@@ -4,61 +4,30 @@
 //! feature is refused by name.
 
 use std::collections::BTreeSet;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arrow::array::{AsArray, BooleanArray, Float64Array, RecordBatch};
+use arrow::array::{Array, AsArray, BooleanArray, Float64Array, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Float64Type, TimestampMicrosecondType};
 use quiver_client::score::config::{Retry, ScorerConfig};
 use quiver_client::score::model::LogisticModel;
-use quiver_client::score::sink::{self, DecisionSink};
+use quiver_client::score::sink::MemorySink;
 use quiver_client::score::source::{JsonLinesSource, MemorySource};
 use quiver_client::score::{Error as ScoreError, RunOptions, Scorer};
-use quiver_client::{MaterializeRequest, QuiverClient};
-use quiver_e2e::{concat, example_repo, read_parquet as read, small_data, Server};
-use quiver_server::config::Repo;
-use quiver_server::materialize::format_instant;
-use quiver_server::online::Clock;
-use quiver_server::{cli, datagen, flight};
+use quiver_client::QuiverClient;
+use quiver_e2e::{
+    concat, example_repo, materialize_all, online_service, read_parquet as read, small_data,
+    Server, DAY_US,
+};
+use quiver_server::datagen;
 
-const DAY_US: i64 = 86_400_000_000;
 const T_US: i64 = datagen::EPOCH_US + 15 * DAY_US;
-
-struct Collect(Arc<Mutex<Vec<RecordBatch>>>);
-
-impl DecisionSink for Collect {
-    fn write(&mut self, decisions: &RecordBatch) -> sink::Result<()> {
-        self.0.lock().unwrap().push(decisions.clone());
-        Ok(())
-    }
-    fn finish(&mut self) -> sink::Result<()> {
-        Ok(())
-    }
-}
-
-async fn service(dir: &std::path::Path) -> flight::QuiverFlightService {
-    let repo = Repo::load(dir).unwrap();
-    let m = cli::open_stores(&repo, Clock::Fixed(T_US * 1000))
-        .await
-        .unwrap();
-    flight::QuiverFlightService::new(m.offline().clone()).with_online(Arc::new(m))
-}
 
 /// A served repo, materialized to T, a model file, and two days of transactions.
 async fn setup(dir: &std::path::Path) -> (Server, ScorerConfig, RecordBatch) {
-    let repo = Repo::load(dir).unwrap();
-    cli::apply_repo(&repo, false).await.unwrap();
-    let server = Server::serve(service(dir).await).await;
+    let server = Server::start_online(dir, T_US * 1000).await;
     let mut client = QuiverClient::connect(server.url()).await.unwrap();
-    client
-        .materialize(&MaterializeRequest {
-            start: "2020-01-01T00:00:00Z".into(),
-            end: format_instant(T_US * 1000),
-            views: None,
-        })
-        .await
-        .unwrap();
+    materialize_all(&mut client, T_US * 1000).await;
     let model = LogisticModel {
         quiver_model: "logistic".into(),
         features: vec!["amt_over_avg_1d".into(), "distance_from_home_km".into()],
@@ -114,8 +83,7 @@ async fn every_transaction_is_decided_once_across_a_server_restart() {
     assert!(n > 200, "{n} transactions");
     let addr = server.addr;
     let mut scorer = Scorer::connect(config).await.unwrap();
-    let decided = Arc::new(Mutex::new(Vec::new()));
-    let sink = Collect(decided.clone());
+    let (sink, decided) = MemorySink::new();
     let input = tx.clone();
     // Paced so the restart falls in the middle of the stream.
     let run = tokio::spawn(async move {
@@ -134,7 +102,7 @@ async fn every_transaction_is_decided_once_across_a_server_restart() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     server.stop().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let restarted = Server::serve_at(service(dir.path()).await, addr).await;
+    let restarted = Server::serve_at(online_service(dir.path(), T_US * 1000).await, addr).await;
     let report = run.await.unwrap().unwrap();
 
     assert_eq!(report.scored as usize, n, "{report}");
@@ -147,19 +115,43 @@ async fn every_transaction_is_decided_once_across_a_server_restart() {
         got.iter().collect::<BTreeSet<_>>(),
         ids(&[tx]).iter().collect::<BTreeSet<_>>()
     );
-    // Decisions follow the rules and carry the features and timings.
+    // Scores are the model's formula on the served features (computed here, not by
+    // the scorer's code), and decisions the default thresholds 0.5 / 0.9.
     let all = concat(&decided);
     let scores = all
         .column_by_name("score")
         .unwrap()
         .as_primitive::<Float64Type>();
     let kinds = all.column_by_name("decision").unwrap().as_string::<i32>();
-    for i in 0..all.num_rows() {
-        let want = quiver_client::score::config::Rules::default().decide(scores.value(i));
-        assert_eq!(kinds.value(i), want);
-    }
     let features = all.column_by_name("features").unwrap().as_struct();
-    assert!(features.column_by_name("distance_from_home_km").is_some());
+    let feature = |name: &str| -> Float64Array {
+        features
+            .column_by_name(name)
+            .unwrap()
+            .as_primitive::<Float64Type>()
+            .clone()
+    };
+    let (ratio, distance) = (feature("amt_over_avg_1d"), feature("distance_from_home_km"));
+    let term = |x: &Float64Array, i: usize, w: f64, mean: f64, scale: f64| {
+        if x.is_valid(i) {
+            w * ((x.value(i) - mean) / scale).clamp(-10.0, 10.0)
+        } else {
+            0.0
+        }
+    };
+    for i in 0..all.num_rows() {
+        let z = -2.0 + term(&ratio, i, 0.5, 1.0, 1.0) + term(&distance, i, 1.0, 10.0, 100.0);
+        let want = 1.0 / (1.0 + (-z).exp());
+        assert!((scores.value(i) - want).abs() < 1e-12, "row {i}");
+        let decision = if want >= 0.9 {
+            "decline"
+        } else if want >= 0.5 {
+            "review"
+        } else {
+            "approve"
+        };
+        assert_eq!(kinds.value(i), decision);
+    }
     let timings = all.column_by_name("timings_us").unwrap().as_struct();
     let latency = timings.column_by_name("event_to_decision").unwrap();
     let latency: &Float64Array = latency.as_primitive();
@@ -183,13 +175,9 @@ async fn giving_up_reports_what_was_not_scored_and_bad_input_is_counted() {
                  {\"trans_id\": \"b\", \"cc_num\": \"not a number\"}\n\
                  {\"trans_id\": \"c\", \"cc_num\": 4000000000000002, \"merchant_id\": 3, \"amt\": 3, \"lat\": 40.0, \"lon\": -100.0}\n";
     let source = JsonLinesSource::new(std::io::Cursor::new(lines), scorer.input_schema(), "lines");
-    let decided = Arc::new(Mutex::new(Vec::new()));
+    let (sink, decided) = MemorySink::new();
     let report = scorer
-        .run(
-            Box::new(source),
-            Box::new(Collect(decided.clone())),
-            RunOptions::default(),
-        )
+        .run(Box::new(source), Box::new(sink), RunOptions::default())
         .await
         .unwrap();
     assert_eq!((report.scored, report.rejected), (2, 1), "{report}");
@@ -209,7 +197,7 @@ async fn giving_up_reports_what_was_not_scored_and_bad_input_is_counted() {
         .unwrap()
         .run(
             Box::new(MemorySource::new(vec![tx.slice(0, 3)])),
-            Box::new(Collect(Arc::new(Mutex::new(Vec::new())))),
+            Box::new(MemorySink::new().0),
             RunOptions::default(),
         )
         .await
@@ -225,7 +213,7 @@ async fn giving_up_reports_what_was_not_scored_and_bad_input_is_counted() {
     let e = scorer
         .run(
             Box::new(MemorySource::new(vec![tx])),
-            Box::new(Collect(Arc::new(Mutex::new(Vec::new())))),
+            Box::new(MemorySink::new().0),
             RunOptions::default(),
         )
         .await
@@ -245,8 +233,7 @@ async fn stopping_reports_the_scored_and_writes_exactly_those() {
     let n = tx.num_rows();
     let mut scorer = Scorer::connect(config).await.unwrap();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let decided = Arc::new(Mutex::new(Vec::new()));
-    let sink = Collect(decided.clone());
+    let (sink, decided) = MemorySink::new();
     let run = tokio::spawn(async move {
         scorer
             .run(

@@ -3,6 +3,7 @@
 They talk to a real `quiver serve` (the binary named by $QUIVER_BIN) with plain
 pyarrow.flight: no Quiver code on the Python side, exactly like a training job.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -27,6 +28,12 @@ def score_bin() -> str:
     if b:
         return b
     return str(Path(quiver_bin()).parent / "quiver-score")
+
+
+def action(client, name, body):
+    """Runs a Flight action; one decoded JSON result per streamed result."""
+    import pyarrow.flight as flight
+    return [json.loads(r.body.to_pybytes()) for r in client.do_action(flight.Action(name, json.dumps(body).encode()))]
 
 
 def run(repo: Path, *args: str) -> str:

@@ -9,13 +9,9 @@ import pyarrow as pa
 import pyarrow.flight as flight
 import pytest
 
-from conftest import ONLINE_NOW
+from conftest import ONLINE_NOW, action
 
 CARD_FEATURES = ["avg_amt_1d", "txn_count_1d", "max_amt_1d", "home_lat", "home_lon", "credit_limit"]
-
-
-def action(client, name, body):
-    return [json.loads(r.body.to_pybytes()) for r in client.do_action(flight.Action(name, json.dumps(body).encode()))]
 
 
 def do_get(client, command):

@@ -15,16 +15,12 @@ import pyarrow.parquet as pq
 import pytest
 import xgboost as xgb
 
-from conftest import ONLINE_NOW, score_bin
+from conftest import ONLINE_NOW, action, score_bin
 
 # Served features, on-demand features and a request field (amt).
 FEATURES = ["amt", "avg_amt_1d", "txn_count_1d", "max_amt_1d", "credit_limit", "merchant_avg_amt_1d",
             "distance_from_home_km", "amt_over_avg_1d", "amt_over_limit", "amt_over_merchant_avg"]
 SPLIT = "2026-02-05T00:00:00Z"
-
-
-def action(client, name, body):
-    return [json.loads(r.body.to_pybytes()) for r in client.do_action(flight.Action(name, json.dumps(body).encode()))]
 
 
 def training_set(client):
@@ -37,6 +33,11 @@ def training_set(client):
     }}
     info = client.get_flight_info(flight.FlightDescriptor.for_command(json.dumps(command).encode()))
     return client.do_get(info.endpoints[0].ticket).read_all()
+
+
+def score_cmd(online_server, *args):
+    """The quiver-score command line against the online test server."""
+    return [score_bin(), "--server", online_server.replace("grpc://", "http://"), *args]
 
 
 def matrix(columns):
@@ -81,10 +82,9 @@ def test_scores_equal_xgboost_predict(repo, online_server, trained, tmp_path):
     out = tmp_path / "decisions.jsonl"
     log_dir = tmp_path / "feature_log"
     proc = subprocess.run(
-        [score_bin(), "--server", online_server.replace("grpc://", "http://"), "--service", "fraud_v3",
-         "--model", str(model_path), "--input", str(tx_path), "--output", str(out),
+        score_cmd(online_server, "--service", "fraud_v3", "--model", str(model_path), "--input", str(tx_path), "--output", str(out),
          "--feature-log", str(log_dir), "--review-at", "0.3", "--decline-at", "0.7",
-         "--max-batch", "128", "--json-report"],
+         "--max-batch", "128", "--json-report"),
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stderr.strip().splitlines()[-1])
@@ -116,13 +116,12 @@ def test_scores_equal_xgboost_predict(repo, online_server, trained, tmp_path):
 def test_bad_model_and_unknown_service_are_clear_errors(online_server, tmp_path):
     bad = tmp_path / "model.json"
     bad.write_text('{"learner": {"objective": {"name": "multi:softprob"}}}')
-    proc = subprocess.run([score_bin(), "--server", online_server.replace("grpc://", "http://"), "--model", str(bad)],
+    proc = subprocess.run(score_cmd(online_server, "--model", str(bad)),
                           input="", capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "multi:softprob" in proc.stderr
     good = tmp_path / "logistic.json"
     good.write_text('{"quiver_model": "logistic", "features": ["amt"], "intercept": 0, "weights": [1], "means": [0], "scales": [1]}')
-    proc = subprocess.run([score_bin(), "--server", online_server.replace("grpc://", "http://"), "--model", str(good),
-                           "--service", "nope"], input="", capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(score_cmd(online_server, "--model", str(good), "--service", "nope"), input="", capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "nope" in proc.stderr and "fraud_v3" in proc.stderr
 
 
@@ -131,7 +130,7 @@ def test_parquet_in_parquet_out_equals_json_lines(repo, online_server, trained, 
     rows = held_out(repo)[:300]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "tx.parquet")
     (tmp_path / "tx.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    base = [score_bin(), "--server", online_server.replace("grpc://", "http://"), "--model", str(model_path)]
+    base = score_cmd(online_server, "--model", str(model_path))
     for src, dst in [("tx.parquet", "d.parquet"), ("tx.jsonl", "d.jsonl")]:
         proc = subprocess.run(base + ["--input", str(tmp_path / src), "--output", str(tmp_path / dst)],
                               capture_output=True, text=True, timeout=120)

@@ -9,7 +9,7 @@
 //! structs so a feature repo source can read its columns directly.
 
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arrow::array::{Array, ArrayRef, RecordBatch, StructArray};
 use arrow::datatypes::{Field, Schema, SchemaRef};
@@ -81,6 +81,39 @@ impl DecisionSink for JsonLinesSink {
             what: self.name.clone(),
             message: e.to_string(),
         })
+    }
+}
+
+/// Keeps decision batches in memory, for callers that read them afterwards
+/// (tests, the demo's report).
+///
+/// ```
+/// use quiver_client::score::sink::{DecisionSink, MemorySink};
+/// let (mut sink, decided) = MemorySink::new();
+/// sink.finish().unwrap();
+/// assert!(decided.lock().unwrap().is_empty());
+/// ```
+pub struct MemorySink(Arc<Mutex<Vec<RecordBatch>>>);
+
+impl MemorySink {
+    /// A sink and the handle its batches can be read from.
+    pub fn new() -> (Self, Arc<Mutex<Vec<RecordBatch>>>) {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        (Self(batches.clone()), batches)
+    }
+}
+
+impl DecisionSink for MemorySink {
+    fn write(&mut self, decisions: &RecordBatch) -> Result<()> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(decisions.clone());
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
     }
 }
 

@@ -13,7 +13,7 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -23,7 +23,7 @@ use arrow::datatypes::{DataType, Float64Type, TimestampMicrosecondType};
 use parquet::arrow::ArrowWriter;
 use quiver_client::score::config::{FeatureLog, Rules, ScorerConfig};
 use quiver_client::score::model::Model;
-use quiver_client::score::sink::{DecisionSink, JsonLinesSink};
+use quiver_client::score::sink::{JsonLinesSink, MemorySink};
 use quiver_client::score::source::MemorySource;
 use quiver_client::score::{Report, RunOptions, Scorer};
 use quiver_client::{
@@ -60,19 +60,6 @@ const DAYS: i64 = 60;
 const HELD_OUT_DAYS: i64 = 10;
 /// Replay rate of the held-out days (transactions per second).
 const REPLAY_RATE: f64 = 5000.0;
-
-/// Collects decision batches in memory (the demo writes one file at the end).
-struct Collect(Arc<Mutex<Vec<RecordBatch>>>);
-
-impl DecisionSink for Collect {
-    fn write(&mut self, decisions: &RecordBatch) -> quiver_client::score::sink::Result<()> {
-        self.0.lock().expect("not poisoned").push(decisions.clone());
-        Ok(())
-    }
-    fn finish(&mut self) -> quiver_client::score::sink::Result<()> {
-        Ok(())
-    }
-}
 
 fn instant_ns(us: i64) -> String {
     materialize::format_instant(us * 1000)
@@ -276,7 +263,7 @@ pub(super) async fn run(dir: &Path) -> Result<()> {
         "[7/8] quiver-score: replaying {HELD_OUT_DAYS} held-out days at {REPLAY_RATE:.0} tx/s \
          (each day: materialize_incremental to its start, then its transactions)"
     ));
-    let decided = Arc::new(Mutex::new(Vec::new()));
+    let mut decisions = Vec::new();
     let mut replay = Vec::new();
     for day in 0..HELD_OUT_DAYS {
         let (from, to) = (split_us + day * DAY_US, split_us + (day + 1) * DAY_US);
@@ -289,10 +276,11 @@ pub(super) async fn run(dir: &Path) -> Result<()> {
             .await?;
         let mask = BooleanArray::from_iter(ts.iter().map(|t| t.map(|t| t >= from && t < to)));
         let day_tx = filter_record_batch(&tx, &mask)?;
+        let (sink, decided) = MemorySink::new();
         let report = scorer
             .run(
                 Box::new(MemorySource::new(vec![day_tx])),
-                Box::new(Collect(decided.clone())),
+                Box::new(sink),
                 RunOptions {
                     rate: Some(REPLAY_RATE),
                     stats_every: None,
@@ -301,9 +289,12 @@ pub(super) async fn run(dir: &Path) -> Result<()> {
             )
             .await?;
         replay.push(report);
+        decisions.append(&mut decided.lock().unwrap_or_else(|e| e.into_inner()));
     }
-    let decisions = std::mem::take(&mut *decided.lock().expect("not poisoned"));
-    let decisions = arrow::compute::concat_batches(&decisions[0].schema(), &decisions)?;
+    let Some(first) = decisions.first() else {
+        bail!("the held-out days had no transactions to score");
+    };
+    let decisions = arrow::compute::concat_batches(&first.schema(), &decisions)?;
     let out = dir.join("decisions.parquet");
     let mut w = ArrowWriter::try_new(std::fs::File::create(&out)?, decisions.schema(), None)?;
     w.write(&decisions)?;

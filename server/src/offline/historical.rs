@@ -228,8 +228,7 @@ impl OfflineStore {
     /// The schema of the features a request returns (without the spine's columns):
     /// one nullable field per feature, typed as in the Parquet data, then the
     /// labels, then the on-demand features.
-    pub fn feature_fields(&self, request: &HistoricalFeaturesRequest) -> Result<Vec<Field>> {
-        let plan = self.resolve(request)?;
+    fn feature_fields(&self, plan: &Plan<'_>) -> Result<Vec<Field>> {
         let mut out = Vec::new();
         for v in plan.views.iter().chain(&plan.labels) {
             let schema = self.source_schema(&v.source.name).expect("registered");
@@ -258,14 +257,14 @@ impl OfflineStore {
         spine_schema: SchemaRef,
         spine: Vec<RecordBatch>,
     ) -> Result<SendableRecordBatchStream> {
+        let plan = self.resolve(request)?;
+        let labels_as_of = labels_as_of(request)?;
+        let key_kinds = self.check_spine(&plan, request, &spine_schema)?;
         let Plan {
             views,
             labels,
             on_demand,
-        } = self.resolve(request)?;
-        let labels_as_of = labels_as_of(request)?;
-        let key_kinds =
-            self.check_spine(&views, &labels, on_demand.as_ref(), request, &spine_schema)?;
+        } = plan;
         let ts_col = request.timestamp_column();
         let (tagged, info, tagged_schema) = tag_spine(&spine_schema, spine, ts_col)?;
         info!(
@@ -358,9 +357,7 @@ impl OfflineStore {
     /// spine fails there and not only at DoGet.
     fn check_spine(
         &self,
-        views: &[ViewRequest<'_>],
-        labels: &[ViewRequest<'_>],
-        on_demand: Option<&OnDemandStage>,
+        plan: &Plan<'_>,
         request: &HistoricalFeaturesRequest,
         spine_schema: &Schema,
     ) -> Result<Vec<Vec<KeyType>>> {
@@ -385,7 +382,7 @@ impl OfflineStore {
                 )));
             }
         }
-        if let Some(stage) = on_demand {
+        if let Some(stage) = &plan.on_demand {
             for f in stage.request_fields() {
                 let have = spine_schema.field_with_name(f.name()).map_err(|_| {
                     Error::invalid(format!(
@@ -414,7 +411,7 @@ impl OfflineStore {
         }
         // Key types, and output names that would collide with the spine.
         let mut key_kinds = Vec::new();
-        for v in views.iter().chain(labels) {
+        for v in plan.views.iter().chain(&plan.labels) {
             let schema = self.source_schema(&v.source.name).expect("registered");
             let mut kinds = Vec::new();
             for k in &v.join_keys {
@@ -471,19 +468,13 @@ impl OfflineStore {
     ) -> Result<Vec<Field>> {
         let plan = self.resolve(request)?;
         labels_as_of(request)?;
-        self.check_spine(
-            &plan.views,
-            &plan.labels,
-            plan.on_demand.as_ref(),
-            request,
-            spine_schema,
-        )?;
+        self.check_spine(&plan, request, spine_schema)?;
         let mut fields: Vec<Field> = spine_schema
             .fields()
             .iter()
             .map(|f| f.as_ref().clone())
             .collect();
-        fields.extend(self.feature_fields(request)?);
+        fields.extend(self.feature_fields(&plan)?);
         Ok(fields)
     }
 
@@ -607,17 +598,8 @@ impl OfflineStore {
 
 /// The instant labels are read as of: the request's `labels_as_of`, or now.
 fn labels_as_of(request: &HistoricalFeaturesRequest) -> Result<i64> {
-    Ok(match request.labels_as_of.as_deref().map(str::trim) {
-            None | Some("now") => chrono::Utc::now().timestamp_nanos_opt().unwrap_or(i64::MAX),
-            Some(s) => chrono::DateTime::parse_from_rfc3339(s)
-                .ok()
-                .and_then(|t| t.timestamp_nanos_opt())
-                .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "labels_as_of {s:?} is not \"now\" or an RFC 3339 instant such as 2026-03-01T00:00:00Z"
-                    ))
-                })?,
-        })
+    crate::instant::parse(request.labels_as_of.as_deref().unwrap_or("now"))
+        .map_err(|e| Error::invalid(format!("labels_as_of: {e}")))
 }
 
 /// The spine's distinct keys for a single-key view, when few enough

@@ -490,39 +490,49 @@ impl OnlineStore {
                 .iter()
                 .map(|&(i, _)| ColumnBuilder::new(&v.layout.features[i].1, rows))
                 .collect();
-            let mut event_ts = TimestampNanosecondBuilder::with_capacity(rows);
-            let mut status = StringBuilder::with_capacity(rows, rows * 8);
+            // Event time and status, only when the answer carries them.
+            let mut meta_builders = v.metadata.then(|| {
+                (
+                    TimestampNanosecondBuilder::with_capacity(rows),
+                    StringBuilder::with_capacity(rows, rows * 8),
+                )
+            });
             let min_event = v
                 .layout
                 .ttl
                 .map(|t| now.saturating_sub(t.as_nanos().min(i64::MAX as u128) as i64));
             let prefix = v.layout.prefix();
-            let mut row_value =
-                |value: Option<&[u8]>, builders: &mut Vec<ColumnBuilder>| -> Result<()> {
-                    let (st, ts) = match value {
-                        None => (NOT_FOUND, None),
-                        Some(value) => {
-                            let (event, _) = value_version(value)
-                                .map_err(|e| Error::corrupt(&v.layout.name, e))?;
-                            if min_event.is_some_and(|m| event < m) {
-                                (OUTSIDE_MAX_AGE, Some(event))
-                            } else {
-                                let all_null =
-                                    decode_value(value, &v.layout.widths, &v.wanted, builders)
-                                        .map_err(|e| Error::corrupt(&v.layout.name, e))?;
+            let mut row_value = |value: Option<&[u8]>,
+                                 builders: &mut Vec<ColumnBuilder>|
+             -> Result<()> {
+                let (st, ts) = match value {
+                    None => (NOT_FOUND, None),
+                    Some(value) => {
+                        let (event, _) =
+                            value_version(value).map_err(|e| Error::corrupt(&v.layout.name, e))?;
+                        if min_event.is_some_and(|m| event < m) {
+                            (OUTSIDE_MAX_AGE, Some(event))
+                        } else {
+                            let all_null =
+                                decode_value(value, &v.layout.widths, &v.wanted, builders)
+                                    .map_err(|e| Error::corrupt(&v.layout.name, e))?;
+                            if let Some((event_ts, status)) = meta_builders.as_mut() {
                                 status.append_value(if all_null { NULL_VALUE } else { PRESENT });
                                 event_ts.append_value(event);
-                                return Ok(());
                             }
+                            return Ok(());
                         }
-                    };
-                    for b in builders.iter_mut() {
-                        b.append_null();
                     }
+                };
+                for b in builders.iter_mut() {
+                    b.append_null();
+                }
+                if let Some((event_ts, status)) = meta_builders.as_mut() {
                     status.append_value(st);
                     event_ts.append_option(ts);
-                    Ok(())
-                };
+                }
+                Ok(())
+            };
             if rows == 1 {
                 // The scorers' hot path: no key copies, one pinned get.
                 if encode_key(&prefix, &view_keys, 0, &mut key) {
@@ -557,7 +567,7 @@ impl OnlineStore {
             for (b, &(i, _)) in builders.iter_mut().zip(&v.features) {
                 out.push(b.finish(&v.layout.features[i].1)?);
             }
-            if v.metadata {
+            if let Some((mut event_ts, mut status)) = meta_builders {
                 meta.push(Arc::new(event_ts.finish().with_timezone("UTC")));
                 meta.push(Arc::new(status.finish()));
             }
@@ -593,8 +603,6 @@ pub struct LookupPlan {
     pub key_columns: Vec<(String, KeyType)>,
     /// Views to read.
     pub views: Vec<ViewLookup>,
-    /// Whether to add `view__event_timestamp` and `view__status` per view.
-    pub include_metadata: bool,
     /// Fields of the columns [`OnlineStore::lookup`] returns.
     pub output_fields: Vec<Field>,
 }
@@ -681,7 +689,6 @@ impl LookupPlan {
         Ok(Self {
             key_columns,
             views: lookups,
-            include_metadata,
             output_fields: fields,
         })
     }
@@ -715,7 +722,8 @@ impl LookupPlan {
     }
 
     /// The key columns of a DoGet request's `entities` (JSON numbers for integer
-    /// keys, strings for string keys). Returns them and the row count.
+    /// keys, strings for string keys). Returns them and the row count (of every
+    /// column given, request fields included).
     /// Columns named in `request_fields` (on-demand inputs) are allowed besides keys.
     pub fn key_columns_from_json(
         &self,
@@ -732,15 +740,9 @@ impl LookupPlan {
                 )));
             }
         }
+        // Every column given (keys and request fields) has one value per row.
         let mut rows = None;
-        let mut out = Vec::new();
-        for (name, t) in &self.key_columns {
-            let values = entities.get(name).ok_or_else(|| {
-                Error::InvalidKeys(format!(
-                    "missing entity column {name:?} in \"entities\" (needed: {})",
-                    names(self.key_columns.iter().map(|(n, _)| n.as_str()))
-                ))
-            })?;
+        for (name, values) in entities {
             match rows {
                 None => rows = Some(values.len()),
                 Some(r) if r != values.len() => {
@@ -751,6 +753,15 @@ impl LookupPlan {
                 }
                 _ => {}
             }
+        }
+        let mut out = Vec::new();
+        for (name, t) in &self.key_columns {
+            let values = entities.get(name).ok_or_else(|| {
+                Error::InvalidKeys(format!(
+                    "missing entity column {name:?} in \"entities\" (needed: {})",
+                    names(self.key_columns.iter().map(|(n, _)| n.as_str()))
+                ))
+            })?;
             let bad = |v: &serde_json::Value| {
                 Error::InvalidKeys(format!(
                     "entity {name:?}: {v} is not {} (null is allowed and matches nothing)",
