@@ -534,14 +534,9 @@ impl Scorer {
                         .join(", ")
                 ))
             })?;
-            let col = match col.data_type() {
-                DataType::Boolean => cast(
-                    &cast(col, &DataType::UInt8).expect("bool"),
-                    &DataType::Float64,
-                ),
-                _ => cast(col, &DataType::Float64),
-            }
-            .map_err(|e| Error::Input(format!("model feature {name:?} is not numeric: {e}")))?;
+            // Booleans read as 0/1.
+            let col = cast(col, &DataType::Float64)
+                .map_err(|e| Error::Input(format!("model feature {name:?} is not numeric: {e}")))?;
             inputs.push(col.as_primitive::<Float64Type>().clone());
         }
         let mut row = vec![0.0; names.len()];
