@@ -21,11 +21,11 @@ use anyhow::{bail, Context, Result};
 use arrow::array::RecordBatch;
 use clap::Args;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use quiver_client::score::config::ScorerConfig;
-use quiver_client::score::sink::JsonLinesSink;
-use quiver_client::score::source::MemorySource;
-use quiver_client::score::{RunOptions, Scorer};
 use quiver_client::{MaterializeRequest, OnlineFeaturesRequest, QuiverClient};
+use quiver_score::config::ScorerConfig;
+use quiver_score::sink::JsonLinesSink;
+use quiver_score::source::MemorySource;
+use quiver_score::{RunOptions, Scorer};
 
 use crate::{peak_rss_mib, quiver_bin, spawn_ready, tempfile_dir, Rng, DAY_US, EPOCH_US};
 

@@ -27,7 +27,6 @@
 
 pub mod client;
 pub mod protocol;
-pub mod score;
 pub mod session;
 
 pub use client::{Error, QuiverClient};

@@ -9,16 +9,16 @@ use std::time::Duration;
 use arrow::array::{Array, AsArray, BooleanArray, Float64Array, RecordBatch};
 use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Float64Type, TimestampMicrosecondType};
-use quiver_client::score::config::{Retry, ScorerConfig};
-use quiver_client::score::model::LogisticModel;
-use quiver_client::score::sink::MemorySink;
-use quiver_client::score::source::{JsonLinesSource, MemorySource};
-use quiver_client::score::{Error as ScoreError, RunOptions, Scorer};
 use quiver_client::QuiverClient;
 use quiver_e2e::{
     concat, example_repo, materialize_all, online_service, read_parquet as read, small_data,
     Server, DAY_US,
 };
+use quiver_score::config::{Retry, ScorerConfig};
+use quiver_score::model::LogisticModel;
+use quiver_score::sink::MemorySink;
+use quiver_score::source::{JsonLinesSource, MemorySource};
+use quiver_score::{Error as ScoreError, RunOptions, Scorer};
 use quiver_server::datagen;
 
 const T_US: i64 = datagen::EPOCH_US + 15 * DAY_US;

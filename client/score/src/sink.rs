@@ -88,7 +88,7 @@ impl DecisionSink for JsonLinesSink {
 /// (tests, the demo's report).
 ///
 /// ```
-/// use quiver_client::score::sink::{DecisionSink, MemorySink};
+/// use quiver_score::sink::{DecisionSink, MemorySink};
 /// let (mut sink, decided) = MemorySink::new();
 /// sink.finish().unwrap();
 /// assert!(decided.lock().unwrap().is_empty());

@@ -38,9 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
-use crate::client::{Error as ClientError, QuiverClient};
-use crate::protocol::OnlineFeaturesRequest;
-use crate::session::OnlineSession;
+use quiver_client::{Error as ClientError, OnlineFeaturesRequest, OnlineSession, QuiverClient};
 use config::ScorerConfig;
 use model::Model;
 use sink::{DecisionSink, FeatureLog};

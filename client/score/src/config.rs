@@ -3,7 +3,7 @@
 //! retries and feature logging. Every field has a default except `model`.
 //!
 //! ```
-//! use quiver_client::score::config::ScorerConfig;
+//! use quiver_score::config::ScorerConfig;
 //! let config = ScorerConfig::from_yaml("model: model.json\nrules: { review_at: 0.4, decline_at: 0.8 }").unwrap();
 //! assert_eq!(config.feature_service, "fraud_v3");
 //! assert_eq!(config.rules.decide(0.5), "review");

@@ -12,10 +12,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use quiver_client::score::config::ScorerConfig;
-use quiver_client::score::sink::{DecisionSink, JsonLinesSink, ParquetSink};
-use quiver_client::score::source::{JsonLinesSource, ParquetSource, TransactionSource};
-use quiver_client::score::{RunOptions, Scorer};
+use quiver_score::config::ScorerConfig;
+use quiver_score::sink::{DecisionSink, JsonLinesSink, ParquetSink};
+use quiver_score::source::{JsonLinesSource, ParquetSource, TransactionSource};
+use quiver_score::{RunOptions, Scorer};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Format {
@@ -122,7 +122,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         config.retry.give_up_after_s = Some(v);
     }
     if let Some(url) = args.feature_log {
-        config.feature_log = Some(quiver_client::score::config::FeatureLog {
+        config.feature_log = Some(quiver_score::config::FeatureLog {
             url,
             rows_per_file: 100_000,
         });
@@ -199,7 +199,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "quiver_client=info".into()),
+                .unwrap_or_else(|_| "quiver_score=info".into()),
         )
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -10,7 +10,7 @@
 //! the real package in `tests/python/test_scorer.py`).
 //!
 //! ```
-//! use quiver_client::score::model::Model;
+//! use quiver_score::model::Model;
 //! let json = r#"{"quiver_model": "logistic", "features": ["amt"], "intercept": -1.0,
 //!                "weights": [0.5], "means": [2.0], "scales": [1.0]}"#;
 //! let model = Model::from_json(json).unwrap();
