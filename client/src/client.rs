@@ -18,52 +18,13 @@ use arrow_flight::{FlightClient, FlightDescriptor, FlightInfo};
 use futures::{stream, TryStreamExt};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::error::{Error, Result};
 use crate::protocol::{
     Command, FeatureDescription, HistoricalFeaturesRequest, MaterializeIncrementalRequest,
     MaterializeReport, MaterializeRequest, OnlineFeaturesRequest, ViewStatus, ACTION_MATERIALIZE,
     ACTION_MATERIALIZE_INCREMENTAL, ACTION_STATUS,
 };
 use crate::session::OnlineSession;
-
-/// Errors of the client SDK.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    /// Could not reach the server.
-    #[error("cannot connect to {addr}: {source}")]
-    Connect {
-        /// The address dialled.
-        addr: String,
-        /// The transport error.
-        #[source]
-        source: tonic::transport::Error,
-    },
-    /// The server answered with an error status; its message says what was wrong.
-    #[error("server error ({code:?}): {message}")]
-    Server {
-        /// gRPC status code.
-        code: tonic::Code,
-        /// The server's message.
-        message: String,
-    },
-    /// A Flight or Arrow decoding failure.
-    #[error("flight error: {0}")]
-    Flight(FlightError),
-    /// The server's answer did not have the expected shape.
-    #[error("unexpected response: {0}")]
-    Unexpected(String),
-}
-
-impl From<FlightError> for Error {
-    fn from(e: FlightError) -> Self {
-        match e {
-            FlightError::Tonic(status) => Error::Server {
-                code: status.code(),
-                message: status.message().to_string(),
-            },
-            other => Error::Flight(other),
-        }
-    }
-}
 
 /// Largest gRPC message the client sends or accepts (one record batch).
 pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
@@ -73,9 +34,6 @@ fn raw_client(channel: Channel) -> FlightServiceClient<Channel> {
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
 }
-
-/// Result type of the client SDK.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// A connection to a Quiver server (one HTTP/2 connection, reused by every call
 /// and by every [`OnlineSession`] opened from it).
@@ -127,10 +85,10 @@ impl QuiverClient {
         request: &OnlineFeaturesRequest,
     ) -> Result<RecordBatch> {
         if request.entities.is_none() {
-            return Err(Error::Unexpected(
-                "get_online_features needs request.entities; stream keys with online_session"
-                    .into(),
-            ));
+            return Err(Error::InvalidRequest {
+                call: "get_online_features",
+                reason: "it needs request.entities; stream keys with online_session",
+            });
         }
         let ticket =
             arrow_flight::Ticket::new(Command::GetOnlineFeatures(request.clone()).to_bytes());
@@ -141,7 +99,9 @@ impl QuiverClient {
         }
         match batches.len() {
             1 => Ok(batches.pop().expect("one batch")),
-            0 => Err(Error::Unexpected("the server sent no batch".into())),
+            0 => Err(Error::NoBatch {
+                call: "get_online_features",
+            }),
             _ => arrow::compute::concat_batches(&batches[0].schema(), &batches)
                 .map_err(|e| Error::Flight(FlightError::Arrow(e))),
         }
@@ -152,10 +112,10 @@ impl QuiverClient {
     /// `request.entities` must be empty; the keys come with each batch.
     pub fn online_session(&self, request: &OnlineFeaturesRequest) -> Result<OnlineSession> {
         if request.entities.is_some() {
-            return Err(Error::Unexpected(
-                "an online session takes its keys as record batches; leave request.entities empty"
-                    .into(),
-            ));
+            return Err(Error::InvalidRequest {
+                call: "online_session",
+                reason: "an online session takes its keys as record batches; leave request.entities empty",
+            });
         }
         Ok(OnlineSession::new(
             raw_client(self.channel.clone()),
@@ -207,8 +167,10 @@ impl QuiverClient {
         results
             .iter()
             .map(|r| {
-                serde_json::from_slice(r)
-                    .map_err(|e| Error::Unexpected(format!("bad {name} result: {e}")))
+                serde_json::from_slice(r).map_err(|source| Error::Malformed {
+                    what: format!("{name} result"),
+                    source,
+                })
             })
             .collect()
     }
@@ -251,9 +213,10 @@ impl QuiverClient {
         request: &HistoricalFeaturesRequest,
     ) -> Result<Vec<RecordBatch>> {
         if request.entity_sql.is_none() {
-            return Err(Error::Unexpected(
-                "get_historical_features_from_sql needs request.entity_sql".into(),
-            ));
+            return Err(Error::InvalidRequest {
+                call: "get_historical_features_from_sql",
+                reason: "it needs request.entity_sql",
+            });
         }
         let cmd = Command::GetHistoricalFeatures(request.clone()).to_bytes();
         let info = self
@@ -262,9 +225,7 @@ impl QuiverClient {
             .await?;
         let mut out = Vec::new();
         for endpoint in info.endpoint {
-            let ticket = endpoint
-                .ticket
-                .ok_or_else(|| Error::Unexpected("flight endpoint without a ticket".into()))?;
+            let ticket = endpoint.ticket.ok_or(Error::MissingTicket)?;
             let batches: Vec<RecordBatch> = self.flight.do_get(ticket).await?.try_collect().await?;
             out.extend(batches);
         }
@@ -282,8 +243,13 @@ impl QuiverClient {
         infos
             .into_iter()
             .map(|info| {
-                let desc: FeatureDescription = serde_json::from_slice(&info.app_metadata)
-                    .map_err(|e| Error::Unexpected(format!("bad flight app_metadata: {e}")))?;
+                let desc: FeatureDescription =
+                    serde_json::from_slice(&info.app_metadata).map_err(|source| {
+                        Error::Malformed {
+                            what: "flight app_metadata".into(),
+                            source,
+                        }
+                    })?;
                 let schema = info
                     .try_decode_schema()
                     .map_err(|e| Error::Flight(FlightError::Arrow(e)))?;

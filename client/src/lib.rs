@@ -6,6 +6,7 @@
 //! - [`protocol`]: the wire contract. Every command a Quiver server understands is a
 //!   small UTF-8 JSON document carried in a `FlightDescriptor.cmd`, a `Ticket` or an
 //!   `Action` body; the server implements exactly these types.
+//! - [`error`]: [`Error`], what any SDK call can fail with.
 //! - [`client`]: [`QuiverClient`], a typed SDK over Arrow Flight for training jobs
 //!   (point-in-time training sets), scorers (online lookups) and operators
 //!   (materialize, status).
@@ -26,10 +27,12 @@
 //! ```
 
 pub mod client;
+pub mod error;
 pub mod protocol;
 pub mod session;
 
-pub use client::{Error, QuiverClient};
+pub use client::QuiverClient;
+pub use error::{Error, Result};
 pub use protocol::{
     Command, FeatureDescription, HistoricalFeaturesRequest, MaterializeIncrementalRequest,
     MaterializeReport, MaterializeRequest, OnlineFeaturesRequest, ProtocolError, ViewStatus,

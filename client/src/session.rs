@@ -19,7 +19,7 @@ use futures::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
-use crate::client::{Error, Result};
+use crate::error::{Error, Result};
 use crate::protocol::{Command, OnlineFeaturesRequest};
 
 /// A long-lived online lookup stream. Not `Clone`: open one per task (they share
@@ -75,10 +75,9 @@ impl OnlineSession {
     }
 
     async fn exchange(&mut self, keys: RecordBatch, rows: usize) -> Result<RecordBatch> {
-        let closed = || Error::Unexpected("the server closed the online session".into());
         if self.open.is_none() {
             let (tx, rx) = mpsc::channel::<RecordBatch>(16);
-            tx.send(keys).await.map_err(|_| closed())?;
+            tx.send(keys).await.map_err(|_| Error::SessionClosed)?;
             let cmd = Command::GetOnlineFeatures(self.request.clone()).to_bytes();
             let input = FlightDataEncoderBuilder::new()
                 .with_max_flight_data_size(usize::MAX)
@@ -98,13 +97,13 @@ impl OnlineSession {
             );
             self.open = Some(Open { tx, answers });
         } else if let Some(open) = &self.open {
-            open.tx.send(keys).await.map_err(|_| closed())?;
+            open.tx.send(keys).await.map_err(|_| Error::SessionClosed)?;
         }
         let open = self.open.as_mut().expect("opened above");
         let mut parts: Vec<RecordBatch> = Vec::with_capacity(1);
         let mut got = 0;
         while got < rows || parts.is_empty() {
-            let batch = open.answers.try_next().await?.ok_or_else(closed)?;
+            let batch = open.answers.try_next().await?.ok_or(Error::SessionClosed)?;
             got += batch.num_rows();
             parts.push(batch);
         }
