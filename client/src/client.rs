@@ -22,12 +22,9 @@ use crate::error::{Error, Result};
 use crate::protocol::{
     Command, FeatureDescription, HistoricalFeaturesRequest, MaterializeIncrementalRequest,
     MaterializeReport, MaterializeRequest, OnlineFeaturesRequest, ViewStatus, ACTION_MATERIALIZE,
-    ACTION_MATERIALIZE_INCREMENTAL, ACTION_STATUS,
+    ACTION_MATERIALIZE_INCREMENTAL, ACTION_STATUS, MAX_MESSAGE_BYTES,
 };
 use crate::session::OnlineSession;
-
-/// Largest gRPC message the client sends or accepts (one record batch).
-pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
 
 fn raw_client(channel: Channel) -> FlightServiceClient<Channel> {
     FlightServiceClient::new(channel)

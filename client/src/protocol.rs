@@ -25,6 +25,12 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+/// Largest gRPC message either side sends or accepts: one record batch (a
+/// training-set batch, a lookup's answer) must fit in it. The client's Flight
+/// channel and the server's Flight service both set their encoding and decoding
+/// limits to this.
+pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+
 /// Default name of the spine's timestamp column.
 pub const DEFAULT_TIMESTAMP_COLUMN: &str = "event_timestamp";
 
