@@ -86,28 +86,29 @@ impl Scorer {
         let services = client
             .list_features()
             .await
-            .map_err(|e| Error::Server(format!("cannot list the server's features: {e}")))?;
+            .map_err(|e| Error::client("cannot list the server's features", e))?;
         let (desc, schema) = services
             .iter()
             .find(|(d, _)| d.kind == "service" && d.name == config.feature_service)
             .ok_or_else(|| {
-                let known: Vec<&str> = services
+                let known = services
                     .iter()
                     .filter(|(d, _)| d.kind == "service")
-                    .map(|(d, _)| d.name.as_str())
+                    .map(|(d, _)| d.name.clone())
                     .collect();
-                Error::Server(format!(
-                    "feature service {:?} not found on {} (known services: {})",
-                    config.feature_service,
-                    config.server,
-                    known.join(", ")
-                ))
+                Error::ServiceNotFound {
+                    service: config.feature_service.clone(),
+                    server: config.server.clone(),
+                    known,
+                }
             })?;
         let mut send_fields = Vec::new();
         for name in desc.join_keys.iter().chain(&desc.request_fields) {
-            let f = schema.field_with_name(name).map_err(|_| {
-                Error::Server(format!("the service's schema has no column {name:?}"))
-            })?;
+            let f = schema
+                .field_with_name(name)
+                .map_err(|_| Error::ServiceSchema {
+                    column: name.clone(),
+                })?;
             send_fields.push(f.as_ref().clone().with_nullable(true));
         }
         info!(
@@ -186,7 +187,7 @@ impl Scorer {
                             // The caller fills in the counts.
                             return Err(Error::GaveUp {
                                 seconds: waited.as_secs_f64(),
-                                last_error: e.to_string(),
+                                last_error: e,
                                 unscored: 0,
                                 scored: 0,
                             });
@@ -204,7 +205,7 @@ impl Scorer {
                     }
                     delay = (delay * 2).min(Duration::from_millis(self.config.retry.max_ms));
                 }
-                Err(e) => return Err(Error::Server(format!("lookup refused: {e}"))),
+                Err(e) => return Err(Error::client("lookup refused", e)),
             }
         };
         let lookup_us = lookup_started.elapsed().as_secs_f64() * 1e6;
@@ -213,13 +214,13 @@ impl Scorer {
             .take(send.num_columns())
             .map(|f| f.name());
         if answer.num_rows() != rows || !echoed.eq(self.send_fields.iter().map(|f| f.name())) {
-            return Err(Error::Server(format!(
-                "the server's answer ({} rows, columns {:?}) does not match the {rows} rows sent",
-                answer.num_rows(),
-                (answer_schema.fields().iter())
-                    .map(|f| f.name().as_str())
-                    .collect::<Vec<_>>()
-            )));
+            return Err(Error::AnswerMismatch {
+                rows: answer.num_rows(),
+                columns: (answer_schema.fields().iter())
+                    .map(|f| f.name().clone())
+                    .collect(),
+                sent: rows,
+            });
         }
 
         // The model's inputs, as f64 with NaN for missing.
@@ -400,7 +401,10 @@ async fn connect_with_retry(config: &ScorerConfig) -> Result<QuiverClient> {
                     .give_up_after_s
                     .is_some_and(|limit| waited >= limit)
                 {
-                    return Err(Error::Server(format!("{e} (gave up after {waited:.1} s)")));
+                    return Err(Error::Connect {
+                        seconds: waited,
+                        source: e,
+                    });
                 }
                 warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot connect; retrying");
                 tokio::time::sleep(delay).await;

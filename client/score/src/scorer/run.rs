@@ -61,7 +61,7 @@ impl Scorer {
             .online_session(&OnlineFeaturesRequest::for_service(
                 self.config.feature_service.clone(),
             ))
-            .map_err(|e| Error::Server(e.to_string()))?;
+            .map_err(|e| Error::client("cannot open the online session", e))?;
         // The source starts last: nothing is read before the outputs are ready.
         let undelivered = Arc::new(AtomicU64::new(0));
         let reader = {
