@@ -38,6 +38,7 @@ use tracing::{info, instrument};
 
 use super::pit::{AsofJoinExec, AsofSpec};
 use super::{Error, OfflineStore, Result};
+use crate::instant::unit_nanos;
 use crate::keys::KeyType;
 use crate::on_demand::{OnDemandStage, DEPENDENCY_PREFIX};
 use crate::registry::ViewRequest;
@@ -62,36 +63,10 @@ const HELPER_PREFIX: &str = "__quiver_";
 /// Spines with at most this many distinct keys push their key set into the scan.
 const KEY_PUSHDOWN_LIMIT: usize = 4096;
 
-fn unit_nanos(unit: TimeUnit) -> i64 {
-    match unit {
-        TimeUnit::Second => 1_000_000_000,
-        TimeUnit::Millisecond => 1_000_000,
-        TimeUnit::Microsecond => 1_000,
-        TimeUnit::Nanosecond => 1,
-    }
-}
-
-/// Nanoseconds since the epoch (UTC) of a timestamp column of any unit and zone.
-/// Zoned values are instants already; naive values are read as UTC.
+/// Nanoseconds since the epoch (UTC) of a timestamp column of any unit and zone
+/// ([`crate::instant::timestamp_nanos`], with this module's error).
 pub fn timestamp_nanos(array: &ArrayRef) -> Result<Int64Array> {
-    let DataType::Timestamp(unit, _) = array.data_type() else {
-        return Err(Error::invalid(format!(
-            "expected a timestamp column, got {}",
-            array.data_type()
-        )));
-    };
-    let raw = cast(array, &DataType::Int64).map_err(|e| Error::invalid(e.to_string()))?;
-    let f = unit_nanos(*unit);
-    let raw = raw.as_primitive::<Int64Type>();
-    raw.try_unary(|v| {
-        v.checked_mul(f).ok_or_else(|| {
-            arrow::error::ArrowError::ComputeError(
-                "a timestamp is outside the range representable in nanoseconds (years 1677-2262)"
-                    .into(),
-            )
-        })
-    })
-    .map_err(|e| Error::invalid(e.to_string()))
+    crate::instant::timestamp_nanos(array).map_err(Error::invalid)
 }
 
 /// A typed timestamp literal for `nanos`, in the unit and zone of `dtype`, rounded

@@ -1,0 +1,436 @@
+//! The RocksDB database behind the online store: opening it (read-write, or
+//! read-only beside a running server), each view's layout and recorded state,
+//! and the writes materialize makes — newer values only, committed with the
+//! view's state in one write batch or one ingested SST file.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arrow::datatypes::DataType;
+use rocksdb::{
+    BlockBasedIndexType, BlockBasedOptions, Cache, DBCompressionType, DataBlockIndexType,
+    Direction, IngestExternalFileOptions, IteratorMode, Options, ReadOptions, SstFileWriter,
+    WriteBatch, WriteOptions, DB,
+};
+use serde::{Deserialize, Serialize};
+use tracing::{debug, info};
+
+use super::encoding::{self, data_prefix, meta_key, value_version, width, KeyType, Width};
+use super::{Clock, Error, Result};
+use quiver_client::protocol::MaterializeReport;
+
+/// Encoded `(data key, value)` pairs, as materialize writes them.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// How one feature view is laid out in the store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewLayout {
+    /// View name.
+    pub name: String,
+    /// Hash of name, join keys and feature names and types (the data key prefix).
+    pub fingerprint: u64,
+    /// Join keys, in entity order, with their stored type.
+    pub join_keys: Vec<(String, KeyType)>,
+    /// Features, in view order, with their Arrow type in the offline data.
+    pub features: Vec<(String, DataType)>,
+    /// Values older than this (from now) are not served.
+    pub ttl: Option<Duration>,
+    /// How each feature is stored, in view order (what `lookup` decodes with).
+    pub(super) widths: Vec<Width>,
+}
+
+impl ViewLayout {
+    /// A layout; the fingerprint is derived from the rest.
+    pub fn new(
+        name: impl Into<String>,
+        join_keys: Vec<(String, KeyType)>,
+        features: Vec<(String, DataType)>,
+        ttl: Option<Duration>,
+    ) -> Self {
+        let name = name.into();
+        let mut parts: Vec<String> = vec![name.clone()];
+        parts.extend(join_keys.iter().map(|(k, t)| format!("key:{k}:{t:?}")));
+        parts.extend(features.iter().map(|(f, t)| format!("feature:{f}:{t}")));
+        let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+        let widths = features.iter().map(|(_, t)| width(t)).collect();
+        Self {
+            fingerprint: encoding::fnv1a(&refs),
+            name,
+            join_keys,
+            features,
+            ttl,
+            widths,
+        }
+    }
+
+    /// The prefix of this view's data keys.
+    pub fn prefix(&self) -> [u8; 9] {
+        data_prefix(self.fingerprint)
+    }
+}
+
+/// A view's record in the store: watermark, key count and last run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ViewState {
+    /// The layout fingerprint the state belongs to.
+    pub fingerprint: u64,
+    /// End of the last successful materialization (ns since the epoch).
+    pub watermark: Option<i64>,
+    /// Keys the view holds.
+    pub key_count: u64,
+    /// The last successful run.
+    pub last_run: Option<MaterializeReport>,
+    /// When it finished (ns since the epoch).
+    pub last_run_at: Option<i64>,
+}
+
+/// Tuning of the online store.
+#[derive(Debug, Clone)]
+pub struct OnlineOptions {
+    /// LRU block cache, in bytes.
+    pub block_cache_bytes: usize,
+    /// What "now" is for ttl checks.
+    pub clock: Clock,
+}
+
+impl Default for OnlineOptions {
+    fn default() -> Self {
+        Self {
+            block_cache_bytes: 256 << 20,
+            clock: Clock::System,
+        }
+    }
+}
+
+/// The RocksDB online store.
+pub struct OnlineStore {
+    /// The database (`lookup` reads it directly).
+    pub(super) db: DB,
+    path: PathBuf,
+    options: Options,
+    /// What "now" is for ttl checks.
+    pub(super) clock: Clock,
+    view_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for OnlineStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnlineStore")
+            .field("path", &self.path)
+            .field("clock", &self.clock)
+            .finish()
+    }
+}
+
+const STAGING_DIR: &str = "quiver-staging";
+/// Everything lives in RocksDB's default column family (opened by name so that
+/// the batched multi-get API, which wants a handle, can use it).
+pub(super) const DEFAULT_CF: &str = "default";
+
+fn db_options(block_cache_bytes: usize) -> Options {
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(&Cache::new_lru_cache(block_cache_bytes.max(1 << 20)));
+    table.set_bloom_filter(10.0, false);
+    table.set_whole_key_filtering(true);
+    table.set_cache_index_and_filter_blocks(true);
+    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    table.set_index_type(BlockBasedIndexType::BinarySearch);
+    table.set_data_block_index_type(DataBlockIndexType::BinaryAndHash);
+    table.set_format_version(5);
+    table.set_block_size(4 << 10);
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.set_block_based_table_factory(&table);
+    opts.set_compression_type(DBCompressionType::Lz4);
+    opts.increase_parallelism(2);
+    opts.set_max_background_jobs(2);
+    opts.set_level_compaction_dynamic_level_bytes(true);
+    opts
+}
+
+impl OnlineStore {
+    /// Opens (creating if needed) the store at `path` for reads and writes. Only
+    /// one process may do this at a time.
+    pub fn open(path: &Path, options: &OnlineOptions) -> Result<Self> {
+        std::fs::create_dir_all(path).map_err(|e| Error::Open {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
+        let opts = db_options(options.block_cache_bytes);
+        let db = DB::open_cf(&opts, path, [DEFAULT_CF]).map_err(|e| {
+            let mut message = e.to_string();
+            if message.contains("lock") || message.contains("LOCK") {
+                message.push_str(". Another process (a running `quiver serve`?) has it open; run materialize on that server with --addr");
+            }
+            Error::Open {
+                path: path.into(),
+                message,
+            }
+        })?;
+        let staging = path.join(STAGING_DIR);
+        // Files left by a bulk load killed before its ingest: never part of the store.
+        let _ = std::fs::remove_dir_all(&staging);
+        Ok(Self {
+            db,
+            path: path.into(),
+            options: opts,
+            clock: options.clock.clone(),
+            view_locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Opens the store read-only (works while another process has it open).
+    pub fn open_read_only(path: &Path) -> Result<Self> {
+        if !path.join("CURRENT").exists() {
+            return Err(Error::Open {
+                path: path.into(),
+                message: "no online store here yet; run `quiver materialize` first".into(),
+            });
+        }
+        let opts = db_options(8 << 20);
+        let db = DB::open_cf_for_read_only(&opts, path, [DEFAULT_CF], false).map_err(|e| {
+            Error::Open {
+                path: path.into(),
+                message: e.to_string(),
+            }
+        })?;
+        Ok(Self {
+            db,
+            path: path.into(),
+            options: opts,
+            clock: Clock::System,
+            view_locks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The RocksDB folder.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// What "now" is for ttl checks.
+    pub fn clock(&self) -> Clock {
+        self.clock.clone()
+    }
+
+    /// The lock serializing writes to one view (read-compare-write must not race).
+    pub fn view_lock(&self, view: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.view_locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(view.to_string()).or_default().clone()
+    }
+
+    /// The recorded state of a view, if it belongs to the view's current layout.
+    pub fn view_state(&self, layout: &ViewLayout) -> Result<Option<ViewState>> {
+        let Some(raw) = self.db.get_pinned(meta_key(&layout.name))? else {
+            return Ok(None);
+        };
+        let state: ViewState = serde_json::from_slice(&raw).map_err(|e| Error::Corrupt {
+            view: layout.name.clone(),
+            message: format!("view state: {e}"),
+        })?;
+        Ok((state.fingerprint == layout.fingerprint).then_some(state))
+    }
+
+    /// Whether the view holds no key at all under its current layout.
+    pub fn view_is_empty(&self, layout: &ViewLayout) -> Result<bool> {
+        let prefix = layout.prefix();
+        let mut it = self
+            .db
+            .iterator(IteratorMode::From(&prefix, Direction::Forward));
+        match it.next() {
+            Some(item) => Ok(!item?.0.starts_with(&prefix)),
+            None => Ok(true),
+        }
+    }
+
+    /// Every `(key, value)` of a view, in key order (for tests, dumps and audits).
+    pub fn scan_view(&self, layout: &ViewLayout) -> Result<Entries> {
+        let prefix = layout.prefix();
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator(IteratorMode::From(&prefix, Direction::Forward))
+        {
+            let (k, v) = item?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Keeps, of `entries` (sorted or not), those newer than what is stored, by
+    /// (event, created) timestamp. Returns them and how many keys are new.
+    pub fn newer_only(&self, layout: &ViewLayout, entries: Entries) -> Result<(Entries, u64)> {
+        let mut keep = Vec::with_capacity(entries.len());
+        let mut new_keys = 0u64;
+        let mut opts = ReadOptions::default();
+        opts.fill_cache(false);
+        for chunk in entries.chunks(8192) {
+            let cf = self
+                .db
+                .cf_handle(DEFAULT_CF)
+                .expect("opened with the default column family");
+            let stored = self.db.batched_multi_get_cf_opt(
+                &cf,
+                chunk.iter().map(|(k, _)| k.as_slice()),
+                false,
+                &opts,
+            );
+            for ((k, v), old) in chunk.iter().zip(stored) {
+                match old? {
+                    None => {
+                        new_keys += 1;
+                        keep.push((k.clone(), v.clone()));
+                    }
+                    Some(old) => {
+                        let old =
+                            value_version(&old).map_err(|e| Error::corrupt(&layout.name, e))?;
+                        let new = value_version(v).map_err(|e| Error::corrupt(&layout.name, e))?;
+                        if new > old {
+                            keep.push((k.clone(), v.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        Ok((keep, new_keys))
+    }
+
+    /// Writes `entries` (already filtered by [`Self::newer_only`]) and the view's
+    /// new state in one synced write batch: all or nothing.
+    pub fn commit_batch(
+        &self,
+        layout: &ViewLayout,
+        entries: &[(Vec<u8>, Vec<u8>)],
+        state: &ViewState,
+    ) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        for (k, v) in entries {
+            batch.put(k, v);
+        }
+        batch.put(meta_key(&layout.name), encode_state(state));
+        let mut opts = WriteOptions::default();
+        opts.set_sync(true);
+        self.db.write_opt(batch, &opts)?;
+        debug!(view = %layout.name, keys = entries.len(), "committed write batch");
+        Ok(())
+    }
+
+    /// Loads `entries` into a view that holds no key yet by writing one sorted SST
+    /// file (the data keys, then the view's state) and ingesting it: one atomic
+    /// step, much cheaper than a write batch for large loads.
+    pub fn commit_bulk(
+        &self,
+        layout: &ViewLayout,
+        mut entries: Entries,
+        state: &ViewState,
+    ) -> Result<()> {
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        entries.dedup_by(|a, b| a.0 == b.0);
+        let staging = self.path.join(STAGING_DIR);
+        std::fs::create_dir_all(&staging).map_err(|source| Error::Io {
+            path: staging.clone(),
+            source,
+        })?;
+        let file = staging.join(format!(
+            "{}-{:016x}-{}.sst",
+            layout.name,
+            layout.fingerprint,
+            std::process::id()
+        ));
+        let writer = SstFileWriter::create(&self.options);
+        writer.open(&file)?;
+        let mut writer = writer;
+        for (k, v) in &entries {
+            writer.put(k, v)?;
+        }
+        // b'm' sorts after b'd': the state goes last, in the same file.
+        writer.put(meta_key(&layout.name), encode_state(state))?;
+        writer.finish()?;
+        let mut opts = IngestExternalFileOptions::default();
+        opts.set_move_files(true);
+        let ingested = self.db.ingest_external_file_opts(&opts, vec![&file]);
+        let _ = std::fs::remove_file(&file);
+        ingested?;
+        info!(view = %layout.name, keys = entries.len(), "ingested SST");
+        Ok(())
+    }
+}
+
+fn encode_state(state: &ViewState) -> Vec<u8> {
+    serde_json::to_vec(state).expect("view state serializes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::fixture::{entries, layout, store};
+    use super::*;
+
+    #[test]
+    fn writes_are_newer_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let l = layout();
+        let first = entries(
+            &l,
+            &[(1, 950, 10, Some(1.0), None), (2, 950, 10, Some(2.0), None)],
+        );
+        let (keep, _) = s.newer_only(&l, first.clone()).unwrap();
+        s.commit_batch(&l, &keep, &ViewState::default()).unwrap();
+        // Older event, same version, and a later created time for the same event.
+        let second = entries(
+            &l,
+            &[
+                (1, 949, 99, Some(9.0), None),
+                (2, 950, 10, Some(9.0), None),
+                (2, 950, 11, Some(3.0), None),
+                (7, 1, 1, None, None),
+            ],
+        );
+        let (keep, new) = s.newer_only(&l, second.clone()).unwrap();
+        assert_eq!(new, 1, "only key 7 is new");
+        assert_eq!(keep, vec![second[2].clone(), second[3].clone()]);
+    }
+
+    #[test]
+    fn bulk_load_equals_write_batch_and_changed_layouts_read_nothing() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (sa, sb) = (store(a.path()), store(b.path()));
+        let l = layout();
+        let rows: Vec<_> = (0..500)
+            .map(|i| (i * 7919 % 1000, 950, i, Some(i as f64), Some("z")))
+            .collect();
+        let e = entries(&l, &rows);
+        let state = ViewState {
+            fingerprint: l.fingerprint,
+            watermark: Some(5),
+            key_count: 500,
+            ..Default::default()
+        };
+        assert!(sb.view_is_empty(&l).unwrap());
+        sa.commit_batch(&l, &e, &state).unwrap();
+        sb.commit_bulk(&l, e, &state).unwrap();
+        assert!(!sb.view_is_empty(&l).unwrap());
+        assert_eq!(sa.scan_view(&l).unwrap(), sb.scan_view(&l).unwrap());
+        assert_eq!(sb.view_state(&l).unwrap(), Some(state));
+        assert_eq!(sb.scan_view(&l).unwrap().len(), 500);
+        assert!(
+            !b.path().join(STAGING_DIR).read_dir().unwrap().any(|_| true),
+            "staging is cleaned"
+        );
+        // A view whose features changed reads nothing of the old data.
+        let changed = ViewLayout::new(
+            "v",
+            l.join_keys.clone(),
+            vec![("x".into(), DataType::Float64)],
+            l.ttl,
+        );
+        assert_ne!(changed.fingerprint, l.fingerprint);
+        assert!(sb.view_is_empty(&changed).unwrap());
+        assert_eq!(sb.view_state(&changed).unwrap(), None);
+    }
+}

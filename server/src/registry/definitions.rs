@@ -1,0 +1,281 @@
+//! The definition types: what a feature repo's YAML files declare (entities,
+//! sources, feature views, label views, on-demand views, feature services), as
+//! serde reads them and `quiver apply` records them. Parsing checks shapes and
+//! values (a dtype, a ttl); cross-references are checked in `validation`.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A feature's value type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dtype {
+    /// 32-bit signed integer.
+    Int32,
+    /// 64-bit signed integer.
+    Int64,
+    /// 32-bit float.
+    Float32,
+    /// 64-bit float.
+    Float64,
+    /// Boolean.
+    Bool,
+    /// UTF-8 string.
+    String,
+    /// A timestamp of any unit, with or without a zone.
+    Timestamp,
+}
+
+impl Dtype {
+    /// The Arrow type values of this dtype take where Quiver creates them
+    /// (on-demand features, request fields): strings are `Utf8`, timestamps
+    /// nanoseconds in UTC.
+    pub fn arrow_type(self) -> arrow::datatypes::DataType {
+        use arrow::datatypes::{DataType, TimeUnit};
+        match self {
+            Dtype::Int32 => DataType::Int32,
+            Dtype::Int64 => DataType::Int64,
+            Dtype::Float32 => DataType::Float32,
+            Dtype::Float64 => DataType::Float64,
+            Dtype::Bool => DataType::Boolean,
+            Dtype::String => DataType::Utf8,
+            Dtype::Timestamp => DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into())),
+        }
+    }
+}
+
+impl fmt::Display for Dtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = serde_json::to_value(self).expect("dtype serializes");
+        write!(f, "{}", s.as_str().unwrap_or("?"))
+    }
+}
+
+/// A time to live such as `30s`, `90m`, `36h`, `2d` or `1w`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ttl(pub Duration);
+
+impl Ttl {
+    /// Parses `<integer><unit>` with unit `s`, `m`, `h`, `d` or `w`.
+    ///
+    /// ```
+    /// use quiver_server::registry::Ttl;
+    /// assert_eq!(Ttl::parse("2d").unwrap().0.as_secs(), 172_800);
+    /// assert!(Ttl::parse("2 days").is_err());
+    /// ```
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("ttl {s:?} must look like 30s, 90m, 36h, 2d or 1w"))?;
+        let mult = match unit {
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            "w" => 604_800,
+            _ => return Err(format!("ttl {s:?} must look like 30s, 90m, 36h, 2d or 1w")),
+        };
+        let secs = n
+            .checked_mul(mult)
+            .filter(|&v| v <= i64::MAX as u64 / 1_000_000_000)
+            .ok_or_else(|| format!("ttl {s:?} is too large"))?;
+        Ok(Ttl(Duration::from_secs(secs)))
+    }
+
+    /// The ttl in nanoseconds.
+    pub fn as_nanos(&self) -> i64 {
+        self.0.as_nanos() as i64
+    }
+}
+
+impl fmt::Display for Ttl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0.as_secs();
+        for (unit, m) in [("w", 604_800), ("d", 86_400), ("h", 3600), ("m", 60)] {
+            if s > 0 && s.is_multiple_of(m) {
+                return write!(f, "{}{unit}", s / m);
+            }
+        }
+        write!(f, "{s}s")
+    }
+}
+
+impl Serialize for Ttl {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for Ttl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ttl::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// An entity: what features are about (a card, a merchant), identified by join keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entity {
+    /// Entity name.
+    pub name: String,
+    /// Columns that identify it; several make a composite key.
+    pub join_keys: Vec<String>,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A batch source: Parquet in the offline store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// Source name (also its table name in `entity_sql`).
+    pub name: String,
+    /// One Parquet file or a folder/prefix of them, relative to `offline_store.url`.
+    pub path: String,
+    /// Event time column.
+    pub timestamp_field: String,
+    /// Ingestion time column, breaks ties between rows of the same event time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_timestamp_field: Option<String>,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// One feature of a view.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Feature {
+    /// Column name in the source (and default output name).
+    pub name: String,
+    /// Value type.
+    pub dtype: Dtype,
+}
+
+/// A feature view: features of some entities, read from a source.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureView {
+    /// View name.
+    pub name: String,
+    /// Entities whose join keys identify a row.
+    pub entities: Vec<String>,
+    /// Name of the source.
+    pub source: String,
+    /// Rows older than this (relative to the spine row or to now) are not used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<Ttl>,
+    /// Features (`labels` in a label view).
+    #[serde(alias = "labels")]
+    pub features: Vec<Feature>,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A column the caller supplies at request time (the transaction being scored, or
+/// the training set's spine), used by on-demand features.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestField {
+    /// Column name in the request.
+    pub name: String,
+    /// Value type (the request's column is cast to it).
+    pub dtype: Dtype,
+}
+
+/// One on-demand feature: a SQL expression over request fields and features.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnDemandFeature {
+    /// Output name.
+    pub name: String,
+    /// Output type (the expression's value is cast to it).
+    pub dtype: Dtype,
+    /// A DataFusion SQL expression, e.g. `amt / nullif(avg_amt_1d, 0)`.
+    pub expression: String,
+}
+
+/// Request-time features computed from the request and other views' features,
+/// evaluated the same way online (per lookup) and offline (per training row).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnDemandView {
+    /// Name, referenced by services like a feature view.
+    pub name: String,
+    /// Columns the request must carry.
+    #[serde(default)]
+    pub request: Vec<RequestField>,
+    /// The features.
+    pub features: Vec<OnDemandFeature>,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// A named set of features a model consumes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeatureService {
+    /// Service name.
+    pub name: String,
+    /// `view` (all its features) or `view:feature` references.
+    pub features: Vec<String>,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+/// The content of one definition file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Definitions {
+    /// Entities.
+    #[serde(default)]
+    pub entities: Vec<Entity>,
+    /// Sources.
+    #[serde(default)]
+    pub sources: Vec<Source>,
+    /// Feature views.
+    #[serde(default)]
+    pub feature_views: Vec<FeatureView>,
+    /// Feature services.
+    #[serde(default)]
+    pub feature_services: Vec<FeatureService>,
+    /// On-demand (request-time) feature views.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_demand_features: Vec<OnDemandView>,
+    /// Label views: like feature views (with `labels` for `features`), read as of
+    /// the retrieval time instead of the spine row's time; offline only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub label_views: Vec<FeatureView>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttl_parse_and_display() {
+        for (s, secs) in [
+            ("30s", 30),
+            ("90m", 5400),
+            ("36h", 129_600),
+            ("2d", 172_800),
+        ] {
+            let t = Ttl::parse(s).unwrap();
+            assert_eq!(t.0.as_secs(), secs);
+            assert_eq!(Ttl::parse(&t.to_string()).unwrap(), t);
+        }
+        assert!(Ttl::parse("").is_err());
+        assert!(Ttl::parse("5y").is_err());
+        assert!(Ttl::parse("99999999999999999d").is_err());
+    }
+}
