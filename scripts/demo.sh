@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/quiver-target}"
-cargo run --bin quiver -- demo --dir quiver-demo "$@"
+# `quiver demo` runs the quiver-demo binary (its own crate, server/demo) beside it.
+cargo build --bin quiver --bin quiver-demo
+exec "$CARGO_TARGET_DIR/debug/quiver" demo --dir quiver-demo "$@"

@@ -10,10 +10,8 @@ use std::time::{Duration, Instant};
 use arrow::array::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use quiver_client::{MaterializeReport, MaterializeRequest, QuiverClient};
-use quiver_server::config::Repo;
-use quiver_server::materialize::format_instant;
-use quiver_server::online::Clock;
-use quiver_server::{cli, datagen, flight};
+use quiver_server::instant::format as format_instant;
+use quiver_server::{datagen, Clock, FeatureStore, Repo};
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -21,14 +19,13 @@ use tokio::task::JoinHandle;
 /// One day in microseconds.
 pub const DAY_US: i64 = 86_400_000_000;
 
-/// A service over an applied repo with its online store, the online clock fixed
-/// at `now_ns` (so ttls are judged as of then).
-pub async fn online_service(repo_dir: &Path, now_ns: i64) -> flight::QuiverFlightService {
+/// An applied repo opened with its online store, the online clock fixed at
+/// `now_ns` (so ttls are judged as of then).
+pub async fn online_store(repo_dir: &Path, now_ns: i64) -> FeatureStore {
     let repo = Repo::load(repo_dir).expect("repo loads");
-    let m = cli::open_stores(&repo, Clock::Fixed(now_ns))
+    FeatureStore::open(&repo, Clock::Fixed(now_ns))
         .await
-        .expect("stores open");
-    flight::QuiverFlightService::new(m.offline().clone()).with_online(std::sync::Arc::new(m))
+        .expect("stores open")
 }
 
 /// Materializes every view from the beginning of time to `end_ns` through the
@@ -44,6 +41,18 @@ pub async fn materialize_all(client: &mut QuiverClient, end_ns: i64) -> Vec<Mate
         .expect("materialize")
 }
 
+/// An error and its sources, `: `-separated (what `anyhow`'s `{:#}` prints).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// A small data set: quick to generate, still with every fraud pattern.
 pub fn small_data() -> datagen::Options {
     datagen::Options {
@@ -57,7 +66,7 @@ pub fn small_data() -> datagen::Options {
 /// Writes the example repo and its generated data into a new temporary folder.
 pub fn example_repo(options: &datagen::Options) -> TempDir {
     let dir = tempfile::tempdir().expect("temp dir");
-    cli::write_example_repo(dir.path()).expect("example repo");
+    quiver_demo::example::write_repo(dir.path()).expect("example repo");
     datagen::generate(&dir.path().join("data"), options).expect("datagen");
     dir
 }
@@ -67,40 +76,46 @@ pub struct Server {
     /// The address it is bound to.
     pub addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
-    handle: Option<JoinHandle<Result<(), tonic::transport::Error>>>,
+    handle: Option<JoinHandle<Result<(), quiver_server::Error>>>,
 }
 
 impl Server {
     /// Applies the repo and serves it on an ephemeral loopback port.
     pub async fn start(repo_dir: &Path) -> Self {
         let repo = Repo::load(repo_dir).expect("repo loads");
-        cli::apply_repo(&repo, false).await.expect("apply");
-        let service = cli::open_service(&repo).await.expect("service");
-        Self::serve(service).await
+        FeatureStore::apply(&repo, false).await.expect("apply");
+        let store = FeatureStore::open(&repo, Clock::System)
+            .await
+            .expect("stores open");
+        Self::serve(store).await
     }
 
     /// Applies the repo and serves it with its online store, the online clock fixed
     /// at `now_ns`.
     pub async fn start_online(repo_dir: &Path, now_ns: i64) -> Self {
         let repo = Repo::load(repo_dir).expect("repo loads");
-        cli::apply_repo(&repo, false).await.expect("apply");
-        Self::serve(online_service(repo_dir, now_ns).await).await
+        FeatureStore::apply(&repo, false).await.expect("apply");
+        Self::serve(online_store(repo_dir, now_ns).await).await
     }
 
-    /// Serves an already built service on an ephemeral loopback port.
-    pub async fn serve(service: flight::QuiverFlightService) -> Self {
-        Self::serve_at(service, "127.0.0.1:0".parse().expect("addr")).await
+    /// Serves an open store on an ephemeral loopback port.
+    pub async fn serve(store: FeatureStore) -> Self {
+        Self::serve_at(store, "127.0.0.1:0".parse().expect("addr")).await
     }
 
-    /// Serves an already built service on `addr` (e.g. the port of a server that
-    /// was stopped, to test reconnects).
-    pub async fn serve_at(service: flight::QuiverFlightService, addr: SocketAddr) -> Self {
+    /// Serves an open store on `addr` (e.g. the port of a server that was
+    /// stopped, to test reconnects).
+    pub async fn serve_at(store: FeatureStore, addr: SocketAddr) -> Self {
         let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let handle = tokio::spawn(flight::serve(listener, service, async {
-            let _ = stopped.await;
-        }));
+        let handle = tokio::spawn(async move {
+            store
+                .serve(listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
         Self {
             addr,
             stop: Some(stop),

@@ -29,18 +29,8 @@ use quiver_score::{RunOptions, Scorer};
 
 use crate::{peak_rss_mib, quiver_bin, spawn_ready, tempfile_dir, Rng, DAY_US, EPOCH_US};
 
-const FEATURES: [&str; 10] = [
-    "amt",
-    "avg_amt_1d",
-    "txn_count_1d",
-    "max_amt_1d",
-    "credit_limit",
-    "merchant_avg_amt_1d",
-    "distance_from_home_km",
-    "amt_over_avg_1d",
-    "amt_over_limit",
-    "amt_over_merchant_avg",
-];
+/// The features of the benchmark's model: the example repo's model features.
+const FEATURES: [&str; 11] = quiver_demo::example::MODEL_FEATURES;
 
 /// Options of `quiver-bench score`.
 #[derive(Debug, Args)]
@@ -138,15 +128,7 @@ pub(crate) async fn score(args: ScoreArgs) -> Result<()> {
         Some(d) => d.clone(),
         None => tempfile_dir()?,
     })?;
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(
-        dir.join("quiver.yaml"),
-        include_str!("../../feature_repo/quiver.yaml"),
-    )?;
-    std::fs::write(
-        dir.join("features.yaml"),
-        include_str!("../../feature_repo/features.yaml"),
-    )?;
+    quiver_demo::example::write_repo(&dir)?;
     let bin = quiver_bin()?;
     let quiver = |a: &[&str]| {
         let mut c = Command::new(&bin);

@@ -398,6 +398,26 @@ pub struct MaterializeReport {
     pub seconds: f64,
 }
 
+/// One line, as `quiver materialize` prints it: `view: N rows read [start .. end],
+/// N entities, N keys written (mode), N keys held, 1.23s`.
+impl std::fmt::Display for MaterializeReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {} rows read [{} .. {}], {} entities, {} keys written ({}), {} keys held, {:.2}s",
+            self.view,
+            self.rows_read,
+            self.start.as_deref().unwrap_or("-inf"),
+            self.end,
+            self.entities,
+            self.keys_written,
+            self.mode,
+            self.key_count,
+            self.seconds
+        )
+    }
+}
+
 /// One view's state in the online store, as the `status` action reports it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ViewStatus {

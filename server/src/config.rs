@@ -14,6 +14,9 @@
 //!
 //! Precedence, highest first: CLI flags > environment (`QUIVER_OFFLINE_STORE_URL`,
 //! `QUIVER_ONLINE_STORE_PATH`, `QUIVER_SERVER_ADDR`) > `quiver.yaml` > defaults.
+//! This module is the one place that reads `QUIVER_*` variables: [`Repo::load`],
+//! [`server_addr`] (for commands that may run without a repo) and [`now_override`]
+//! (`QUIVER_NOW`, the instant online ttls are judged at when replaying or testing).
 //! S3 credentials, region and endpoint come from the standard `AWS_*` variables
 //! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`,
 //! `AWS_ALLOW_HTTP`, ...) unless `offline_store` sets them.
@@ -29,6 +32,14 @@ pub const CONFIG_FILE: &str = "quiver.yaml";
 /// Errors reading `quiver.yaml`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// An environment variable is unusable.
+    #[error("{name}: {message}")]
+    Env {
+        /// The variable.
+        name: &'static str,
+        /// What is wrong with its value.
+        message: String,
+    },
     /// The file could not be read.
     #[error("cannot read {path}: {source}. Is --repo pointing at a feature repo?")]
     Read {
@@ -195,7 +206,7 @@ impl Repo {
         if let Ok(v) = std::env::var("QUIVER_ONLINE_STORE_PATH") {
             config.online_store.path = v;
         }
-        if let Ok(v) = std::env::var("QUIVER_SERVER_ADDR") {
+        if let Some(v) = env_server_addr() {
             config.server.addr = v;
         }
         let dir = std::path::absolute(dir).map_err(|source| Error::Read {
@@ -255,6 +266,24 @@ impl Repo {
         self.dir.join(".quiver").join("registry.json")
     }
 
+    /// The offline store's folder, when it is a local one (where `datagen`
+    /// writes); an error naming the scheme otherwise.
+    pub fn local_offline_dir(&self) -> Result<PathBuf> {
+        let url = self.offline_url()?;
+        let invalid = |message: String| Error::Invalid {
+            path: self.dir.join(CONFIG_FILE),
+            message,
+        };
+        if url.scheme() != "file" {
+            return Err(invalid(format!(
+                "offline_store.url is an {} URL, not a local folder",
+                url.scheme()
+            )));
+        }
+        url.to_file_path()
+            .map_err(|_| invalid(format!("offline_store.url {url} is not a local path")))
+    }
+
     fn resolve(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
         if p.is_absolute() {
@@ -262,6 +291,37 @@ impl Repo {
         } else {
             self.dir.join(p.strip_prefix("./").unwrap_or(p))
         }
+    }
+}
+
+fn env_server_addr() -> Option<String> {
+    std::env::var("QUIVER_SERVER_ADDR")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+}
+
+/// The server address a client command talks to: `flag`, else
+/// `QUIVER_SERVER_ADDR`, else `server.addr` of the repo in `dir`.
+pub fn server_addr(flag: Option<String>, dir: &Path) -> Result<String> {
+    match flag.or_else(env_server_addr) {
+        Some(addr) => Ok(addr),
+        None => Ok(Repo::load(dir)?.config.server.addr),
+    }
+}
+
+/// `QUIVER_NOW`: a fixed instant (ns since the epoch) to judge online ttls at,
+/// for replays and tests; `None` when unset (the system clock).
+pub fn now_override() -> Result<Option<i64>> {
+    match std::env::var("QUIVER_NOW") {
+        Ok(v) if !v.trim().is_empty() => {
+            crate::instant::parse(&v)
+                .map(Some)
+                .map_err(|message| Error::Env {
+                    name: "QUIVER_NOW",
+                    message,
+                })
+        }
+        _ => Ok(None),
     }
 }
 

@@ -18,7 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
-use arrow::datatypes::{Field, Schema, SchemaRef};
+use arrow::datatypes::{Schema, SchemaRef};
 use arrow::ipc::writer::IpcWriteOptions;
 use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
@@ -32,21 +32,18 @@ use arrow_flight::{
 use datafusion::execution::SendableRecordBatchStream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use quiver_client::protocol::{
-    Command, FeatureDescription, HistoricalFeaturesRequest, MaterializeIncrementalRequest,
-    MaterializeReport, MaterializeRequest, OnlineFeaturesRequest, ProtocolError,
-    ACTION_MATERIALIZE, ACTION_MATERIALIZE_INCREMENTAL, ACTION_STATUS,
+    Command, HistoricalFeaturesRequest, MaterializeIncrementalRequest, MaterializeReport,
+    MaterializeRequest, OnlineFeaturesRequest, ProtocolError, ACTION_MATERIALIZE,
+    ACTION_MATERIALIZE_INCREMENTAL, ACTION_STATUS, MAX_MESSAGE_BYTES,
 };
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
+use crate::catalog::{self, Catalog};
 use crate::error::ErrorKind;
 use crate::materialize::{self, parse_instant, Materializer, Progress, Window};
 use crate::offline::{self, OfflineStore};
-use crate::on_demand::{OnDemandStage, DEPENDENCY_PREFIX};
-use crate::online::{self, LookupPlan};
-
-/// Largest gRPC message the server accepts (one spine batch).
-pub const MAX_MESSAGE_BYTES: usize = 256 << 20;
+use crate::online_query::{self, OnlineQuery};
 
 fn status(kind: ErrorKind, message: String) -> Status {
     match kind {
@@ -72,8 +69,14 @@ impl From<offline::Error> for Status {
     }
 }
 
-impl From<online::Error> for Status {
-    fn from(e: online::Error) -> Self {
+impl From<catalog::Error> for Status {
+    fn from(e: catalog::Error) -> Self {
+        classified(e.kind(), &e)
+    }
+}
+
+impl From<online_query::Error> for Status {
+    fn from(e: online_query::Error) -> Self {
         classified(e.kind(), &e)
     }
 }
@@ -101,11 +104,13 @@ fn flight_status(e: FlightError) -> Status {
 
 type BoxedFlightStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// The Quiver Flight service over an offline store and, optionally, an online store.
+/// The Quiver Flight service over a catalog, its offline store and its online
+/// store (through the materializer, which also runs the materialize actions).
 #[derive(Debug, Clone)]
 pub struct QuiverFlightService {
+    catalog: Arc<Catalog>,
     offline: Arc<OfflineStore>,
-    online: Option<Arc<Materializer>>,
+    materializer: Arc<Materializer>,
     /// Flips to true when the server shuts down: long-lived lookup streams end then,
     /// so a graceful shutdown does not wait on scorers forever.
     closing: Option<tokio::sync::watch::Receiver<bool>>,
@@ -137,36 +142,30 @@ fn action_body<T: serde::de::DeserializeOwned>(
 }
 
 impl QuiverFlightService {
-    /// A service answering historical requests from `offline` (no online store).
-    pub fn new(offline: Arc<OfflineStore>) -> Self {
+    /// A service answering from `catalog`, `offline` and the online store of
+    /// `materializer` (built by [`FeatureStore::flight_service`](crate::FeatureStore::flight_service)).
+    pub(crate) fn new(
+        catalog: Arc<Catalog>,
+        offline: Arc<OfflineStore>,
+        materializer: Arc<Materializer>,
+    ) -> Self {
         Self {
+            catalog,
             offline,
-            online: None,
+            materializer,
             closing: None,
         }
     }
 
-    /// Adds the online store (lookups and materialize actions).
-    pub fn with_online(mut self, materializer: Arc<Materializer>) -> Self {
-        self.online = Some(materializer);
-        self
-    }
-
-    fn online(&self) -> Result<&Arc<Materializer>, Status> {
-        self.online
-            .as_ref()
-            .ok_or_else(|| Status::unavailable("this server has no online store configured"))
-    }
-
-    /// The lookup and the on-demand features of an online request.
-    fn lookup_plan(
-        &self,
-        request: &OnlineFeaturesRequest,
-    ) -> Result<(LookupPlan, Option<OnDemandStage>), Status> {
-        let m = self.online()?;
-        let plan = self.offline.resolve(&request.as_historical())?;
-        let lookup = LookupPlan::new(&plan.views, m.layouts(), request.include_metadata)?;
-        Ok((lookup, plan.on_demand))
+    /// An online query for `request`, resolved once.
+    fn online_query(&self, request: &OnlineFeaturesRequest) -> Result<OnlineQuery, Status> {
+        let m = &self.materializer;
+        Ok(OnlineQuery::new(
+            &self.catalog,
+            m.online().clone(),
+            m.layouts(),
+            request,
+        )?)
     }
 
     /// Answers a DoGet `get_online_features`: the entity columns, then the features.
@@ -176,41 +175,7 @@ impl QuiverFlightService {
                 "get_online_features via DoGet needs \"entities\", e.g. {\"cc_num\": [4000000000000005]}; to stream keys use DoExchange",
             ));
         };
-        let (plan, on_demand) = self.lookup_plan(request)?;
-        let request_fields = on_demand
-            .as_ref()
-            .map(|s| s.request_fields())
-            .unwrap_or_default();
-        let extra: Vec<&str> = request_fields.iter().map(|f| f.name().as_str()).collect();
-        let (keys, rows) = plan.key_columns_from_json(entities, &extra)?;
-        let features = self.online()?.online().lookup(&plan, &keys, rows)?;
-        let mut fields: Vec<Field> = plan
-            .key_columns
-            .iter()
-            .map(|(n, t)| Field::new(n, t.data_type(), true))
-            .collect();
-        let mut columns: Vec<arrow::array::ArrayRef> = keys.iter().map(|k| k.array()).collect();
-        for f in &request_fields {
-            if fields.iter().any(|x| x.name() == f.name()) {
-                continue;
-            }
-            let values = entities.get(f.name()).ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "the requested on-demand features need the request column {:?} in \"entities\"",
-                    f.name()
-                ))
-            })?;
-            columns.push(json_column(f, values)?);
-            fields.push(f.clone());
-        }
-        fields.extend(plan.output_fields.iter().cloned());
-        columns.extend(features);
-        let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
-            .map_err(|e| Status::internal(e.to_string()))?;
-        match on_demand {
-            Some(stage) => stage.apply(&batch).map_err(|e| classified(e.kind(), &e)),
-            None => Ok(batch),
-        }
+        Ok(self.online_query(request)?.answer_json(entities)?)
     }
 
     /// Runs a materialize action, streaming one JSON report per view as it commits.
@@ -220,7 +185,7 @@ impl QuiverFlightService {
         window: Window,
         views: Option<Vec<String>>,
     ) -> Result<BoxedFlightStream<arrow_flight::Result>, Status> {
-        let m = self.online()?.clone();
+        let m = self.materializer.clone();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
@@ -264,87 +229,19 @@ impl QuiverFlightService {
         spine: &Schema,
     ) -> Result<SchemaRef, Status> {
         Ok(Arc::new(Schema::new(
-            self.offline.output_fields(request, spine)?,
+            self.catalog.output_fields(request, spine)?,
         )))
     }
 
-    /// The spine columns a request needs (join keys + timestamp), as a schema.
-    fn entity_schema(
-        &self,
-        request: &HistoricalFeaturesRequest,
-    ) -> Result<(Schema, Vec<String>), Status> {
-        let plan = self.offline.resolve(request)?;
-        let mut keys: Vec<String> = Vec::new();
-        let mut fields = Vec::new();
-        for v in plan.views.iter().chain(&plan.labels) {
-            let schema = self
-                .offline
-                .source_schema(&v.source.name)
-                .expect("registered");
-            for k in &v.join_keys {
-                if !keys.contains(k) {
-                    keys.push(k.clone());
-                    if let Ok(f) = schema.field_with_name(k) {
-                        fields.push(f.clone());
-                    }
-                }
-            }
-        }
-        fields.push(Field::new(
-            request.timestamp_column(),
-            arrow::datatypes::DataType::Timestamp(
-                arrow::datatypes::TimeUnit::Microsecond,
-                Some("UTC".into()),
-            ),
-            false,
-        ));
-        if let Some(stage) = &plan.on_demand {
-            for f in stage.request_fields() {
-                if !fields.iter().any(|x| x.name() == f.name()) {
-                    fields.push(f);
-                }
-            }
-        }
-        Ok((Schema::new(fields), keys))
-    }
-
+    /// The FlightInfo of a view or a service: its training-set schema, the
+    /// command that reads it, and its description as JSON app_metadata.
     fn describe(
         &self,
         kind: &str,
         name: &str,
         request: HistoricalFeaturesRequest,
     ) -> Result<FlightInfo, Status> {
-        let (entity_schema, join_keys) = self.entity_schema(&request)?;
-        let schema = self.output_schema(&request, &entity_schema)?;
-        let plan = self.offline.resolve(&request)?;
-        let request_fields = (plan.on_demand.iter())
-            .flat_map(|s| s.request_fields())
-            .map(|f| f.name().clone())
-            .collect();
-        let views = plan.views;
-        let features = views
-            .iter()
-            .flat_map(|v| {
-                (v.features.iter())
-                    .filter(|(_, out)| !out.starts_with(DEPENDENCY_PREFIX))
-                    .map(|(f, _)| format!("{}:{}", v.view.name, f.name))
-            })
-            .collect();
-        let ttl_seconds = match kind {
-            "view" => views
-                .first()
-                .and_then(|v| v.view.ttl)
-                .map(|t| t.0.as_secs()),
-            _ => None,
-        };
-        let desc = FeatureDescription {
-            kind: kind.into(),
-            name: name.into(),
-            join_keys,
-            features,
-            ttl_seconds,
-            request_fields,
-        };
+        let (desc, schema) = self.catalog.describe(kind, name, &request)?;
         let cmd = Command::GetHistoricalFeatures(request).to_bytes();
         FlightInfo::new()
             .try_with_schema(&schema)
@@ -367,43 +264,12 @@ impl QuiverFlightService {
                 "DoExchange takes the entity keys from the stream; remove \"entities\" from the command",
             ));
         }
-        let (plan, on_demand) = self.lookup_plan(request)?;
-        let plan = Arc::new(plan);
-        let store = self.online()?.online().clone();
-        // (input schema, answer schema): a stream's batches share one schema, so the
-        // answer's is built once, not per batch.
-        let mut schemas: Option<(SchemaRef, SchemaRef)> = None;
+        let mut query = self.online_query(request)?;
         let answers = FlightRecordBatchStream::new_from_flight_data(data_messages(first, input))
             .map(move |batch| {
-                let batch = batch?;
-                let keys = plan.key_columns_from_batch(&batch).map_err(to_flight)?;
-                let features = store
-                    .lookup(&plan, &keys, batch.num_rows())
-                    .map_err(to_flight)?;
-                let input_schema = batch.schema();
-                let answer_schema = match &schemas {
-                    Some((i, a)) if *i == input_schema => a.clone(),
-                    _ => {
-                        let mut fields: Vec<Field> = input_schema
-                            .fields()
-                            .iter()
-                            .map(|f| f.as_ref().clone())
-                            .collect();
-                        fields.extend(plan.output_fields.iter().cloned());
-                        let a: SchemaRef = Arc::new(Schema::new(fields));
-                        schemas = Some((input_schema, a.clone()));
-                        a
-                    }
-                };
-                let mut columns = batch.columns().to_vec();
-                columns.extend(features);
-                let answer = RecordBatch::try_new(answer_schema, columns)?;
-                match &on_demand {
-                    Some(stage) => stage
-                        .apply(&answer)
-                        .map_err(|e| FlightError::Tonic(Box::new(classified(e.kind(), &e)))),
-                    None => Ok(answer),
-                }
+                query
+                    .answer(&batch?)
+                    .map_err(|e| FlightError::Tonic(Box::new(Status::from(e))))
             });
         let answers = match self.closing.clone() {
             Some(mut closing) => answers
@@ -456,28 +322,9 @@ impl FlightService for QuiverFlightService {
         &self,
         _request: Request<Criteria>,
     ) -> Result<Response<Self::ListFlightsStream>, Status> {
-        let defs = &self.offline.registry().definitions;
-        let mut infos = Vec::new();
-        for v in &defs.feature_views {
-            infos.push(
-                self.describe(
-                    "view",
-                    &v.name,
-                    HistoricalFeaturesRequest::for_features([v.name.clone()])
-                        .with_full_feature_names(true),
-                ),
-            );
-        }
-        for s in &defs.feature_services {
-            infos.push(
-                self.describe(
-                    "service",
-                    &s.name,
-                    HistoricalFeaturesRequest::for_service(s.name.clone())
-                        .with_full_feature_names(true),
-                ),
-            );
-        }
+        let infos: Vec<_> = (self.catalog.flights().into_iter())
+            .map(|(kind, name, request)| self.describe(kind, &name, request))
+            .collect();
         Ok(Response::new(futures::stream::iter(infos).boxed()))
     }
 
@@ -492,13 +339,7 @@ impl FlightService for QuiverFlightService {
                 "GetFlightInfo needs \"entity_sql\" (a spine query over the offline store); to send your own spine use DoExchange",
             ));
         };
-        let df = self
-            .offline
-            .context()
-            .sql(sql)
-            .await
-            .map_err(|e| Status::invalid_argument(format!("entity_sql: {}", e.find_root())))?;
-        let spine_schema = df.schema().as_arrow().clone();
+        let spine_schema = self.offline.spine_schema_from_sql(sql).await?;
         let schema = self.output_schema(&req, &spine_schema)?;
         let ticket = Ticket::new(descriptor.cmd.clone());
         let info = FlightInfo::new()
@@ -532,20 +373,10 @@ impl FlightService for QuiverFlightService {
                         "GetSchema path must be [view_or_service_name]",
                     ));
                 };
-                let reg = self.offline.registry();
-                if reg.service(name).is_some() {
-                    HistoricalFeaturesRequest::for_service(name.clone())
-                } else if reg.view(name).is_some() {
-                    HistoricalFeaturesRequest::for_features([name.clone()])
-                } else {
-                    return Err(Status::not_found(format!(
-                        "no feature view or service named {name:?}"
-                    )));
-                }
-                .with_full_feature_names(true)
+                self.catalog.request_for(name)?
             }
         };
-        let (entity, _) = self.entity_schema(&req)?;
+        let (entity, _) = self.catalog.entity_schema(&req)?;
         let schema = self.output_schema(&req, &entity)?;
         let result = SchemaAsIpc::new(&schema, &IpcWriteOptions::default())
             .try_into()
@@ -574,23 +405,11 @@ impl FlightService for QuiverFlightService {
                 "this ticket has no \"entity_sql\"; use a ticket from GetFlightInfo",
             ));
         };
-        let spine = self.offline.spine_from_sql(sql).await?;
-        let schema = match spine.first() {
-            Some(b) => b.schema(),
-            None => Arc::new(
-                self.offline
-                    .context()
-                    .sql(sql)
-                    .await
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?
-                    .schema()
-                    .as_arrow()
-                    .clone(),
-            ),
-        };
+        let (planned, spine) = self.offline.spine_from_sql(sql).await?;
+        let schema = spine.first().map_or(planned, |b| b.schema());
         let stream = self
             .offline
-            .get_historical_features(&req, schema, spine)
+            .get_historical_features(&self.catalog, &req, schema, spine)
             .await?;
         Ok(Response::new(Self::encode(stream)))
     }
@@ -634,7 +453,7 @@ impl FlightService for QuiverFlightService {
                 self.run_materialize(window, r.views)?
             }
             ACTION_STATUS => {
-                let views = self.online()?.status()?;
+                let views = self.materializer.status()?;
                 futures::stream::iter(views.into_iter().map(|v| Ok(json_result(&v)))).boxed()
             }
             other => {
@@ -706,7 +525,7 @@ impl FlightService for QuiverFlightService {
         );
         let stream = self
             .offline
-            .get_historical_features(&req, schema, spine)
+            .get_historical_features(&self.catalog, &req, schema, spine)
             .await?;
         Ok(Response::new(Self::encode(stream)))
     }
@@ -725,56 +544,10 @@ fn data_messages(
         .map_err(|s| FlightError::Tonic(Box::new(s)))
 }
 
-/// A request column from a DoGet request's JSON values, typed as `field`.
-fn json_column(
-    field: &Field,
-    values: &[serde_json::Value],
-) -> Result<arrow::array::ArrayRef, Status> {
-    use arrow::array::{BooleanArray, Float64Array, Int64Array, StringArray};
-    use arrow::datatypes::DataType;
-    let bad = |v: &serde_json::Value| {
-        Status::invalid_argument(format!(
-            "request column {:?}: {v} is not a {} value",
-            field.name(),
-            field.data_type()
-        ))
-    };
-    let get = |f: &dyn Fn(&serde_json::Value) -> bool| {
-        values
-            .iter()
-            .find(|v| !v.is_null() && !f(v))
-            .map_or(Ok(()), |v| Err(bad(v)))
-    };
-    let array: arrow::array::ArrayRef = match field.data_type() {
-        DataType::Float32 | DataType::Float64 => {
-            get(&|v| v.is_number())?;
-            Arc::new(values.iter().map(|v| v.as_f64()).collect::<Float64Array>())
-        }
-        DataType::Int32 | DataType::Int64 => {
-            get(&|v| v.is_i64())?;
-            Arc::new(values.iter().map(|v| v.as_i64()).collect::<Int64Array>())
-        }
-        DataType::Boolean => {
-            get(&|v| v.is_boolean())?;
-            Arc::new(values.iter().map(|v| v.as_bool()).collect::<BooleanArray>())
-        }
-        _ => {
-            get(&|v| v.is_string())?;
-            Arc::new(values.iter().map(|v| v.as_str()).collect::<StringArray>())
-        }
-    };
-    arrow::compute::cast(&array, field.data_type())
-        .map_err(|e| Status::invalid_argument(format!("request column {:?}: {e}", field.name())))
-}
-
-fn to_flight(e: online::Error) -> FlightError {
-    FlightError::Tonic(Box::new(Status::from(e)))
-}
-
 /// Serves `service` on an already bound listener until `shutdown` resolves. Then
 /// it stops accepting calls, ends open online lookup streams (their clients see
 /// the stream end and reconnect elsewhere) and waits for the other calls to finish.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: tokio::net::TcpListener,
     mut service: QuiverFlightService,
     shutdown: impl std::future::Future<Output = ()> + Send,

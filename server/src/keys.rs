@@ -6,7 +6,7 @@ use arrow::datatypes::DataType;
 /// The kind of a join key: any integer column (compared and stored as i64) or any
 /// string column (as UTF-8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum KeyType {
+pub(crate) enum KeyType {
     /// Any integer column, widened to i64.
     Int64,
     /// Any string column.
@@ -16,7 +16,7 @@ pub enum KeyType {
 impl KeyType {
     /// The Arrow type key columns are normalized to (both sides of a join, and the
     /// online store's keys).
-    pub fn data_type(self) -> DataType {
+    pub(crate) fn data_type(self) -> DataType {
         match self {
             KeyType::Int64 => DataType::Int64,
             KeyType::Utf8 => DataType::Utf8,
@@ -24,7 +24,7 @@ impl KeyType {
     }
 
     /// The key type for an Arrow column type, if it can be a join key.
-    pub fn of(t: &DataType) -> Option<Self> {
+    pub(crate) fn of(t: &DataType) -> Option<Self> {
         match t {
             DataType::Int8
             | DataType::Int16

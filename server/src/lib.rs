@@ -3,26 +3,49 @@
 //! The server side of Quiver, a feature store for real-time fraud detection: the
 //! feature repo and its registry, the offline store (Parquet in a folder or S3,
 //! queried with DataFusion), the point-in-time join, the RocksDB online store and
-//! materialize, the Arrow Flight service and the `quiver` CLI.
+//! materialize, and the Arrow Flight service. The `quiver` binary (the CLI) is a
+//! thin layer over this crate's front door, [`FeatureStore`].
 //!
 //! Layering, top to bottom, with no import running back up:
 //!
 //! ```text
-//! cli ─> flight ─> materialize ─> offline (historical, pit, window), online (encoding)
-//!                                   ─> on_demand ─> registry ─> config; keys (join key kinds) and
-//!                                   instant (RFC 3339 parsing) are leaves
-//!                     └── quiver_client::protocol (wire types) under all of them
+//! feature_store (the front door: open, apply, materialize, status, serve)
+//!   ─> flight (decode, call, encode, map errors) ─> online_query, materialize
+//!     ─> catalog (registry + source schemas + compiled on-demand features: resolution,
+//!        spine checks, descriptions), offline (historical, pit, window), online (store,
+//!        lookup, encoding)
+//!       ─> registry ─> config; error, keys, instant and datagen are leaves
+//!         └── quiver_client::protocol (wire types) under all of them
+//! ```
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), quiver_server::Error> {
+//! use quiver_server::{Clock, FeatureStore, Repo, Window};
+//! let repo = Repo::load(std::path::Path::new("feature_repo"))?;
+//! FeatureStore::apply(&repo, false).await?;
+//! let store = FeatureStore::open(&repo, Clock::System).await?;
+//! let end = quiver_server::instant::parse("now").expect("valid instant");
+//! store.materialize(Window::Incremental { end }, None, &quiver_server::NoProgress).await?;
+//! # Ok(()) }
 //! ```
 
-pub mod cli;
+mod catalog;
 pub mod config;
 pub mod datagen;
 pub mod error;
-pub mod flight;
+mod feature_store;
+mod flight;
 pub mod instant;
-pub mod keys;
-pub mod materialize;
-pub mod offline;
-pub mod on_demand;
-pub mod online;
-pub mod registry;
+mod keys;
+mod materialize;
+mod offline;
+mod online;
+mod online_query;
+mod registry;
+
+pub use config::Repo;
+pub use error::ErrorKind;
+pub use feature_store::{Error, FeatureStore, Result};
+pub use flight::QuiverFlightService;
+pub use materialize::{NoProgress, Progress, Window};
+pub use online::Clock;

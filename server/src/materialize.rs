@@ -25,6 +25,7 @@ use futures::StreamExt;
 use quiver_client::protocol::{MaterializeReport, ViewStatus};
 use tracing::info;
 
+use crate::catalog::Catalog;
 use crate::error::ErrorKind;
 use crate::offline::historical::timestamp_nanos;
 use crate::offline::window::WindowColumns;
@@ -52,7 +53,7 @@ pub enum Error {
 }
 
 /// Result type of this module.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// How this error should be reported to a caller.
@@ -67,17 +68,11 @@ impl Error {
 }
 
 /// Parses an RFC 3339 instant (or `now`) into nanoseconds since the epoch.
-///
-/// ```
-/// use quiver_server::materialize::parse_instant;
-/// assert_eq!(parse_instant("1970-01-01T00:00:01Z").unwrap(), 1_000_000_000);
-/// assert!(parse_instant("yesterday").is_err());
-/// ```
-pub fn parse_instant(s: &str) -> Result<i64> {
+pub(crate) fn parse_instant(s: &str) -> Result<i64> {
     crate::instant::parse(s).map_err(Error::Invalid)
 }
 
-pub use crate::instant::format as format_instant;
+pub(crate) use crate::instant::format as format_instant;
 
 /// Which rows a run reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +108,7 @@ impl Progress for NoProgress {}
 
 /// Tuning of materialization.
 #[derive(Debug, Clone)]
-pub struct MaterializeOptions {
+pub(crate) struct MaterializeOptions {
     /// An empty view receiving at least this many keys is bulk-loaded (SST ingest).
     pub bulk_min_keys: usize,
 }
@@ -127,12 +122,12 @@ impl Default for MaterializeOptions {
 }
 
 /// The online layouts of every view, from the registry and the Parquet schemas.
-pub fn view_layouts(offline: &OfflineStore) -> Result<BTreeMap<String, Arc<ViewLayout>>> {
-    let registry = offline.registry();
+pub(crate) fn view_layouts(catalog: &Catalog) -> Result<BTreeMap<String, Arc<ViewLayout>>> {
+    let registry = catalog.registry();
     let mut out = BTreeMap::new();
     for v in &registry.definitions.feature_views {
         let source = registry.source(&v.source).expect("validated reference");
-        let schema = offline.source_schema(&source.name).expect("registered");
+        let schema = catalog.source_schema(&source.name).expect("registered");
         let field = |name: &str| {
             schema.field_with_name(name).map_err(|_| {
                 Error::Invalid(format!(
@@ -232,7 +227,8 @@ fn fold_batch(
 
 /// Runs materializations against one offline and one online store.
 #[derive(Debug)]
-pub struct Materializer {
+pub(crate) struct Materializer {
+    catalog: Arc<Catalog>,
     offline: Arc<OfflineStore>,
     online: Arc<OnlineStore>,
     layouts: BTreeMap<String, Arc<ViewLayout>>,
@@ -240,14 +236,16 @@ pub struct Materializer {
 }
 
 impl Materializer {
-    /// A materializer; layouts come from the offline store's registry and schemas.
-    pub fn new(
+    /// A materializer; layouts come from the catalog's registry and schemas.
+    pub(crate) fn new(
+        catalog: Arc<Catalog>,
         offline: Arc<OfflineStore>,
         online: Arc<OnlineStore>,
         options: MaterializeOptions,
     ) -> Result<Self> {
-        let layouts = view_layouts(&offline)?;
+        let layouts = view_layouts(&catalog)?;
         Ok(Self {
+            catalog,
             offline,
             online,
             layouts,
@@ -256,17 +254,12 @@ impl Materializer {
     }
 
     /// The online store.
-    pub fn online(&self) -> &Arc<OnlineStore> {
+    pub(crate) fn online(&self) -> &Arc<OnlineStore> {
         &self.online
     }
 
-    /// The offline store.
-    pub fn offline(&self) -> &Arc<OfflineStore> {
-        &self.offline
-    }
-
     /// Every view's online layout.
-    pub fn layouts(&self) -> &BTreeMap<String, Arc<ViewLayout>> {
+    pub(crate) fn layouts(&self) -> &BTreeMap<String, Arc<ViewLayout>> {
         &self.layouts
     }
 
@@ -293,7 +286,7 @@ impl Materializer {
 
     /// Materializes `window` for the views named (all when `None`), one view after
     /// the other; each view commits on its own.
-    pub async fn run(
+    pub(crate) async fn run(
         &self,
         window: Window,
         views: Option<&[String]>,
@@ -416,7 +409,10 @@ impl Materializer {
         end: i64,
         progress: &dyn Progress,
     ) -> Result<(Winners, u64)> {
-        let (columns, streams) = self.offline.scan_window(&layout.name, start, end).await?;
+        let (columns, streams) = self
+            .offline
+            .scan_window(&self.catalog, &layout.name, start, end)
+            .await?;
         let columns = Arc::new(columns);
         let rows = Arc::new(AtomicU64::new(0));
         let mut tasks = Vec::new();
@@ -469,13 +465,13 @@ impl Materializer {
     }
 
     /// Every view's watermark, key count and last run.
-    pub fn status(&self) -> Result<Vec<ViewStatus>> {
+    pub(crate) fn status(&self) -> Result<Vec<ViewStatus>> {
         status(&self.online, &self.layouts)
     }
 }
 
 /// Every view's watermark, key count and last run, as recorded in `online`.
-pub fn status(
+pub(crate) fn status(
     online: &OnlineStore,
     layouts: &BTreeMap<String, Arc<ViewLayout>>,
 ) -> Result<Vec<ViewStatus>> {

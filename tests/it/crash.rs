@@ -7,12 +7,10 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use quiver_e2e::example_repo;
-use quiver_server::config::Repo;
-use quiver_server::online::Clock;
-use quiver_server::{cli, datagen};
+use quiver_server::{datagen, Clock, FeatureStore, Repo};
 
 /// Per view: every (key, value), the watermark and the key count.
-type Dump = BTreeMap<String, (Vec<(Vec<u8>, Vec<u8>)>, Option<i64>, u64)>;
+type Dump = BTreeMap<String, (Vec<(Vec<u8>, Vec<u8>)>, Option<String>, u64)>;
 
 fn quiver_binary() -> PathBuf {
     if let Ok(p) = std::env::var("QUIVER_BIN") {
@@ -34,20 +32,14 @@ fn quiver_binary() -> PathBuf {
 }
 
 async fn dump(repo: &Repo) -> Dump {
-    let m = cli::open_stores(repo, Clock::System)
+    let store = FeatureStore::open(repo, Clock::System)
         .await
         .expect("stores open");
+    let mut entries = store.online_entries().expect("scan");
     let mut out = Dump::new();
-    for (name, layout) in m.layouts() {
-        let state = m.online().view_state(layout).expect("state reads");
-        out.insert(
-            name.clone(),
-            (
-                m.online().scan_view(layout).expect("scan"),
-                state.as_ref().and_then(|s| s.watermark),
-                state.map_or(0, |s| s.key_count),
-            ),
-        );
+    for v in store.status().expect("state reads") {
+        let data = entries.remove(&v.view).expect("every view scanned");
+        out.insert(v.view, (data, v.watermark, v.key_count));
     }
     out
 }
@@ -75,7 +67,7 @@ async fn killed_materialize_leaves_old_or_new_and_a_rerun_finishes() {
     // The crashing repo reads the same Parquet data but has its own RocksDB, and
     // bulk-loads (SST ingest) where the clean repo uses write batches.
     let crashing = tempfile::tempdir().unwrap();
-    cli::write_example_repo(crashing.path()).unwrap();
+    quiver_demo::example::write_repo(crashing.path()).unwrap();
     let data = clean.path().join("data");
     std::fs::write(
         crashing.path().join("quiver.yaml"),
@@ -87,8 +79,8 @@ async fn killed_materialize_leaves_old_or_new_and_a_rerun_finishes() {
     .unwrap();
     let clean_repo = Repo::load(clean.path()).unwrap();
     let crash_repo = Repo::load(crashing.path()).unwrap();
-    cli::apply_repo(&clean_repo, false).await.unwrap();
-    cli::apply_repo(&crash_repo, false).await.unwrap();
+    FeatureStore::apply(&clean_repo, false).await.unwrap();
+    FeatureStore::apply(&crash_repo, false).await.unwrap();
     let end = "2026-01-25T00:00:00Z";
 
     let started = Instant::now();

@@ -14,7 +14,7 @@ use quiver_e2e::{
     column, concat, example_repo, materialize_all, read_parquet as read, small_data, Server, DAY_US,
 };
 use quiver_server::datagen;
-use quiver_server::materialize::format_instant;
+use quiver_server::instant::format as format_instant;
 
 const HOUR_US: i64 = 3_600_000_000;
 

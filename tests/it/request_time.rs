@@ -12,7 +12,7 @@ use quiver_e2e::{
     concat, example_repo, materialize_all, read_parquet as read, small_data, Server, DAY_US,
 };
 use quiver_server::datagen;
-use quiver_server::materialize::format_instant;
+use quiver_server::instant::format as format_instant;
 
 fn f64s(b: &RecordBatch, name: &str) -> Vec<Option<f64>> {
     b.column_by_name(name)

@@ -6,9 +6,10 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStoreExt, PutPayload};
 use quiver_client::{HistoricalFeaturesRequest, QuiverClient};
 use quiver_e2e::{
-    concat, example_repo, read_parquet, small_data, S3Server, Server, S3_ACCESS_KEY, S3_SECRET_KEY,
+    concat, error_chain, example_repo, read_parquet, small_data, S3Server, Server, S3_ACCESS_KEY,
+    S3_SECRET_KEY,
 };
-use quiver_server::config::Repo;
+use quiver_server::{FeatureStore, Repo};
 use tempfile::TempDir;
 
 fn s3_yaml(endpoint: &str, secret: &str) -> String {
@@ -96,10 +97,8 @@ async fn retrieval_from_s3_equals_retrieval_from_a_folder() {
 async fn a_wrong_signature_is_rejected_with_a_clear_error() {
     let (_local, _s3, remote) = s3_repo("not-the-secret").await;
     let repo = Repo::load(remote.path()).unwrap();
-    let err = quiver_server::cli::apply_repo(&repo, true)
-        .await
-        .unwrap_err();
-    let text = format!("{err:#}");
+    let err = FeatureStore::apply(&repo, true).await.unwrap_err();
+    let text = error_chain(&err);
     assert!(
         text.contains("s3://features/fraud/"),
         "names the store: {text}"

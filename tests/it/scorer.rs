@@ -11,8 +11,8 @@ use arrow::compute::filter_record_batch;
 use arrow::datatypes::{Float64Type, TimestampMicrosecondType};
 use quiver_client::QuiverClient;
 use quiver_e2e::{
-    concat, example_repo, materialize_all, online_service, read_parquet as read, small_data,
-    Server, DAY_US,
+    concat, example_repo, materialize_all, online_store, read_parquet as read, small_data, Server,
+    DAY_US,
 };
 use quiver_score::config::{Retry, ScorerConfig};
 use quiver_score::model::LogisticModel;
@@ -102,7 +102,7 @@ async fn every_transaction_is_decided_once_across_a_server_restart() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     server.stop().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let restarted = Server::serve_at(online_service(dir.path(), T_US * 1000).await, addr).await;
+    let restarted = Server::serve_at(online_store(dir.path(), T_US * 1000).await, addr).await;
     let report = run.await.unwrap().unwrap();
 
     assert_eq!(report.scored as usize, n, "{report}");

@@ -33,39 +33,27 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use datafusion::sql::parser::DFParser;
 use futures::StreamExt;
-use quiver_client::protocol::{FeatureSelection, HistoricalFeaturesRequest};
+use quiver_client::protocol::HistoricalFeaturesRequest;
 use tracing::{info, instrument};
 
 use super::pit::{AsofJoinExec, AsofSpec};
 use super::{Error, OfflineStore, Result};
+use crate::catalog::{self, Catalog, Plan, RESERVED_PREFIX};
 use crate::instant::unit_nanos;
 use crate::keys::KeyType;
-use crate::on_demand::{OnDemandStage, DEPENDENCY_PREFIX};
 use crate::registry::ViewRequest;
-
-/// What a historical request reads: feature views (with hidden on-demand inputs),
-/// label views, and the on-demand features to compute.
-#[derive(Debug)]
-pub struct Plan<'a> {
-    /// Feature views joined at each spine row's time.
-    pub views: Vec<ViewRequest<'a>>,
-    /// Label views joined at the request's `labels_as_of`.
-    pub labels: Vec<ViewRequest<'a>>,
-    /// On-demand features, if any were requested.
-    pub on_demand: Option<OnDemandStage>,
-}
 
 const ROW: &str = "__quiver_row";
 const TS: &str = "__quiver_ts";
 /// The as-of instant of label joins (ns), a constant column.
 const LABEL_TS: &str = "__quiver_lts";
-const HELPER_PREFIX: &str = "__quiver_";
+const HELPER_PREFIX: &str = RESERVED_PREFIX;
 /// Spines with at most this many distinct keys push their key set into the scan.
 const KEY_PUSHDOWN_LIMIT: usize = 4096;
 
 /// Nanoseconds since the epoch (UTC) of a timestamp column of any unit and zone
 /// ([`crate::instant::timestamp_nanos`], with this module's error).
-pub fn timestamp_nanos(array: &ArrayRef) -> Result<Int64Array> {
+pub(crate) fn timestamp_nanos(array: &ArrayRef) -> Result<Int64Array> {
     crate::instant::timestamp_nanos(array).map_err(Error::invalid)
 }
 
@@ -101,15 +89,12 @@ fn col_expr(schema: &Schema, name: &str) -> Result<Arc<dyn PhysicalExpr>> {
     Ok(Arc::new(Column::new_with_schema(name, schema)?))
 }
 
-/// Keeps the columns of `input` that do not start with `__quiver_`, except `keep`.
+/// Keeps the columns of `input` that do not start with `__quiver_`, and those in
+/// `keep` (helpers still needed, and the hidden inputs of on-demand features).
 fn drop_helpers(input: Arc<dyn ExecutionPlan>, keep: &[&str]) -> Result<Arc<dyn ExecutionPlan>> {
     let schema = input.schema();
     let exprs: Vec<ProjectionExpr> = (schema.fields().iter().enumerate())
-        .filter(|(_, f)| {
-            !f.name().starts_with(HELPER_PREFIX)
-                || f.name().starts_with(DEPENDENCY_PREFIX)
-                || keep.contains(&f.name().as_str())
-        })
+        .filter(|(_, f)| !f.name().starts_with(HELPER_PREFIX) || keep.contains(&f.name().as_str()))
         .map(|(i, f)| ProjectionExpr {
             expr: Arc::new(Column::new(f.name(), i)),
             alias: f.name().clone(),
@@ -135,9 +120,9 @@ struct SpineInfo {
 }
 
 impl OfflineStore {
-    /// Runs a spine-producing `entity_sql` query over the offline store's sources.
-    /// Only a single `SELECT` (or `WITH ... SELECT`) is accepted.
-    pub async fn spine_from_sql(&self, sql: &str) -> Result<Vec<RecordBatch>> {
+    /// Plans a spine-producing `entity_sql` query over the offline store's sources.
+    /// Only a single `SELECT` (or `WITH ... SELECT`) is accepted; nothing runs.
+    async fn entity_sql(&self, sql: &str) -> Result<datafusion::dataframe::DataFrame> {
         let statements = DFParser::parse_sql(sql)
             .map_err(|e| Error::invalid(format!("entity_sql does not parse: {e}")))?;
         if statements.len() != 1 {
@@ -149,97 +134,51 @@ impl OfflineStore {
             .with_allow_ddl(false)
             .with_allow_dml(false)
             .with_allow_statements(false);
-        let df = self
-            .context()
+        self.context()
             .sql_with_options(sql, options)
             .await
-            .map_err(|e| Error::invalid(format!("entity_sql: {}", e.find_root())))?;
-        Ok(df.collect().await?)
+            .map_err(|e| Error::invalid(format!("entity_sql: {}", e.find_root())))
     }
 
-    /// Resolves a request's feature selection into views, label views and the
-    /// on-demand stage, with output names.
-    pub fn resolve<'a>(&'a self, request: &HistoricalFeaturesRequest) -> Result<Plan<'a>> {
-        let registry = self.registry();
-        let mut resolved = match request
-            .selection()
-            .map_err(|e| Error::invalid(e.to_string()))?
-        {
-            FeatureSelection::Service(s) => {
-                registry.resolve_service(s, request.full_feature_names)?
-            }
-            FeatureSelection::Features(f) => {
-                registry.resolve_refs(f, request.full_feature_names)?
-            }
-        };
-        let on_demand = self.on_demand().stage(registry, &mut resolved);
-        let labels = registry.resolve_labels(
-            request.labels.as_deref().unwrap_or_default(),
-            request.full_feature_names,
-        )?;
-        let mut visible: HashSet<String> = (resolved.views.iter())
-            .flat_map(|v| v.features.iter().map(|(_, c)| c.clone()))
-            .collect();
-        if let Some(stage) = &on_demand {
-            visible.extend(stage.fields().into_iter().map(|f| f.name().clone()));
-        }
-        for l in &labels {
-            for (f, out) in &l.features {
-                if visible.contains(out) {
-                    return Err(Error::invalid(format!(
-                        "label {:?} of label view {:?} has the name of a requested feature; set \"full_feature_names\": true",
-                        f.name, l.view.name
-                    )));
-                }
-            }
-        }
-        Ok(Plan {
-            views: resolved.views,
-            labels,
-            on_demand,
-        })
+    /// The schema of the spine an `entity_sql` query produces, without running it.
+    pub(crate) async fn spine_schema_from_sql(&self, sql: &str) -> Result<SchemaRef> {
+        Ok(Arc::new(
+            self.entity_sql(sql).await?.schema().as_arrow().clone(),
+        ))
     }
 
-    /// The schema of the features a request returns (without the spine's columns):
-    /// one nullable field per feature, typed as in the Parquet data, then the
-    /// labels, then the on-demand features.
-    fn feature_fields(&self, plan: &Plan<'_>) -> Result<Vec<Field>> {
-        let mut out = Vec::new();
-        for v in plan.views.iter().chain(&plan.labels) {
-            let schema = self.source_schema(&v.source.name).expect("registered");
-            for (f, name) in &v.features {
-                if name.starts_with(DEPENDENCY_PREFIX) {
-                    continue;
-                }
-                let field = schema
-                    .field_with_name(&f.name)
-                    .map_err(|_| self.stale(v, &f.name))?;
-                out.push(Field::new(name, field.data_type().clone(), true));
-            }
-        }
-        if let Some(stage) = &plan.on_demand {
-            out.extend(stage.fields());
-        }
-        Ok(out)
+    /// Runs a spine-producing `entity_sql` query: its schema and its batches.
+    pub(crate) async fn spine_from_sql(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+        let df = self.entity_sql(sql).await?;
+        let schema = Arc::new(df.schema().as_arrow().clone());
+        Ok((schema, df.collect().await?))
     }
 
     /// The point-in-time correct training set for `spine`: the spine's columns,
     /// unchanged and in order, followed by the requested features.
     #[instrument(skip_all, fields(batches = spine.len()))]
-    pub async fn get_historical_features(
+    pub(crate) async fn get_historical_features(
         &self,
+        catalog: &Catalog,
         request: &HistoricalFeaturesRequest,
         spine_schema: SchemaRef,
         spine: Vec<RecordBatch>,
     ) -> Result<SendableRecordBatchStream> {
-        let plan = self.resolve(request)?;
-        let labels_as_of = labels_as_of(request)?;
-        let key_kinds = self.check_spine(&plan, request, &spine_schema)?;
+        let plan = catalog.resolve(request)?;
+        let labels_as_of = catalog::labels_as_of(request)?;
+        let key_kinds = catalog.check_spine(&plan, request, &spine_schema)?;
         let Plan {
             views,
             labels,
             on_demand,
         } = plan;
+        // Helper columns kept through the joins: row number, time, hidden inputs.
+        let mut keep = vec![ROW, TS];
+        keep.extend(views.iter().flat_map(|v| {
+            (v.features.iter())
+                .filter(|s| s.hidden)
+                .map(|s| s.output.as_str())
+        }));
         let ts_col = request.timestamp_column();
         let (tagged, info, tagged_schema) = tag_spine(&spine_schema, spine, ts_col)?;
         info!(
@@ -287,6 +226,7 @@ impl OfflineStore {
             let key_set = small_key_set(&parts, v, kinds)?;
             let (right, spec) = self
                 .view_plan(
+                    catalog,
                     v,
                     kinds,
                     &info,
@@ -299,7 +239,7 @@ impl OfflineStore {
                 )
                 .await?;
             plan = Arc::new(AsofJoinExec::try_new(plan, right, spec, partitions)?);
-            plan = drop_helpers(plan, &[ROW, TS])?;
+            plan = drop_helpers(plan, &keep)?;
         }
 
         let schema = plan.schema();
@@ -307,7 +247,7 @@ impl OfflineStore {
             .expect("one sort expression");
         plan = Arc::new(SortExec::new(order.clone(), plan).with_preserve_partitioning(true));
         plan = Arc::new(SortPreservingMergeExec::new(order, plan));
-        plan = drop_helpers(plan, &[])?;
+        plan = drop_helpers(plan, &keep[2..])?;
         let stream = execute_stream(plan, self.context().task_ctx())?;
         let Some(stage) = on_demand else {
             return Ok(stream);
@@ -326,137 +266,11 @@ impl OfflineStore {
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
     }
 
-    /// Checks a spine's schema against a resolved request (timestamp column, join
-    /// keys and their kinds, on-demand request fields, name collisions) and returns
-    /// the key kinds per view. GetFlightInfo runs it too, so a bad `entity_sql`
-    /// spine fails there and not only at DoGet.
-    fn check_spine(
-        &self,
-        plan: &Plan<'_>,
-        request: &HistoricalFeaturesRequest,
-        spine_schema: &Schema,
-    ) -> Result<Vec<Vec<KeyType>>> {
-        let ts_col = request.timestamp_column();
-        let ts_field = spine_schema.field_with_name(ts_col).map_err(|_| {
-            Error::invalid(format!(
-                "the spine has no timestamp column {ts_col:?} (columns: {}); name it with \"timestamp_column\"",
-                super::column_list(spine_schema)
-            ))
-        })?;
-        if !matches!(ts_field.data_type(), DataType::Timestamp(_, _)) {
-            return Err(Error::invalid(format!(
-                "spine column {ts_col:?} is {}, expected a timestamp",
-                ts_field.data_type()
-            )));
-        }
-        for f in spine_schema.fields() {
-            if f.name().starts_with(HELPER_PREFIX) {
-                return Err(Error::invalid(format!(
-                    "spine column {:?} uses the reserved prefix {HELPER_PREFIX:?}",
-                    f.name()
-                )));
-            }
-        }
-        if let Some(stage) = &plan.on_demand {
-            for f in stage.request_fields() {
-                let have = spine_schema.field_with_name(f.name()).map_err(|_| {
-                    Error::invalid(format!(
-                        "the spine has no column {:?}, a request field of the requested on-demand features (spine columns: {})",
-                        f.name(),
-                        super::column_list(spine_schema)
-                    ))
-                })?;
-                if !arrow::compute::can_cast_types(have.data_type(), f.data_type()) {
-                    return Err(Error::invalid(format!(
-                        "spine column {:?} is {}, which cannot be read as {}",
-                        f.name(),
-                        have.data_type(),
-                        f.data_type()
-                    )));
-                }
-            }
-            for f in stage.fields() {
-                if spine_schema.field_with_name(f.name()).is_ok() {
-                    return Err(Error::invalid(format!(
-                        "on-demand feature {:?} has the name of a spine column; rename the spine column or set \"full_feature_names\": true",
-                        f.name()
-                    )));
-                }
-            }
-        }
-        // Key types, and output names that would collide with the spine.
-        let mut key_kinds = Vec::new();
-        for v in plan.views.iter().chain(&plan.labels) {
-            let schema = self.source_schema(&v.source.name).expect("registered");
-            let mut kinds = Vec::new();
-            for k in &v.join_keys {
-                let spine_field = spine_schema.field_with_name(k).map_err(|_| {
-                    Error::invalid(format!(
-                        "the spine has no column {k:?}, a join key of feature view {:?} (spine columns: {})",
-                        v.view.name,
-                        super::column_list(spine_schema)
-                    ))
-                })?;
-                let source_field = schema.field_with_name(k).map_err(|_| Error::Schema {
-                    file: self.origin("feature_view", &v.view.name),
-                    kind: "feature_view",
-                    name: v.view.name.clone(),
-                    message: format!(
-                        "join key {k:?} is missing from its Parquet data; run `quiver apply`"
-                    ),
-                })?;
-                let (sk, fk) = (
-                    KeyType::of(spine_field.data_type()),
-                    KeyType::of(source_field.data_type()),
-                );
-                match (sk, fk) {
-                    (Some(a), Some(b)) if a == b => kinds.push(a),
-                    _ => {
-                        return Err(Error::invalid(format!(
-                            "spine column {k:?} is {} but feature view {:?} stores it as {}",
-                            spine_field.data_type(),
-                            v.view.name,
-                            source_field.data_type()
-                        )))
-                    }
-                }
-            }
-            for (_, out) in &v.features {
-                if spine_schema.field_with_name(out).is_ok() {
-                    return Err(Error::invalid(format!(
-                        "feature column {out:?} has the name of a spine column; rename the spine column or set \"full_feature_names\": true"
-                    )));
-                }
-            }
-            key_kinds.push(kinds);
-        }
-
-        Ok(key_kinds)
-    }
-
-    /// The columns a request returns for a spine of `spine_schema` (spine
-    /// columns, features, labels, on-demand features), after checking the spine.
-    pub fn output_fields(
-        &self,
-        request: &HistoricalFeaturesRequest,
-        spine_schema: &Schema,
-    ) -> Result<Vec<Field>> {
-        let plan = self.resolve(request)?;
-        labels_as_of(request)?;
-        self.check_spine(&plan, request, spine_schema)?;
-        let mut fields: Vec<Field> = spine_schema
-            .fields()
-            .iter()
-            .map(|f| f.as_ref().clone())
-            .collect();
-        fields.extend(self.feature_fields(&plan)?);
-        Ok(fields)
-    }
-
     /// The feature side of one view's join: its source filtered to the spine's time
     /// range (and key set, when small), projected to keys, times and features.
     async fn view_plan(
         &self,
+        catalog: &Catalog,
         v: &ViewRequest<'_>,
         kinds: &[KeyType],
         info: &SpineInfo,
@@ -476,11 +290,11 @@ impl OfflineStore {
             .clone();
         let ts_type = schema
             .field_with_name(&source.timestamp_field)
-            .map_err(|_| self.stale(v, &source.timestamp_field))?
+            .map_err(|_| catalog.stale(v, &source.timestamp_field))?
             .data_type()
             .clone();
         if !matches!(ts_type, DataType::Timestamp(_, _)) {
-            return Err(self.stale(v, &source.timestamp_field));
+            return Err(catalog.stale(v, &source.timestamp_field).into());
         }
         let ttl = v.view.ttl.map(|t| t.as_nanos());
         let mut df = self.context().table(source.name.as_str()).await?;
@@ -528,11 +342,11 @@ impl OfflineStore {
             Some(c) => {
                 let t = schema
                     .field_with_name(c)
-                    .map_err(|_| self.stale(v, c))?
+                    .map_err(|_| catalog.stale(v, c))?
                     .data_type()
                     .clone();
                 if !matches!(t, DataType::Timestamp(_, _)) {
-                    return Err(self.stale(v, c));
+                    return Err(catalog.stale(v, c).into());
                 }
                 select.push(ts_nanos_expr(c, &t).alias(format!("{HELPER_PREFIX}fcts")));
                 Some(format!("{HELPER_PREFIX}fcts"))
@@ -540,9 +354,9 @@ impl OfflineStore {
             None => None,
         };
         let mut right_values = Vec::new();
-        for (f, out) in &v.features {
-            select.push(ident(&f.name).alias(out));
-            right_values.push(out.clone());
+        for s in &v.features {
+            select.push(ident(&s.feature.name).alias(&s.output));
+            right_values.push(s.output.clone());
         }
         let plan = df.select(select)?.create_physical_plan().await?;
         let spec = AsofSpec {
@@ -558,23 +372,6 @@ impl OfflineStore {
         };
         Ok((plan, spec))
     }
-
-    fn stale(&self, v: &ViewRequest<'_>, column: &str) -> Error {
-        Error::Schema {
-            file: self.origin("source", &v.source.name),
-            kind: "source",
-            name: v.source.name.clone(),
-            message: format!(
-                "column {column:?} is missing from the Parquet data or is not a timestamp; fix the data or the definition and run `quiver apply`"
-            ),
-        }
-    }
-}
-
-/// The instant labels are read as of: the request's `labels_as_of`, or now.
-fn labels_as_of(request: &HistoricalFeaturesRequest) -> Result<i64> {
-    crate::instant::parse(request.labels_as_of.as_deref().unwrap_or("now"))
-        .map_err(|e| Error::invalid(format!("labels_as_of: {e}")))
 }
 
 /// The spine's distinct keys for a single-key view, when few enough

@@ -7,18 +7,20 @@
 //! ```
 //!
 //! [`OfflineStore::open`] registers every source of the registry as a table named
-//! after it (so `entity_sql` can query it), [`OfflineStore::validate`] checks the
-//! definitions against the real Parquet schemas (what `quiver apply` runs), and
-//! [`historical`] builds point-in-time correct training sets with the [`pit`] operator.
+//! after it (so `entity_sql` can query it) and reads its Parquet schema (which the
+//! [`Catalog`](crate::catalog::Catalog) checks the definitions against);
+//! [`historical`] builds point-in-time correct training sets with the [`pit`]
+//! operator for requests the catalog resolved, and [`window`] scans a view's rows
+//! for materialize.
 
-pub mod historical;
-pub mod pit;
-pub mod window;
+pub(crate) mod historical;
+pub(crate) mod pit;
+pub(crate) mod window;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arrow::datatypes::{DataType, SchemaRef};
+use arrow::datatypes::SchemaRef;
 use datafusion::common::TableReference;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::{
@@ -38,8 +40,7 @@ use url::Url;
 
 use crate::config::Repo;
 use crate::error::ErrorKind;
-use crate::keys::KeyType;
-use crate::registry::{self, Dtype, Registry, Source};
+use crate::registry::{self, Registry, Source};
 
 /// Errors of the offline store.
 #[derive(Debug, thiserror::Error)]
@@ -63,18 +64,6 @@ pub enum Error {
         /// Where we looked.
         url: String,
     },
-    /// A definition does not match the Parquet data.
-    #[error("{file}: {kind} {name:?}: {message}")]
-    Schema {
-        /// Definition file declaring the object.
-        file: String,
-        /// Kind of object.
-        kind: &'static str,
-        /// Object name.
-        name: String,
-        /// What does not match.
-        message: String,
-    },
     /// A request (spine, SQL, options) is unusable.
     #[error("{message}")]
     InvalidRequest {
@@ -84,6 +73,9 @@ pub enum Error {
     /// A feature reference did not resolve.
     #[error(transparent)]
     Registry(#[from] registry::Error),
+    /// The request does not fit the definitions or the data.
+    #[error(transparent)]
+    Catalog(#[from] crate::catalog::Error),
     /// The query engine failed.
     #[error("query failed: {0}")]
     Query(#[from] DataFusionError),
@@ -93,7 +85,7 @@ pub enum Error {
 }
 
 /// Result type of this module.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// How this error should be reported to a caller.
@@ -104,10 +96,9 @@ impl Error {
                 _ => ErrorKind::Unavailable,
             },
             Error::NoData { .. } => ErrorKind::NotFound,
-            Error::Schema { .. } | Error::InvalidRequest { .. } | Error::Config(_) => {
-                ErrorKind::InvalidArgument
-            }
+            Error::InvalidRequest { .. } | Error::Config(_) => ErrorKind::InvalidArgument,
             Error::Registry(e) => e.kind(),
+            Error::Catalog(e) => e.kind(),
             Error::Query(e) => match e.find_root() {
                 DataFusionError::Plan(_)
                 | DataFusionError::SQL(..)
@@ -131,7 +122,7 @@ impl Error {
 
 /// Tuning of the query engine.
 #[derive(Debug, Clone)]
-pub struct EngineOptions {
+pub(crate) struct EngineOptions {
     /// Partitions joins and sorts are spread over (default: the number of cores).
     pub partitions: usize,
     /// Memory the engine may hold before sorts spill to disk, in bytes.
@@ -147,12 +138,10 @@ impl Default for EngineOptions {
     }
 }
 
-/// The offline store of one feature repo.
-pub struct OfflineStore {
+/// The offline store of one feature repo: its sources as DataFusion tables.
+pub(crate) struct OfflineStore {
     ctx: SessionContext,
     root: Url,
-    registry: Arc<Registry>,
-    on_demand: crate::on_demand::Catalog,
     schemas: HashMap<String, SchemaRef>,
     options: EngineOptions,
 }
@@ -170,9 +159,9 @@ impl std::fmt::Debug for OfflineStore {
 impl OfflineStore {
     /// Connects to the repo's offline store and registers every source as a table.
     #[instrument(skip_all, fields(url = %repo.config.offline_store.url))]
-    pub async fn open(
+    pub(crate) async fn open(
         repo: &Repo,
-        registry: Arc<Registry>,
+        registry: &Registry,
         options: EngineOptions,
     ) -> Result<Self> {
         let root = repo.offline_url()?;
@@ -191,52 +180,52 @@ impl OfflineStore {
         let ctx = SessionContext::new_with_config_rt(config, runtime);
         let store = object_store_for(repo, &root)?;
         ctx.register_object_store(&root, store.clone());
-        let on_demand = crate::on_demand::Catalog::compile(&registry)?;
         let mut this = Self {
             ctx,
             root,
-            on_demand,
-            registry,
             schemas: HashMap::new(),
             options,
         };
-        let sources = this.registry.definitions.sources.clone();
-        for source in &sources {
-            let schema = this.register_source(store.as_ref(), source).await?;
+        for source in &registry.definitions.sources {
+            let file = (registry
+                .origins
+                .get(&format!("source:{}", source.name))
+                .cloned())
+            .unwrap_or_else(|| "registry".into());
+            let schema = this.register_source(store.as_ref(), source, file).await?;
             this.schemas.insert(source.name.clone(), schema);
         }
         Ok(this)
     }
 
-    /// The compiled on-demand views of the registry.
-    pub fn on_demand(&self) -> &crate::on_demand::Catalog {
-        &self.on_demand
-    }
-
-    /// The registry this store serves.
-    pub fn registry(&self) -> &Arc<Registry> {
-        &self.registry
+    /// Every source's Parquet schema, by source name.
+    pub(crate) fn source_schemas(&self) -> &HashMap<String, SchemaRef> {
+        &self.schemas
     }
 
     /// The DataFusion context, with every source registered as a table.
-    pub fn context(&self) -> &SessionContext {
+    pub(crate) fn context(&self) -> &SessionContext {
         &self.ctx
     }
 
     /// The Arrow schema of a source's Parquet data.
-    pub fn source_schema(&self, source: &str) -> Option<&SchemaRef> {
+    pub(crate) fn source_schema(&self, source: &str) -> Option<&SchemaRef> {
         self.schemas.get(source)
     }
 
     /// The URL of a source's data.
-    pub fn source_url(&self, source: &Source) -> Result<Url> {
+    pub(crate) fn source_url(&self, source: &Source) -> Result<Url> {
         self.root
             .join(&source.path)
             .map_err(|e| Error::invalid(format!("source {:?}: bad path: {e}", source.name)))
     }
 
-    async fn register_source(&self, store: &dyn ObjectStore, source: &Source) -> Result<SchemaRef> {
-        let file = self.origin("source", &source.name);
+    async fn register_source(
+        &self,
+        store: &dyn ObjectStore,
+        source: &Source,
+        file: String,
+    ) -> Result<SchemaRef> {
         let mut url = self.source_url(source)?;
         let path = ObjectPath::from_url_path(url.path()).map_err(|e| Error::ObjectStore {
             url: url.to_string(),
@@ -281,12 +270,12 @@ impl OfflineStore {
             Ok(s) if !s.fields().is_empty() => s,
             Ok(_) => return Err(no_data(&url)),
             Err(e) => {
-                return Err(Error::Schema {
+                return Err(Error::Catalog(crate::catalog::Error::Schema {
                     file: file.clone(),
                     kind: "source",
                     name: source.name.clone(),
                     message: format!("cannot read Parquet at {url}: {}", e.find_root()),
-                })
+                }))
             }
         };
         debug!(source = %source.name, %url, fields = schema.fields().len(), "registered source");
@@ -298,112 +287,6 @@ impl OfflineStore {
             .register_table(TableReference::bare(source.name.as_str()), Arc::new(table))?;
         Ok(schema)
     }
-
-    pub(crate) fn origin(&self, kind: &str, name: &str) -> String {
-        self.registry
-            .origins
-            .get(&format!("{kind}:{name}"))
-            .cloned()
-            .unwrap_or_else(|| "registry".into())
-    }
-
-    /// Checks every definition against the Parquet schemas: timestamp columns exist
-    /// and are timestamps, join keys exist and are integers or strings, features
-    /// exist with their declared types.
-    pub fn validate(&self) -> Result<()> {
-        let defs = &self.registry.definitions;
-        for source in &defs.sources {
-            let schema = &self.schemas[&source.name];
-            let err = |message: String| Error::Schema {
-                file: self.origin("source", &source.name),
-                kind: "source",
-                name: source.name.clone(),
-                message,
-            };
-            let fields = [
-                Some(&source.timestamp_field),
-                source.created_timestamp_field.as_ref(),
-            ];
-            for f in fields.into_iter().flatten() {
-                let field = schema.field_with_name(f).map_err(|_| {
-                    err(format!(
-                        "timestamp column {f:?} not found in the Parquet data (columns: {})",
-                        column_list(schema)
-                    ))
-                })?;
-                if !matches!(field.data_type(), DataType::Timestamp(_, _)) {
-                    return Err(err(format!(
-                        "column {f:?} is {}, expected a timestamp",
-                        field.data_type()
-                    )));
-                }
-            }
-        }
-        for view in defs.feature_views.iter().chain(&defs.label_views) {
-            let schema = &self.schemas[&view.source];
-            let err = |message: String| Error::Schema {
-                file: self.origin("feature_view", &view.name),
-                kind: "feature_view",
-                name: view.name.clone(),
-                message,
-            };
-            for key in self.registry.join_keys(view) {
-                let field = schema.field_with_name(&key).map_err(|_| {
-                    err(format!(
-                        "join key {key:?} not found in source {:?} (columns: {})",
-                        view.source,
-                        column_list(schema)
-                    ))
-                })?;
-                if KeyType::of(field.data_type()).is_none() {
-                    return Err(err(format!(
-                        "join key {key:?} is {}, expected an integer or a string",
-                        field.data_type()
-                    )));
-                }
-            }
-            for feature in &view.features {
-                let field = schema.field_with_name(&feature.name).map_err(|_| {
-                    err(format!(
-                        "feature {:?} not found in source {:?} (columns: {})",
-                        feature.name,
-                        view.source,
-                        column_list(schema)
-                    ))
-                })?;
-                if !dtype_matches(feature.dtype, field.data_type()) {
-                    return Err(err(format!(
-                        "feature {:?} is declared {} but the Parquet column is {}",
-                        feature.name,
-                        feature.dtype,
-                        field.data_type()
-                    )));
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-fn dtype_matches(d: Dtype, t: &DataType) -> bool {
-    matches!(
-        (d, t),
-        (Dtype::Int32, DataType::Int32)
-            | (Dtype::Int64, DataType::Int64)
-            | (Dtype::Float32, DataType::Float32)
-            | (Dtype::Float64, DataType::Float64)
-            | (Dtype::Bool, DataType::Boolean)
-            | (
-                Dtype::String,
-                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
-            )
-            | (Dtype::Timestamp, DataType::Timestamp(_, _))
-    )
-}
-
-pub(crate) fn column_list(schema: &arrow::datatypes::Schema) -> String {
-    let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-    names.join(", ")
 }
 
 /// Builds the object store for the offline root: the local file system, or S3 with

@@ -52,14 +52,14 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 
 /// Right batches the merge may hold before it flushes the output it has so far.
-pub const MAX_RETAINED_BATCHES: usize = 64;
+pub(crate) const MAX_RETAINED_BATCHES: usize = 64;
 
 const NO_MATCH: (usize, usize) = (usize::MAX, 0);
 
 /// Which columns take part in the join. Key columns must have the same types on both
 /// sides; time columns are `Int64` nanoseconds since the epoch (UTC).
 #[derive(Debug, Clone, PartialEq)]
-pub struct AsofSpec {
+pub(crate) struct AsofSpec {
     /// Left key columns.
     pub left_keys: Vec<String>,
     /// Left time column (`Int64` ns).
@@ -91,7 +91,7 @@ struct Indices {
 
 /// The as-of join operator; see the module docs.
 #[derive(Debug)]
-pub struct AsofJoinExec {
+pub(crate) struct AsofJoinExec {
     left: Arc<dyn ExecutionPlan>,
     right: Arc<dyn ExecutionPlan>,
     spec: AsofSpec,
@@ -119,11 +119,7 @@ impl AsofJoinExec {
     /// Builds the join over unsorted inputs: hash-partitions both on their keys into
     /// `partitions` partitions and sorts each partition, then merges.
     ///
-    /// ```no_run
-    /// # use std::sync::Arc;
-    /// # use datafusion::physical_plan::ExecutionPlan;
-    /// use quiver_server::offline::pit::{AsofJoinExec, AsofSpec};
-    /// # fn f(spine: Arc<dyn ExecutionPlan>, view: Arc<dyn ExecutionPlan>) -> datafusion::common::Result<()> {
+    /// ```text
     /// let spec = AsofSpec {
     ///     left_keys: vec!["cc_num".into()], left_time: "ts_ns".into(),
     ///     right_keys: vec!["cc_num".into()], right_time: "ts_ns".into(),
@@ -131,9 +127,8 @@ impl AsofJoinExec {
     ///     ttl_nanos: Some(2 * 86_400 * 1_000_000_000), created_cutoff: false,
     /// };
     /// let join = AsofJoinExec::try_new(spine, view, spec, 4)?;
-    /// # Ok(()) }
     /// ```
-    pub fn try_new(
+    pub(crate) fn try_new(
         left: Arc<dyn ExecutionPlan>,
         right: Arc<dyn ExecutionPlan>,
         spec: AsofSpec,
@@ -240,11 +235,6 @@ impl AsofJoinExec {
             schema,
             props: Arc::new(props),
         })
-    }
-
-    /// The join's specification.
-    pub fn spec(&self) -> &AsofSpec {
-        &self.spec
     }
 }
 

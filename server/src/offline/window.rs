@@ -7,11 +7,12 @@ use datafusion::prelude::Expr;
 
 use super::historical::ts_literal;
 use super::{Error, OfflineStore, Result};
+use crate::catalog::Catalog;
 use crate::registry::Error as RegistryError;
 
 /// Column names of a window scan, in the order they come back.
 #[derive(Debug, Clone)]
-pub struct WindowColumns {
+pub(crate) struct WindowColumns {
     /// The view's join keys.
     pub join_keys: Vec<String>,
     /// The event timestamp column.
@@ -26,13 +27,14 @@ impl OfflineStore {
     /// The rows of `view`'s source with event time in `[start, end]` (ns since the
     /// epoch, `start` unbounded when `None`), projected to join keys, timestamps and
     /// features, as one stream per partition so callers can reduce them in parallel.
-    pub async fn scan_window(
+    pub(crate) async fn scan_window(
         &self,
+        catalog: &Catalog,
         view: &str,
         start: Option<i64>,
         end: i64,
     ) -> Result<(WindowColumns, Vec<SendableRecordBatchStream>)> {
-        let registry = self.registry().clone();
+        let registry = catalog.registry();
         let v = registry
             .view(view)
             .ok_or_else(|| RegistryError::ViewNotFound {

@@ -26,19 +26,19 @@ use arrow::datatypes::{DataType, Float32Type, Float64Type, Int32Type, Int64Type}
 use arrow::error::ArrowError;
 
 /// First byte of every data key.
-pub const DATA_PREFIX: u8 = b'd';
+pub(crate) const DATA_PREFIX: u8 = b'd';
 /// First byte of every meta key.
-pub const META_PREFIX: u8 = b'm';
+pub(crate) const META_PREFIX: u8 = b'm';
 const VERSION: u8 = 1;
 /// `created ns` of a row without a created timestamp.
-pub const NO_CREATED: i64 = i64::MIN;
+pub(crate) const NO_CREATED: i64 = i64::MIN;
 /// Bytes before the null bitmap.
-pub const HEADER_LEN: usize = 17;
+pub(crate) const HEADER_LEN: usize = 17;
 
-pub use crate::keys::KeyType;
+pub(crate) use crate::keys::KeyType;
 
 /// 64-bit FNV-1a: a stable hash (unlike std's) for view fingerprints.
-pub fn fnv1a(parts: &[&str]) -> u64 {
+pub(crate) fn fnv1a(parts: &[&str]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for p in parts {
         for b in p.bytes().chain([0xff]) {
@@ -50,7 +50,7 @@ pub fn fnv1a(parts: &[&str]) -> u64 {
 }
 
 /// The meta key of a view.
-pub fn meta_key(view: &str) -> Vec<u8> {
+pub(crate) fn meta_key(view: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(1 + view.len());
     k.push(META_PREFIX);
     k.extend_from_slice(view.as_bytes());
@@ -58,7 +58,7 @@ pub fn meta_key(view: &str) -> Vec<u8> {
 }
 
 /// The prefix every data key of a view (fingerprint) starts with.
-pub fn data_prefix(fingerprint: u64) -> [u8; 9] {
+pub(crate) fn data_prefix(fingerprint: u64) -> [u8; 9] {
     let mut p = [0u8; 9];
     p[0] = DATA_PREFIX;
     p[1..].copy_from_slice(&fingerprint.to_be_bytes());
@@ -67,7 +67,7 @@ pub fn data_prefix(fingerprint: u64) -> [u8; 9] {
 
 /// Key columns normalized to Int64 / Utf8, ready to encode row by row.
 #[derive(Debug)]
-pub enum KeyColumn {
+pub(crate) enum KeyColumn {
     /// An integer join key.
     Int(Int64Array),
     /// A string join key.
@@ -76,7 +76,7 @@ pub enum KeyColumn {
 
 impl KeyColumn {
     /// Casts `array` to the stored type of `key_type`.
-    pub fn new(array: &ArrayRef, key_type: KeyType) -> Result<Self, ArrowError> {
+    pub(crate) fn new(array: &ArrayRef, key_type: KeyType) -> Result<Self, ArrowError> {
         let a = cast(array, &key_type.data_type())?;
         Ok(match key_type {
             KeyType::Int64 => KeyColumn::Int(a.as_primitive::<Int64Type>().clone()),
@@ -85,7 +85,7 @@ impl KeyColumn {
     }
 
     /// The column as an Arrow array.
-    pub fn array(&self) -> ArrayRef {
+    pub(crate) fn array(&self) -> ArrayRef {
         match self {
             KeyColumn::Int(a) => std::sync::Arc::new(a.clone()),
             KeyColumn::Str(a) => std::sync::Arc::new(a.clone()),
@@ -102,7 +102,12 @@ impl KeyColumn {
 
 /// Writes the data key of `row` into `out` (cleared first). Returns false, leaving
 /// `out` unusable, when a join key is null: a null key matches nothing.
-pub fn encode_key(prefix: &[u8; 9], keys: &[&KeyColumn], row: usize, out: &mut Vec<u8>) -> bool {
+pub(crate) fn encode_key(
+    prefix: &[u8; 9],
+    keys: &[&KeyColumn],
+    row: usize,
+    out: &mut Vec<u8>,
+) -> bool {
     out.clear();
     out.extend_from_slice(prefix);
     for k in keys {
@@ -123,7 +128,7 @@ pub fn encode_key(prefix: &[u8; 9], keys: &[&KeyColumn], row: usize, out: &mut V
 
 /// Feature columns normalized for encoding (timestamps as their raw i64, strings as Utf8).
 #[derive(Debug)]
-pub enum FeatureColumn {
+pub(crate) enum FeatureColumn {
     /// int32
     I32(Int32Array),
     /// int64 or a timestamp's raw value
@@ -139,7 +144,7 @@ pub enum FeatureColumn {
 }
 
 /// Whether a feature of this Arrow type can be stored online.
-pub fn supported(t: &DataType) -> bool {
+pub(crate) fn supported(t: &DataType) -> bool {
     matches!(
         t,
         DataType::Int32
@@ -156,7 +161,7 @@ pub fn supported(t: &DataType) -> bool {
 
 impl FeatureColumn {
     /// Normalizes a feature column of a supported type.
-    pub fn new(array: &ArrayRef) -> Result<Self, ArrowError> {
+    pub(crate) fn new(array: &ArrayRef) -> Result<Self, ArrowError> {
         Ok(match array.data_type() {
             DataType::Int32 => FeatureColumn::I32(array.as_primitive::<Int32Type>().clone()),
             DataType::Int64 | DataType::Timestamp(_, _) => FeatureColumn::I64(
@@ -191,7 +196,7 @@ impl FeatureColumn {
 }
 
 /// Appends the value of `row` (timestamps and every feature column) to `out`.
-pub fn encode_value(
+pub(crate) fn encode_value(
     event_ns: i64,
     created_ns: i64,
     features: &[FeatureColumn],
@@ -226,10 +231,10 @@ pub fn encode_value(
 /// A stored value that does not decode.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("corrupt online value: {0}")]
-pub struct CorruptValue(pub &'static str);
+pub(crate) struct CorruptValue(pub &'static str);
 
 /// `(event ns, created ns)` of a stored value: what newer-only writes compare.
-pub fn value_version(value: &[u8]) -> Result<(i64, i64), CorruptValue> {
+pub(crate) fn value_version(value: &[u8]) -> Result<(i64, i64), CorruptValue> {
     if value.len() < HEADER_LEN || value[0] != VERSION {
         return Err(CorruptValue("bad header"));
     }
@@ -240,7 +245,7 @@ pub fn value_version(value: &[u8]) -> Result<(i64, i64), CorruptValue> {
 
 /// Builds one output column from decoded values.
 #[derive(Debug)]
-pub enum ColumnBuilder {
+pub(crate) enum ColumnBuilder {
     /// int32
     I32(Int32Builder),
     /// int64 and timestamps (cast to the target type at the end)
@@ -257,7 +262,7 @@ pub enum ColumnBuilder {
 
 /// How a stored feature of type `t` is laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Width {
+pub(crate) enum Width {
     /// Fixed number of bytes.
     Fixed(usize),
     /// u32 length then bytes.
@@ -265,7 +270,7 @@ pub enum Width {
 }
 
 /// The stored width of a feature type.
-pub fn width(t: &DataType) -> Width {
+pub(crate) fn width(t: &DataType) -> Width {
     match t {
         DataType::Int32 | DataType::Float32 => Width::Fixed(4),
         DataType::Boolean => Width::Fixed(1),
@@ -276,7 +281,7 @@ pub fn width(t: &DataType) -> Width {
 
 impl ColumnBuilder {
     /// A builder for `rows` values of type `t`.
-    pub fn new(t: &DataType, rows: usize) -> Self {
+    pub(crate) fn new(t: &DataType, rows: usize) -> Self {
         match t {
             DataType::Int32 => ColumnBuilder::I32(Int32Builder::with_capacity(rows)),
             DataType::Float32 => ColumnBuilder::F32(Float32Builder::with_capacity(rows)),
@@ -290,7 +295,7 @@ impl ColumnBuilder {
     }
 
     /// Appends a null.
-    pub fn append_null(&mut self) {
+    pub(crate) fn append_null(&mut self) {
         match self {
             ColumnBuilder::I32(b) => b.append_null(),
             ColumnBuilder::I64(b) => b.append_null(),
@@ -328,7 +333,7 @@ impl ColumnBuilder {
     }
 
     /// Finishes the column as type `t`.
-    pub fn finish(&mut self, t: &DataType) -> Result<ArrayRef, ArrowError> {
+    pub(crate) fn finish(&mut self, t: &DataType) -> Result<ArrayRef, ArrowError> {
         let a: ArrayRef = match self {
             ColumnBuilder::I32(b) => std::sync::Arc::new(b.finish()),
             ColumnBuilder::I64(b) => std::sync::Arc::new(b.finish()),
@@ -348,7 +353,7 @@ impl ColumnBuilder {
 /// Decodes the features of a stored value into builders. `widths` are the view's
 /// feature widths in view order; `wanted[i]` is the builder of feature `i`, if
 /// requested. Returns whether every requested feature was null.
-pub fn decode_value(
+pub(crate) fn decode_value(
     value: &[u8],
     widths: &[Width],
     wanted: &[Option<usize>],

@@ -21,7 +21,7 @@ impl OnlineStore {
     /// `plan.key_columns`, normalized by [`LookupPlan::key_columns_from_batch`] or
     /// [`LookupPlan::key_columns_from_json`]). Returns the feature columns, then,
     /// with metadata, per view its event timestamp and status.
-    pub fn lookup(
+    pub(crate) fn lookup(
         &self,
         plan: &LookupPlan,
         keys: &[KeyColumn],
@@ -127,7 +127,7 @@ impl OnlineStore {
 
 /// One view of a lookup: where its keys are and which features it returns.
 #[derive(Debug, Clone)]
-pub struct ViewLookup {
+pub(crate) struct ViewLookup {
     /// The view's layout.
     pub layout: Arc<ViewLayout>,
     /// For each of the view's join keys, its index in [`LookupPlan::key_columns`].
@@ -142,7 +142,7 @@ pub struct ViewLookup {
 
 /// A resolved online request: built once per DoExchange stream, reused per batch.
 #[derive(Debug, Clone)]
-pub struct LookupPlan {
+pub(crate) struct LookupPlan {
     /// The join key columns the request needs, in first-mention order.
     pub key_columns: Vec<(String, KeyType)>,
     /// Views to read.
@@ -153,7 +153,7 @@ pub struct LookupPlan {
 
 impl LookupPlan {
     /// Plans a lookup of resolved views against their layouts.
-    pub fn new(
+    pub(crate) fn new(
         views: &[ViewRequest<'_>],
         layouts: &BTreeMap<String, Arc<ViewLayout>>,
         include_metadata: bool,
@@ -190,25 +190,23 @@ impl LookupPlan {
             }
             let mut features = Vec::new();
             let mut wanted = vec![None; layout.features.len()];
-            for (f, out_name) in &v.features {
+            for s in &v.features {
                 let i = layout
                     .features
                     .iter()
-                    .position(|(n, _)| n == &f.name)
+                    .position(|(n, _)| n == &s.feature.name)
                     .ok_or_else(|| {
                         Error::InvalidKeys(format!(
                             "feature {:?} of view {:?} has no online layout",
-                            f.name, v.view.name
+                            s.feature.name, v.view.name
                         ))
                     })?;
                 wanted[i] = Some(features.len());
-                features.push((i, out_name.clone()));
-                fields.push(Field::new(out_name, layout.features[i].1.clone(), true));
+                features.push((i, s.output.clone()));
+                fields.push(Field::new(&s.output, layout.features[i].1.clone(), true));
             }
             // Views read only as inputs of on-demand features stay hidden.
-            let metadata = include_metadata
-                && (v.features.iter())
-                    .any(|(_, out)| !out.starts_with(crate::on_demand::DEPENDENCY_PREFIX));
+            let metadata = include_metadata && v.features.iter().any(|s| !s.hidden);
             if metadata {
                 meta_fields.push(Field::new(
                     format!("{}__event_timestamp", v.view.name),
@@ -239,7 +237,7 @@ impl LookupPlan {
 
     /// The key columns of a batch sent by a client (DoExchange): every join key
     /// must be present with an integer or string type as its view expects.
-    pub fn key_columns_from_batch(
+    pub(crate) fn key_columns_from_batch(
         &self,
         batch: &arrow::array::RecordBatch,
     ) -> Result<Vec<KeyColumn>> {
@@ -269,7 +267,7 @@ impl LookupPlan {
     /// keys, strings for string keys). Returns them and the row count (of every
     /// column given, request fields included).
     /// Columns named in `request_fields` (on-demand inputs) are allowed besides keys.
-    pub fn key_columns_from_json(
+    pub(crate) fn key_columns_from_json(
         &self,
         entities: &BTreeMap<String, Vec<serde_json::Value>>,
         request_fields: &[&str],

@@ -15,26 +15,27 @@
 //! writes ([`OnlineStore`]); `lookup` owns the reads ([`LookupPlan`],
 //! [`OnlineStore::lookup`]); [`encoding`] owns the bytes of keys and values.
 
-pub mod encoding;
+pub(crate) mod encoding;
 mod lookup;
 mod store;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use self::encoding::CorruptValue;
-pub use self::lookup::{LookupPlan, ViewLookup};
-pub use self::store::{Entries, OnlineOptions, OnlineStore, ViewLayout, ViewState};
+pub(crate) use self::lookup::LookupPlan;
+pub(crate) use self::store::{Entries, OnlineOptions, OnlineStore, ViewLayout, ViewState};
 use crate::error::ErrorKind;
 use crate::registry;
 
 /// Status of a view's values for one entity, with Feast's names.
-pub const PRESENT: &str = "PRESENT";
+pub(crate) const PRESENT: &str = "PRESENT";
 /// The row exists and is fresh, but every requested feature of the view is null.
-pub const NULL_VALUE: &str = "NULL_VALUE";
+pub(crate) const NULL_VALUE: &str = "NULL_VALUE";
 /// No value was ever written for the entity (or its key is null).
-pub const NOT_FOUND: &str = "NOT_FOUND";
+pub(crate) const NOT_FOUND: &str = "NOT_FOUND";
 /// The stored value is older than the view's ttl, measured from now.
-pub const OUTSIDE_MAX_AGE: &str = "OUTSIDE_MAX_AGE";
+pub(crate) const OUTSIDE_MAX_AGE: &str = "OUTSIDE_MAX_AGE";
 
 /// Errors of the online store.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +80,7 @@ pub enum Error {
 }
 
 /// Result type of this module.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// How this error should be reported to a caller.

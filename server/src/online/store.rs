@@ -22,11 +22,11 @@ use super::{Clock, Error, Result};
 use quiver_client::protocol::MaterializeReport;
 
 /// Encoded `(data key, value)` pairs, as materialize writes them.
-pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+pub(crate) type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// How one feature view is laid out in the store.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ViewLayout {
+pub(crate) struct ViewLayout {
     /// View name.
     pub name: String,
     /// Hash of name, join keys and feature names and types (the data key prefix).
@@ -43,7 +43,7 @@ pub struct ViewLayout {
 
 impl ViewLayout {
     /// A layout; the fingerprint is derived from the rest.
-    pub fn new(
+    pub(crate) fn new(
         name: impl Into<String>,
         join_keys: Vec<(String, KeyType)>,
         features: Vec<(String, DataType)>,
@@ -66,14 +66,14 @@ impl ViewLayout {
     }
 
     /// The prefix of this view's data keys.
-    pub fn prefix(&self) -> [u8; 9] {
+    pub(crate) fn prefix(&self) -> [u8; 9] {
         data_prefix(self.fingerprint)
     }
 }
 
 /// A view's record in the store: watermark, key count and last run.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ViewState {
+pub(crate) struct ViewState {
     /// The layout fingerprint the state belongs to.
     pub fingerprint: u64,
     /// End of the last successful materialization (ns since the epoch).
@@ -88,7 +88,7 @@ pub struct ViewState {
 
 /// Tuning of the online store.
 #[derive(Debug, Clone)]
-pub struct OnlineOptions {
+pub(crate) struct OnlineOptions {
     /// LRU block cache, in bytes.
     pub block_cache_bytes: usize,
     /// What "now" is for ttl checks.
@@ -105,7 +105,7 @@ impl Default for OnlineOptions {
 }
 
 /// The RocksDB online store.
-pub struct OnlineStore {
+pub(crate) struct OnlineStore {
     /// The database (`lookup` reads it directly).
     pub(super) db: DB,
     path: PathBuf,
@@ -153,7 +153,7 @@ fn db_options(block_cache_bytes: usize) -> Options {
 impl OnlineStore {
     /// Opens (creating if needed) the store at `path` for reads and writes. Only
     /// one process may do this at a time.
-    pub fn open(path: &Path, options: &OnlineOptions) -> Result<Self> {
+    pub(crate) fn open(path: &Path, options: &OnlineOptions) -> Result<Self> {
         std::fs::create_dir_all(path).map_err(|e| Error::Open {
             path: path.into(),
             message: e.to_string(),
@@ -182,7 +182,7 @@ impl OnlineStore {
     }
 
     /// Opens the store read-only (works while another process has it open).
-    pub fn open_read_only(path: &Path) -> Result<Self> {
+    pub(crate) fn open_read_only(path: &Path) -> Result<Self> {
         if !path.join("CURRENT").exists() {
             return Err(Error::Open {
                 path: path.into(),
@@ -205,24 +205,14 @@ impl OnlineStore {
         })
     }
 
-    /// The RocksDB folder.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// What "now" is for ttl checks.
-    pub fn clock(&self) -> Clock {
-        self.clock.clone()
-    }
-
     /// The lock serializing writes to one view (read-compare-write must not race).
-    pub fn view_lock(&self, view: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn view_lock(&self, view: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.view_locks.lock().unwrap_or_else(|p| p.into_inner());
         locks.entry(view.to_string()).or_default().clone()
     }
 
     /// The recorded state of a view, if it belongs to the view's current layout.
-    pub fn view_state(&self, layout: &ViewLayout) -> Result<Option<ViewState>> {
+    pub(crate) fn view_state(&self, layout: &ViewLayout) -> Result<Option<ViewState>> {
         let Some(raw) = self.db.get_pinned(meta_key(&layout.name))? else {
             return Ok(None);
         };
@@ -234,7 +224,7 @@ impl OnlineStore {
     }
 
     /// Whether the view holds no key at all under its current layout.
-    pub fn view_is_empty(&self, layout: &ViewLayout) -> Result<bool> {
+    pub(crate) fn view_is_empty(&self, layout: &ViewLayout) -> Result<bool> {
         let prefix = layout.prefix();
         let mut it = self
             .db
@@ -246,7 +236,7 @@ impl OnlineStore {
     }
 
     /// Every `(key, value)` of a view, in key order (for tests, dumps and audits).
-    pub fn scan_view(&self, layout: &ViewLayout) -> Result<Entries> {
+    pub(crate) fn scan_view(&self, layout: &ViewLayout) -> Result<Entries> {
         let prefix = layout.prefix();
         let mut out = Vec::new();
         for item in self
@@ -264,7 +254,11 @@ impl OnlineStore {
 
     /// Keeps, of `entries` (sorted or not), those newer than what is stored, by
     /// (event, created) timestamp. Returns them and how many keys are new.
-    pub fn newer_only(&self, layout: &ViewLayout, entries: Entries) -> Result<(Entries, u64)> {
+    pub(crate) fn newer_only(
+        &self,
+        layout: &ViewLayout,
+        entries: Entries,
+    ) -> Result<(Entries, u64)> {
         let mut keep = Vec::with_capacity(entries.len());
         let mut new_keys = 0u64;
         let mut opts = ReadOptions::default();
@@ -302,7 +296,7 @@ impl OnlineStore {
 
     /// Writes `entries` (already filtered by [`Self::newer_only`]) and the view's
     /// new state in one synced write batch: all or nothing.
-    pub fn commit_batch(
+    pub(crate) fn commit_batch(
         &self,
         layout: &ViewLayout,
         entries: &[(Vec<u8>, Vec<u8>)],
@@ -323,7 +317,7 @@ impl OnlineStore {
     /// Loads `entries` into a view that holds no key yet by writing one sorted SST
     /// file (the data keys, then the view's state) and ingesting it: one atomic
     /// step, much cheaper than a write batch for large loads.
-    pub fn commit_bulk(
+    pub(crate) fn commit_bulk(
         &self,
         layout: &ViewLayout,
         mut entries: Entries,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 /// A feature's value type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Dtype {
+pub(crate) enum Dtype {
     /// 32-bit signed integer.
     Int32,
     /// 64-bit signed integer.
@@ -32,7 +32,7 @@ impl Dtype {
     /// The Arrow type values of this dtype take where Quiver creates them
     /// (on-demand features, request fields): strings are `Utf8`, timestamps
     /// nanoseconds in UTC.
-    pub fn arrow_type(self) -> arrow::datatypes::DataType {
+    pub(crate) fn arrow_type(self) -> arrow::datatypes::DataType {
         use arrow::datatypes::{DataType, TimeUnit};
         match self {
             Dtype::Int32 => DataType::Int32,
@@ -55,17 +55,12 @@ impl fmt::Display for Dtype {
 
 /// A time to live such as `30s`, `90m`, `36h`, `2d` or `1w`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Ttl(pub Duration);
+pub(crate) struct Ttl(pub Duration);
 
 impl Ttl {
-    /// Parses `<integer><unit>` with unit `s`, `m`, `h`, `d` or `w`.
-    ///
-    /// ```
-    /// use quiver_server::registry::Ttl;
-    /// assert_eq!(Ttl::parse("2d").unwrap().0.as_secs(), 172_800);
-    /// assert!(Ttl::parse("2 days").is_err());
-    /// ```
-    pub fn parse(s: &str) -> Result<Self, String> {
+    /// Parses `<integer><unit>` with unit `s`, `m`, `h`, `d` or `w`: `2d` is
+    /// 172,800 seconds, `2 days` is an error.
+    pub(crate) fn parse(s: &str) -> Result<Self, String> {
         let s = s.trim();
         let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
         let (num, unit) = s.split_at(split);
@@ -88,7 +83,7 @@ impl Ttl {
     }
 
     /// The ttl in nanoseconds.
-    pub fn as_nanos(&self) -> i64 {
+    pub(crate) fn as_nanos(&self) -> i64 {
         self.0.as_nanos() as i64
     }
 }
@@ -121,7 +116,7 @@ impl<'de> Deserialize<'de> for Ttl {
 /// An entity: what features are about (a card, a merchant), identified by join keys.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Entity {
+pub(crate) struct Entity {
     /// Entity name.
     pub name: String,
     /// Columns that identify it; several make a composite key.
@@ -134,7 +129,7 @@ pub struct Entity {
 /// A batch source: Parquet in the offline store.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Source {
+pub(crate) struct Source {
     /// Source name (also its table name in `entity_sql`).
     pub name: String,
     /// One Parquet file or a folder/prefix of them, relative to `offline_store.url`.
@@ -152,7 +147,7 @@ pub struct Source {
 /// One feature of a view.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Feature {
+pub(crate) struct Feature {
     /// Column name in the source (and default output name).
     pub name: String,
     /// Value type.
@@ -162,7 +157,7 @@ pub struct Feature {
 /// A feature view: features of some entities, read from a source.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FeatureView {
+pub(crate) struct FeatureView {
     /// View name.
     pub name: String,
     /// Entities whose join keys identify a row.
@@ -184,7 +179,7 @@ pub struct FeatureView {
 /// the training set's spine), used by on-demand features.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RequestField {
+pub(crate) struct RequestField {
     /// Column name in the request.
     pub name: String,
     /// Value type (the request's column is cast to it).
@@ -194,7 +189,7 @@ pub struct RequestField {
 /// One on-demand feature: a SQL expression over request fields and features.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct OnDemandFeature {
+pub(crate) struct OnDemandFeature {
     /// Output name.
     pub name: String,
     /// Output type (the expression's value is cast to it).
@@ -207,7 +202,7 @@ pub struct OnDemandFeature {
 /// evaluated the same way online (per lookup) and offline (per training row).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct OnDemandView {
+pub(crate) struct OnDemandView {
     /// Name, referenced by services like a feature view.
     pub name: String,
     /// Columns the request must carry.
@@ -223,7 +218,7 @@ pub struct OnDemandView {
 /// A named set of features a model consumes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FeatureService {
+pub(crate) struct FeatureService {
     /// Service name.
     pub name: String,
     /// `view` (all its features) or `view:feature` references.
@@ -236,7 +231,7 @@ pub struct FeatureService {
 /// The content of one definition file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Definitions {
+pub(crate) struct Definitions {
     /// Entities.
     #[serde(default)]
     pub entities: Vec<Entity>,
@@ -276,6 +271,7 @@ mod tests {
         }
         assert!(Ttl::parse("").is_err());
         assert!(Ttl::parse("5y").is_err());
+        assert!(Ttl::parse("2 days").is_err());
         assert!(Ttl::parse("99999999999999999d").is_err());
     }
 }

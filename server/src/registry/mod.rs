@@ -31,11 +31,11 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use self::definitions::{
+pub(crate) use self::definitions::{
     Definitions, Dtype, Entity, Feature, FeatureService, FeatureView, OnDemandFeature,
-    OnDemandView, RequestField, Source, Ttl,
+    OnDemandView, Source,
 };
-pub use self::resolution::{OnDemandRequest, Resolved, ViewRequest};
+pub(crate) use self::resolution::{Resolved, Selected, ViewRequest};
 use crate::error::ErrorKind;
 
 /// Errors in feature definitions or in a request's feature references.
@@ -117,7 +117,7 @@ pub enum Error {
 }
 
 /// Result type of this module.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
     /// How this error should be reported to a caller.
@@ -134,7 +134,7 @@ impl Error {
 
 /// Validated definitions with lookups, plus which file declared each object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Registry {
+pub(crate) struct Registry {
     /// Project name from `quiver.yaml`.
     pub project: String,
     /// All definitions, in file then declaration order.
@@ -145,17 +145,17 @@ pub struct Registry {
 
 impl Registry {
     /// The entity called `name`.
-    pub fn entity(&self, name: &str) -> Option<&Entity> {
+    pub(crate) fn entity(&self, name: &str) -> Option<&Entity> {
         self.definitions.entities.iter().find(|e| e.name == name)
     }
 
     /// The source called `name`.
-    pub fn source(&self, name: &str) -> Option<&Source> {
+    pub(crate) fn source(&self, name: &str) -> Option<&Source> {
         self.definitions.sources.iter().find(|s| s.name == name)
     }
 
     /// The feature view called `name`.
-    pub fn view(&self, name: &str) -> Option<&FeatureView> {
+    pub(crate) fn view(&self, name: &str) -> Option<&FeatureView> {
         self.definitions
             .feature_views
             .iter()
@@ -163,7 +163,7 @@ impl Registry {
     }
 
     /// The feature service called `name`.
-    pub fn service(&self, name: &str) -> Option<&FeatureService> {
+    pub(crate) fn service(&self, name: &str) -> Option<&FeatureService> {
         self.definitions
             .feature_services
             .iter()
@@ -171,7 +171,7 @@ impl Registry {
     }
 
     /// Join keys of a view, in entity order.
-    pub fn join_keys(&self, view: &FeatureView) -> Vec<String> {
+    pub(crate) fn join_keys(&self, view: &FeatureView) -> Vec<String> {
         view.entities
             .iter()
             .filter_map(|e| self.entity(e))
@@ -180,7 +180,7 @@ impl Registry {
     }
 
     /// The on-demand view called `name`.
-    pub fn on_demand_view(&self, name: &str) -> Option<&OnDemandView> {
+    pub(crate) fn on_demand_view(&self, name: &str) -> Option<&OnDemandView> {
         self.definitions
             .on_demand_features
             .iter()
@@ -188,7 +188,7 @@ impl Registry {
     }
 
     /// The label view called `name`.
-    pub fn label_view(&self, name: &str) -> Option<&FeatureView> {
+    pub(crate) fn label_view(&self, name: &str) -> Option<&FeatureView> {
         self.definitions.label_views.iter().find(|v| v.name == name)
     }
 }

@@ -7,7 +7,7 @@ use super::{Definitions, Error, Registry, Result};
 
 impl Registry {
     /// Writes the registry as JSON, atomically (temp file + rename).
-    pub fn save(&self, path: &Path) -> Result<()> {
+    pub(crate) fn save(&self, path: &Path) -> Result<()> {
         let err = |message: String| Error::Registry {
             path: path.to_path_buf(),
             message,
@@ -22,7 +22,7 @@ impl Registry {
     }
 
     /// Reads a registry written by [`Registry::save`]; `None` if there is none yet.
-    pub fn load(path: &Path) -> Result<Option<Self>> {
+    pub(crate) fn load(path: &Path) -> Result<Option<Self>> {
         match std::fs::read(path) {
             Ok(bytes) => {
                 let reg: Registry =
@@ -42,7 +42,7 @@ impl Registry {
 
     /// What applying `self` over `old` changes: one line per object,
     /// `+ kind name` (added), `~ kind name` (changed), `- kind name` (removed).
-    pub fn diff(&self, old: Option<&Registry>) -> Vec<String> {
+    pub(crate) fn diff(&self, old: Option<&Registry>) -> Vec<String> {
         let empty = Definitions::default();
         let old = old.map(|r| &r.definitions).unwrap_or(&empty);
         let new = &self.definitions;

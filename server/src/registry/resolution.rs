@@ -10,20 +10,43 @@ use super::{
 
 /// A view with the features a request wants from it.
 #[derive(Debug, Clone)]
-pub struct ViewRequest<'a> {
+pub(crate) struct ViewRequest<'a> {
     /// The view.
     pub view: &'a FeatureView,
     /// Its source.
     pub source: &'a Source,
     /// Join keys of the view, in entity order.
     pub join_keys: Vec<String>,
-    /// Requested features with their output column names.
-    pub features: Vec<(&'a Feature, String)>,
+    /// The features read from the view, requested or hidden.
+    pub features: Vec<Selected<'a>>,
+}
+
+/// One feature a request reads from a view.
+#[derive(Debug, Clone)]
+pub(crate) struct Selected<'a> {
+    /// The feature's definition.
+    pub feature: &'a Feature,
+    /// Its output column name.
+    pub output: String,
+    /// Read only as an input of the request's on-demand features: fetched and
+    /// joined like any other, never returned (nor described, nor given metadata).
+    pub hidden: bool,
+}
+
+impl<'a> Selected<'a> {
+    /// A feature the request asked for, returned as `output`.
+    pub(crate) fn visible(feature: &'a Feature, output: String) -> Self {
+        Self {
+            feature,
+            output,
+            hidden: false,
+        }
+    }
 }
 
 /// An on-demand view with the features a request wants from it.
 #[derive(Debug, Clone)]
-pub struct OnDemandRequest<'a> {
+pub(crate) struct OnDemandRequest<'a> {
     /// The on-demand view.
     pub view: &'a OnDemandView,
     /// Requested features with their output column names.
@@ -32,7 +55,7 @@ pub struct OnDemandRequest<'a> {
 
 /// What a feature selection resolves to.
 #[derive(Debug, Clone, Default)]
-pub struct Resolved<'a> {
+pub(crate) struct Resolved<'a> {
     /// Feature views, in order of first mention.
     pub views: Vec<ViewRequest<'a>>,
     /// On-demand views, in order of first mention.
@@ -41,7 +64,7 @@ pub struct Resolved<'a> {
 
 impl Registry {
     /// Resolves a feature service into views and output column names.
-    pub fn resolve_service(&self, service: &str, full_names: bool) -> Result<Resolved<'_>> {
+    pub(crate) fn resolve_service(&self, service: &str, full_names: bool) -> Result<Resolved<'_>> {
         let s = self
             .service(service)
             .ok_or_else(|| Error::ServiceNotFound {
@@ -54,7 +77,7 @@ impl Registry {
     /// Resolves `view` / `view:feature` references (feature views and on-demand
     /// views) into views and output column names, in order of first mention,
     /// without duplicates.
-    pub fn resolve_refs(&self, refs: &[String], full_names: bool) -> Result<Resolved<'_>> {
+    pub(crate) fn resolve_refs(&self, refs: &[String], full_names: bool) -> Result<Resolved<'_>> {
         let mut out = Resolved::default();
         let mut columns: HashMap<String, String> = HashMap::new();
         let mut claim = |column: String, reference: String| match columns
@@ -140,7 +163,7 @@ impl Registry {
                 if out.views[idx]
                     .features
                     .iter()
-                    .any(|(x, _)| x.name == f.name)
+                    .any(|x| x.feature.name == f.name)
                 {
                     continue;
                 }
@@ -148,14 +171,14 @@ impl Registry {
                     column(&view.name, &f.name),
                     format!("{}:{}", view.name, f.name),
                 )?;
-                out.views[idx].features.push((f, c));
+                out.views[idx].features.push(Selected::visible(f, c));
             }
         }
         Ok(out)
     }
 
     /// The index of `view` in `views`, appending it (with no features) if absent.
-    pub fn view_slot<'a>(
+    pub(crate) fn view_slot<'a>(
         &'a self,
         views: &mut Vec<ViewRequest<'a>>,
         view: &'a FeatureView,
@@ -175,7 +198,7 @@ impl Registry {
     }
 
     /// Resolves label view names into views with all their labels.
-    pub fn resolve_labels(
+    pub(crate) fn resolve_labels(
         &self,
         labels: &[String],
         full_names: bool,
@@ -195,7 +218,7 @@ impl Registry {
                         } else {
                             f.name.clone()
                         };
-                        (f, c)
+                        Selected::visible(f, c)
                     })
                     .collect();
             }
@@ -219,7 +242,7 @@ mod tests {
         let v = r.resolve_service("fraud_v1", true).unwrap().views;
         let cols: Vec<&str> = v
             .iter()
-            .flat_map(|v| v.features.iter().map(|(_, c)| c.as_str()))
+            .flat_map(|v| v.features.iter().map(|s| s.output.as_str()))
             .collect();
         assert_eq!(
             cols,

@@ -10,7 +10,7 @@ use crate::config::CONFIG_FILE;
 
 impl Registry {
     /// Reads every `*.yaml` in `dir` except `quiver.yaml` and validates the result.
-    pub fn from_repo(dir: &Path, project: &str) -> Result<Self> {
+    pub(crate) fn from_repo(dir: &Path, project: &str) -> Result<Self> {
         let read_dir = std::fs::read_dir(dir).map_err(|source| Error::Read {
             path: dir.to_path_buf(),
             source,
@@ -43,7 +43,7 @@ impl Registry {
     }
 
     /// Parses and validates definition files given as `(file name, YAML text)`.
-    pub fn from_files<'a>(
+    pub(crate) fn from_files<'a>(
         project: &str,
         files: impl IntoIterator<Item = (&'a str, &'a str)>,
     ) -> Result<Self> {

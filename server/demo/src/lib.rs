@@ -1,5 +1,9 @@
+//! # quiver-demo
+//!
 //! `quiver demo`: the whole loop on the embedded default (a local folder and
-//! RocksDB, no services), in one command.
+//! RocksDB, no services), in one command. It uses Quiver like any user would: the
+//! server's front door ([`quiver_server::FeatureStore`]), the SDK
+//! ([`quiver_client::QuiverClient`]) and the scorer ([`quiver_score::Scorer`]).
 //!
 //! ```text
 //! datagen ─> apply ─> serve (in-process, replay clock)
@@ -21,40 +25,22 @@ use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
 use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::{DataType, Float64Type, TimestampMicrosecondType};
 use parquet::arrow::ArrowWriter;
-use quiver_client::score::config::{FeatureLog, Rules, ScorerConfig};
-use quiver_client::score::model::Model;
-use quiver_client::score::sink::{JsonLinesSink, MemorySink};
-use quiver_client::score::source::MemorySource;
-use quiver_client::score::{Report, RunOptions, Scorer};
 use quiver_client::{
     HistoricalFeaturesRequest, MaterializeIncrementalRequest, MaterializeRequest, QuiverClient,
 };
+use quiver_score::config::{FeatureLog, Rules, ScorerConfig};
+use quiver_score::model::Model;
+use quiver_score::sink::{JsonLinesSink, MemorySink};
+use quiver_score::source::MemorySource;
+use quiver_score::{Report, RunOptions, Scorer};
+use quiver_server::{datagen, Clock, FeatureStore, Repo};
 
-use super::{
-    apply, gbdt, local_offline_dir, open_stores, read_parquet, report_line, say, EXAMPLE_CONFIG,
-    EXAMPLE_FEATURES,
-};
-use crate::config::Repo;
-use crate::datagen;
-use crate::flight::{self, QuiverFlightService};
-use crate::materialize;
-use crate::online::Clock;
+pub mod example;
+mod gbdt;
+
+use example::MODEL_FEATURES;
 
 const DAY_US: i64 = 86_400_000_000;
-/// The features the demo's model uses: served ones and on-demand ones.
-const MODEL_FEATURES: [&str; 11] = [
-    "amt",
-    "avg_amt_1d",
-    "txn_count_1d",
-    "max_amt_1d",
-    "credit_limit",
-    "merchant_avg_amt_1d",
-    "distance_from_home_km",
-    "amt_over_avg_1d",
-    "amt_over_max_1d",
-    "amt_over_limit",
-    "amt_over_merchant_avg",
-];
 /// Days of history; the last `HELD_OUT_DAYS` are replayed through the scorer.
 const DAYS: i64 = 60;
 const HELD_OUT_DAYS: i64 = 10;
@@ -62,7 +48,7 @@ const HELD_OUT_DAYS: i64 = 10;
 const REPLAY_RATE: f64 = 5000.0;
 
 fn instant_ns(us: i64) -> String {
-    materialize::format_instant(us * 1000)
+    quiver_server::instant::format(us * 1000)
 }
 
 /// A column as f64 values, NaN for nulls.
@@ -109,14 +95,21 @@ fn auc(scores: &[f64], labels: &[bool]) -> f64 {
     (rank_sum - pos * (pos + 1.0) / 2.0) / (pos * neg)
 }
 
+/// Prints a line of the demo's report on stdout.
+fn say(line: impl AsRef<str>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", line.as_ref());
+    let _ = out.flush();
+}
+
 /// Runs the demo in `dir` (created if needed; its repo files are rewritten).
-pub(super) async fn run(dir: &Path) -> Result<()> {
+pub async fn run(dir: &Path) -> Result<()> {
     let t0 = Instant::now();
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    std::fs::write(dir.join("quiver.yaml"), EXAMPLE_CONFIG)?;
-    std::fs::write(dir.join("features.yaml"), EXAMPLE_FEATURES)?;
+    example::write_repo(dir)
+        .with_context(|| format!("cannot write the repo in {}", dir.display()))?;
     let repo = Repo::load(dir)?;
-    let data = local_offline_dir(&repo)?;
+    let data = repo.local_offline_dir()?;
     // A fresh online store: the replay moves its watermarks from the start.
     let online_dir = repo.online_path();
     if online_dir.exists() {
@@ -139,7 +132,12 @@ pub(super) async fn run(dir: &Path) -> Result<()> {
     ));
 
     say("[2/8] quiver apply");
-    apply(&repo.dir, false).await?;
+    let changes = FeatureStore::apply(&repo, false).await?;
+    say(format!(
+        "      applied {} change(s) to project {}",
+        changes.len(),
+        repo.config.project
+    ));
 
     let split_us = datagen::EPOCH_US + (DAYS - HELD_OUT_DAYS) * DAY_US;
     let clock = Arc::new(AtomicI64::new(split_us * 1000));
@@ -149,12 +147,15 @@ pub(super) async fn run(dir: &Path) -> Result<()> {
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let stores = open_stores(&repo, Clock::Replay(clock.clone())).await?;
-    let service = QuiverFlightService::new(stores.offline().clone()).with_online(Arc::new(stores));
+    let store = FeatureStore::open(&repo, Clock::Replay(clock.clone())).await?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(flight::serve(listener, service, async {
-        let _ = stopped.await;
-    }));
+    let server = tokio::spawn(async move {
+        store
+            .serve(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+    });
     let mut client = QuiverClient::connect(addr.to_string()).await?;
 
     say(format!(
@@ -230,7 +231,7 @@ pub(super) async fn run(dir: &Path) -> Result<()> {
         })
         .await?;
     for r in &reports {
-        say(format!("      {}", report_line(r)));
+        say(format!("      {r}"));
     }
 
     let config = ScorerConfig {
@@ -252,7 +253,12 @@ pub(super) async fn run(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir.join("score"))?;
     std::fs::write(&scorer_yaml, serde_yaml::to_string(&config)?)?;
     let mut scorer = Scorer::connect(config.clone()).await?;
-    let (_, tx) = read_parquet(&data.join("transactions.parquet"))?;
+    let path = data.join("transactions.parquet");
+    let file =
+        std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    let tx = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?
+        .build()?
+        .collect::<Result<Vec<_>, _>>()?;
     let tx = arrow::compute::concat_batches(&tx[0].schema(), &tx)?;
     let ts = tx
         .column_by_name("event_timestamp")
@@ -377,7 +383,7 @@ pub(super) async fn run(dir: &Path) -> Result<()> {
         }
         latencies.push(r.latency);
     }
-    let worst = |f: fn(&quiver_client::score::stats::Percentiles) -> f64| {
+    let worst = |f: fn(&quiver_score::stats::Percentiles) -> f64| {
         latencies.iter().map(f).fold(0.0, f64::max)
     };
     say(format!(

@@ -1,4 +1,6 @@
-//! The `quiver` command line: operators' verbs over a feature repo.
+//! The `quiver` command line: operators' verbs over a feature repo, a thin layer
+//! over [`quiver_server::FeatureStore`] (local verbs) and [`QuiverClient`] (verbs
+//! run on a server with `--addr`).
 //!
 //! ```text
 //! quiver [--repo DIR] apply | plan | serve | get-historical | datagen | demo
@@ -10,7 +12,6 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -24,19 +25,11 @@ use quiver_client::{
     HistoricalFeaturesRequest, MaterializeIncrementalRequest, MaterializeReport,
     MaterializeRequest, OnlineFeaturesRequest, QuiverClient, ViewStatus,
 };
-use tracing::info;
 use tracing_subscriber::EnvFilter;
 
-mod demo;
-mod gbdt;
-
-use crate::config::Repo;
-use crate::datagen;
-use crate::flight::{self, QuiverFlightService};
-use crate::materialize::{self, parse_instant, MaterializeOptions, Materializer, Progress, Window};
-use crate::offline::{EngineOptions, OfflineStore};
-use crate::online::{Clock, OnlineOptions, OnlineStore};
-use crate::registry::Registry;
+use quiver_server::config::{self, Repo};
+use quiver_server::instant::format as format_instant;
+use quiver_server::{datagen, Clock, FeatureStore, Progress, Window};
 
 /// Quiver: a feature store for real-time fraud detection.
 #[derive(Debug, Parser)]
@@ -62,8 +55,8 @@ pub enum Command {
     Plan,
     /// Serve the applied registry over Arrow Flight.
     Serve {
-        /// Address to bind (default: server.addr of quiver.yaml).
-        #[arg(long, env = "QUIVER_SERVER_ADDR")]
+        /// Address to bind (default: QUIVER_SERVER_ADDR, else server.addr of quiver.yaml).
+        #[arg(long)]
         addr: Option<String>,
     },
     /// Pull a point-in-time correct training set from a running server.
@@ -155,8 +148,8 @@ pub struct GetHistoricalArgs {
     /// Also require created_timestamp <= the spine row's timestamp.
     #[arg(long)]
     pub created_cutoff: bool,
-    /// Server address (default: server.addr of quiver.yaml).
-    #[arg(long, env = "QUIVER_SERVER_ADDR")]
+    /// Server address (default: QUIVER_SERVER_ADDR, else server.addr of quiver.yaml).
+    #[arg(long)]
     pub addr: Option<String>,
 }
 
@@ -175,8 +168,8 @@ pub struct GetOnlineArgs {
     /// Also show each view's event timestamp and status.
     #[arg(long)]
     pub metadata: bool,
-    /// Server address (default: server.addr of quiver.yaml).
-    #[arg(long, env = "QUIVER_SERVER_ADDR")]
+    /// Server address (default: QUIVER_SERVER_ADDR, else server.addr of quiver.yaml).
+    #[arg(long)]
     pub addr: Option<String>,
 }
 
@@ -225,8 +218,7 @@ pub struct DatagenArgs {
     pub seed: u64,
 }
 
-/// Entry point of the `quiver` binary.
-pub fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let default = match cli.verbose {
         0 => "warn,quiver_server=warn",
@@ -255,6 +247,11 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Parses an RFC 3339 instant (or `now`) into nanoseconds since the epoch.
+fn parse_instant(s: &str) -> Result<i64> {
+    quiver_server::instant::parse(s).map_err(anyhow::Error::msg)
+}
+
 /// Prints a line on stdout (the CLI's output, as opposed to logs on stderr).
 fn say(line: impl AsRef<str>) {
     let mut out = std::io::stdout().lock();
@@ -263,7 +260,7 @@ fn say(line: impl AsRef<str>) {
 }
 
 /// Runs one parsed command.
-pub async fn run(cli: Cli) -> Result<()> {
+async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Apply => apply(&cli.repo, false).await,
         Command::Plan => apply(&cli.repo, true).await,
@@ -273,16 +270,17 @@ pub async fn run(cli: Cli) -> Result<()> {
             let listener = tokio::net::TcpListener::bind(&addr)
                 .await
                 .with_context(|| format!("cannot bind {addr}"))?;
-            let service = open_service(&repo).await?;
+            let clock = match config::now_override()? {
+                Some(ns) => Clock::Fixed(ns),
+                None => Clock::System,
+            };
+            let store = FeatureStore::open(&repo, clock).await?;
             say(format!("quiver serving on {}", listener.local_addr()?));
-            flight::serve(listener, service, shutdown_signal()).await?;
+            store.serve(listener, shutdown_signal()).await?;
             Ok(())
         }
         Command::GetHistorical(args) => {
-            let addr = match &args.addr {
-                Some(a) => a.clone(),
-                None => Repo::load(&cli.repo)?.config.server.addr,
-            };
+            let addr = config::server_addr(args.addr.clone(), &cli.repo)?;
             get_historical(&addr, &args).await
         }
         Command::Datagen(args) => {
@@ -358,22 +356,19 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Status { addr } => {
             let views = match addr {
                 Some(addr) => connect(&addr).await?.status().await?,
-                None => local_status(&Repo::load(&cli.repo)?).await?,
+                None => FeatureStore::status_of(&Repo::load(&cli.repo)?).await?,
             };
             print_status(&views);
             Ok(())
         }
         Command::GetOnline(args) => {
-            let addr = match &args.addr {
-                Some(a) => a.clone(),
-                None => Repo::load(&cli.repo)?.config.server.addr,
-            };
+            let addr = config::server_addr(args.addr.clone(), &cli.repo)?;
             let request = args.request()?;
             let batch = connect(&addr).await?.get_online_features(&request).await?;
             say(arrow::util::pretty::pretty_format_batches(&[batch])?.to_string());
             Ok(())
         }
-        Command::Demo { dir } => demo::run(&dir).await,
+        Command::Demo { dir } => run_demo(&dir),
     }
 }
 
@@ -381,48 +376,6 @@ async fn connect(addr: &str) -> Result<QuiverClient> {
     QuiverClient::connect(addr)
         .await
         .with_context(|| format!("is `quiver serve` running on {addr}?"))
-}
-
-/// The clock online ttl checks use: the system clock, or `QUIVER_NOW` (an RFC 3339
-/// instant) to replay or test as of a fixed time.
-fn clock_from_env() -> Result<Clock> {
-    match std::env::var("QUIVER_NOW") {
-        Ok(v) if !v.trim().is_empty() => Ok(Clock::Fixed(parse_instant(&v).context("QUIVER_NOW")?)),
-        _ => Ok(Clock::System),
-    }
-}
-
-fn load_registry(repo: &Repo) -> Result<Registry> {
-    Registry::load(&repo.registry_path())?.with_context(|| {
-        format!(
-            "no registry at {}: run `quiver apply` in the repo first",
-            repo.registry_path().display()
-        )
-    })
-}
-
-/// Opens the repo's offline store (over the applied registry) and online store,
-/// judging online ttls by `clock`.
-pub async fn open_stores(repo: &Repo, clock: Clock) -> Result<Materializer> {
-    let options = EngineOptions {
-        memory_limit: repo.config.server.memory_limit_mb << 20,
-        ..Default::default()
-    };
-    let offline = OfflineStore::open(repo, Arc::new(load_registry(repo)?), options).await?;
-    let online = OnlineStore::open(
-        &repo.online_path(),
-        &OnlineOptions {
-            block_cache_bytes: repo.config.online_store.block_cache_mb << 20,
-            clock,
-        },
-    )?;
-    Ok(Materializer::new(
-        Arc::new(offline),
-        Arc::new(online),
-        MaterializeOptions {
-            bulk_min_keys: repo.config.online_store.bulk_min_keys,
-        },
-    )?)
 }
 
 /// A progress bar per view: rows read, rate, and a summary line when it commits.
@@ -435,15 +388,15 @@ impl Progress for BarProgress {
         self.bar.reset();
         self.bar.set_message(format!(
             "{view} [{} .. {}]",
-            start.map_or("-inf".into(), materialize::format_instant),
-            materialize::format_instant(end)
+            start.map_or("-inf".into(), format_instant),
+            format_instant(end)
         ));
     }
     fn rows_read(&self, _view: &str, rows: u64) {
         self.bar.inc(rows);
     }
     fn view_finished(&self, report: &MaterializeReport) {
-        self.bar.println(report_line(report));
+        self.bar.println(report.to_string());
     }
 }
 
@@ -452,7 +405,7 @@ async fn materialize_local(
     window: Window,
     views: Option<Vec<String>>,
 ) -> Result<Vec<MaterializeReport>> {
-    let m = open_stores(repo, Clock::System).await?;
+    let store = FeatureStore::open(repo, Clock::System).await?;
     let bar = ProgressBar::new_spinner();
     bar.set_style(
         ProgressStyle::with_template(
@@ -462,38 +415,15 @@ async fn materialize_local(
     );
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
     let progress = BarProgress { bar };
-    let r = m.run(window, views.as_deref(), &progress).await;
+    let r = store.materialize(window, views.as_deref(), &progress).await;
     progress.bar.finish_and_clear();
     Ok(r?)
 }
 
-fn report_line(r: &MaterializeReport) -> String {
-    format!(
-        "{}: {} rows read [{} .. {}], {} entities, {} keys written ({}), {} keys held, {:.2}s",
-        r.view,
-        r.rows_read,
-        r.start.as_deref().unwrap_or("-inf"),
-        r.end,
-        r.entities,
-        r.keys_written,
-        r.mode,
-        r.key_count,
-        r.seconds
-    )
-}
-
 fn print_reports(reports: &[MaterializeReport]) {
     for r in reports {
-        say(report_line(r));
+        say(r.to_string());
     }
-}
-
-async fn local_status(repo: &Repo) -> Result<Vec<ViewStatus>> {
-    let registry = load_registry(repo)?;
-    let offline = OfflineStore::open(repo, Arc::new(registry), EngineOptions::default()).await?;
-    let layouts = materialize::view_layouts(&offline)?;
-    let online = OnlineStore::open_read_only(&repo.online_path())?;
-    Ok(materialize::status(&online, &layouts)?)
 }
 
 fn print_status(views: &[ViewStatus]) {
@@ -519,44 +449,14 @@ fn print_status(views: &[ViewStatus]) {
 }
 
 fn local_offline_dir(repo: &Repo) -> Result<PathBuf> {
-    let url = repo.offline_url()?;
-    if url.scheme() != "file" {
-        bail!(
-            "datagen writes to a local folder; give --out for an {} offline store",
-            url.scheme()
-        );
-    }
-    url.to_file_path()
-        .map_err(|_| anyhow::anyhow!("offline_store.url {url} is not a local path"))
-}
-
-/// The applied registry, the offline store over it and the online store, as a
-/// Flight service.
-pub async fn open_service(repo: &Repo) -> Result<QuiverFlightService> {
-    let m = open_stores(repo, clock_from_env()?).await?;
-    Ok(QuiverFlightService::new(m.offline().clone()).with_online(Arc::new(m)))
-}
-
-/// Validates the repo's definitions against the Parquet data and, unless
-/// `dry_run`, records the registry. Returns the changes (`+`/`~`/`-` lines).
-pub async fn apply_repo(repo: &Repo, dry_run: bool) -> Result<Vec<String>> {
-    let registry = Registry::from_repo(&repo.dir, &repo.config.project)?;
-    let offline =
-        OfflineStore::open(repo, Arc::new(registry.clone()), EngineOptions::default()).await?;
-    offline.validate()?;
-    let old = Registry::load(&repo.registry_path())?;
-    let changes = registry.diff(old.as_ref());
-    if !dry_run {
-        registry.save(&repo.registry_path())?;
-        info!(path = %repo.registry_path().display(), "registry recorded");
-    }
-    Ok(changes)
+    repo.local_offline_dir()
+        .context("datagen writes to a local folder; give --out for another offline store")
 }
 
 async fn apply(dir: &Path, dry_run: bool) -> Result<()> {
     let repo = Repo::load(dir)?;
     let spinner = spinner("checking definitions against the Parquet data");
-    let changes = apply_repo(&repo, dry_run).await;
+    let changes = FeatureStore::apply(&repo, dry_run).await;
     spinner.finish_and_clear();
     let changes = changes?;
     if changes.is_empty() {
@@ -671,15 +571,24 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
-const EXAMPLE_CONFIG: &str = include_str!("../../feature_repo/quiver.yaml");
-const EXAMPLE_FEATURES: &str = include_str!("../../feature_repo/features.yaml");
-
-/// Writes the example repo into `dir` (if it has no quiver.yaml yet).
-pub fn write_example_repo(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    if !dir.join("quiver.yaml").exists() {
-        std::fs::write(dir.join("quiver.yaml"), EXAMPLE_CONFIG)?;
-        std::fs::write(dir.join("features.yaml"), EXAMPLE_FEATURES)?;
+/// `quiver demo`: runs the `quiver-demo` binary installed beside this one (the
+/// demo is a crate of its own, a user of the server, the SDK and the scorer).
+fn run_demo(dir: &Path) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot locate the quiver binary")?;
+    let demo = exe.with_file_name(format!("quiver-demo{}", std::env::consts::EXE_SUFFIX));
+    if !demo.exists() {
+        bail!(
+            "{} is missing: build it with `cargo build --bin quiver-demo` (scripts/demo.sh does)",
+            demo.display()
+        );
+    }
+    let status = std::process::Command::new(&demo)
+        .arg("--dir")
+        .arg(dir)
+        .status()
+        .with_context(|| format!("cannot run {}", demo.display()))?;
+    if !status.success() {
+        bail!("the demo failed ({status})");
     }
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! repo and evaluated by the same compiled DataFusion expressions on both sides:
 //!
 //! ```text
-//! on_demand_features (YAML) ──compile once──> Catalog { view -> Compiled }
+//! on_demand_features (YAML) ──compile once──> OnDemandCatalog { view -> Compiled }
 //!   historical: spine + PIT features ──OnDemandStage::apply──> training rows
 //!   online:     request batch + looked-up features ──OnDemandStage::apply──> answer
 //! ```
@@ -27,11 +27,14 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::prelude::SessionContext;
 
 use crate::error::ErrorKind;
-use crate::registry::{self, Registry, Resolved, ViewRequest};
+use crate::registry::{self, Registry, Resolved, Selected, ViewRequest};
 
-/// Prefix of the columns that carry an on-demand view's inputs which the request
-/// did not ask for itself; [`OnDemandStage::apply`] removes them.
-pub const DEPENDENCY_PREFIX: &str = "__quiver_dep_";
+/// Name prefix of the columns that carry an on-demand view's inputs which the
+/// request did not ask for itself. Only a name (under the reserved `__quiver_`
+/// prefix, so it cannot collide with a spine column): what makes a column hidden
+/// is its [`Selected::hidden`](crate::registry::Selected) flag, and
+/// [`OnDemandStage::apply`] removes exactly the columns it added.
+const HIDDEN_PREFIX: &str = "__quiver_dep_";
 
 /// Errors evaluating on-demand features.
 #[derive(Debug, thiserror::Error)]
@@ -78,11 +81,11 @@ impl Error {
 }
 
 /// Result type of this module.
-pub type Result<T, E = Error> = std::result::Result<T, E>;
+pub(crate) type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Where an on-demand view's input comes from.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Input {
+pub(crate) enum Input {
     /// A request column.
     Request(String),
     /// A feature of a feature view: (view, feature).
@@ -102,7 +105,7 @@ struct CompiledFeature {
 /// An on-demand view, compiled: its inputs (only those its expressions use) and
 /// one physical expression per feature.
 #[derive(Debug)]
-pub struct Compiled {
+pub(crate) struct Compiled {
     name: String,
     inputs: Vec<Input>,
     input_schema: SchemaRef,
@@ -111,14 +114,14 @@ pub struct Compiled {
 
 /// Every on-demand view of a registry, compiled.
 #[derive(Debug, Default)]
-pub struct Catalog {
+pub(crate) struct OnDemandCatalog {
     views: HashMap<String, Arc<Compiled>>,
 }
 
-impl Catalog {
+impl OnDemandCatalog {
     /// Compiles every on-demand view; errors name the view, the feature and the
     /// problem (unknown column, type error, volatile function).
-    pub fn compile(registry: &Registry) -> registry::Result<Self> {
+    pub(crate) fn compile(registry: &Registry) -> registry::Result<Self> {
         let defs = &registry.definitions;
         // Plain feature names usable in expressions: unique across feature views.
         let mut by_name: BTreeMap<&str, Vec<(&str, DataType)>> = BTreeMap::new();
@@ -244,15 +247,10 @@ impl Catalog {
         Ok(Self { views })
     }
 
-    /// The compiled on-demand view called `name`.
-    pub fn get(&self, name: &str) -> Option<&Arc<Compiled>> {
-        self.views.get(name)
-    }
-
     /// Adds to `resolved.views` the features its on-demand views read but the
-    /// request did not ask for (as hidden [`DEPENDENCY_PREFIX`] columns) and plans
+    /// request did not ask for (as hidden features) and plans
     /// their evaluation. `None` when the request has no on-demand features.
-    pub fn stage<'a>(
+    pub(crate) fn stage<'a>(
         &self,
         registry: &'a Registry,
         resolved: &mut Resolved<'a>,
@@ -312,14 +310,22 @@ fn input_column<'a>(
 ) -> String {
     let fv = registry.view(view).expect("compiled from the registry");
     let idx = registry.view_slot(views, fv);
-    if let Some((_, out)) = views[idx].features.iter().find(|(f, _)| f.name == feature) {
-        return out.clone();
+    if let Some(s) = views[idx]
+        .features
+        .iter()
+        .find(|s| s.feature.name == feature)
+    {
+        return s.output.clone();
     }
     let f = (fv.features.iter())
         .find(|f| f.name == feature)
         .expect("compiled from the registry");
-    let out = format!("{DEPENDENCY_PREFIX}{view}__{feature}");
-    views[idx].features.push((f, out.clone()));
+    let out = format!("{HIDDEN_PREFIX}{view}__{feature}");
+    views[idx].features.push(Selected {
+        feature: f,
+        output: out.clone(),
+        hidden: true,
+    });
     hidden.push(out.clone());
     out
 }
@@ -337,19 +343,19 @@ struct Step {
 /// The on-demand part of one request: which columns feed which expressions and
 /// what to append. Built once per request (or per DoExchange stream).
 #[derive(Debug, Clone)]
-pub struct OnDemandStage {
+pub(crate) struct OnDemandStage {
     steps: Vec<Step>,
     hidden: Vec<String>,
 }
 
 impl OnDemandStage {
     /// The hidden input columns [`apply`](Self::apply) removes.
-    pub fn hidden(&self) -> &[String] {
+    pub(crate) fn hidden(&self) -> &[String] {
         &self.hidden
     }
 
     /// The columns [`apply`](Self::apply) appends, in order.
-    pub fn fields(&self) -> Vec<Field> {
+    pub(crate) fn fields(&self) -> Vec<Field> {
         (self.steps.iter())
             .flat_map(|s| {
                 s.outputs
@@ -360,7 +366,7 @@ impl OnDemandStage {
     }
 
     /// Request columns the stage reads, with their types (for JSON requests).
-    pub fn request_fields(&self) -> Vec<Field> {
+    pub(crate) fn request_fields(&self) -> Vec<Field> {
         let mut out: Vec<Field> = Vec::new();
         for s in &self.steps {
             let inputs = (s.compiled.inputs.iter()).zip(s.compiled.input_schema.fields());
@@ -378,7 +384,7 @@ impl OnDemandStage {
 
     /// Appends the on-demand features to `batch` (which holds the request columns
     /// and the looked-up or joined features) and drops the hidden input columns.
-    pub fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch> {
+    pub(crate) fn apply(&self, batch: &RecordBatch) -> Result<RecordBatch> {
         let rows = batch.num_rows();
         let mut fields: Vec<Field> = Vec::new();
         let mut columns: Vec<ArrayRef> = Vec::new();
@@ -403,7 +409,7 @@ impl OnDemandStage {
                         column: name.clone(),
                         available: (batch.schema().fields().iter())
                             .map(|f| f.name().as_str())
-                            .filter(|n| !n.starts_with(DEPENDENCY_PREFIX))
+                            .filter(|n| !self.hidden.iter().any(|h| h == n))
                             .collect::<Vec<_>>()
                             .join(", "),
                     })?;
@@ -519,23 +525,29 @@ feature_services:
     /// offline store).
     fn registry(defs: &str) -> registry::Result<Registry> {
         let r = Registry::from_files("p", [("f.yaml", defs)])?;
-        Catalog::compile(&r)?;
+        OnDemandCatalog::compile(&r)?;
         Ok(r)
     }
 
     #[test]
     fn evaluates_with_hidden_dependencies_and_drops_them() {
         let r = registry(DEFS).unwrap();
-        let catalog = Catalog::compile(&r).unwrap();
+        let catalog = OnDemandCatalog::compile(&r).unwrap();
         let mut resolved = r.resolve_service("svc", false).unwrap();
         let stage = catalog.stage(&r, &mut resolved).unwrap();
         // avg_amt was not asked for: it is added as a hidden column.
         let cols: Vec<&str> = resolved.views[0]
             .features
             .iter()
-            .map(|(_, c)| c.as_str())
+            .map(|s| s.output.as_str())
             .collect();
         assert_eq!(cols, ["home_lat", "__quiver_dep_stats__avg_amt"]);
+        let hidden: Vec<bool> = resolved.views[0]
+            .features
+            .iter()
+            .map(|s| s.hidden)
+            .collect();
+        assert_eq!(hidden, [false, true]);
         assert_eq!(
             stage
                 .request_fields()
@@ -618,7 +630,7 @@ feature_services:
     #[test]
     fn missing_request_column_is_named() {
         let r = registry(DEFS).unwrap();
-        let catalog = Catalog::compile(&r).unwrap();
+        let catalog = OnDemandCatalog::compile(&r).unwrap();
         let mut resolved = r.resolve_service("svc", false).unwrap();
         let stage = catalog.stage(&r, &mut resolved).unwrap();
         let batch = RecordBatch::try_new(

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 /// Training parameters.
 #[derive(Debug, Clone)]
-pub(super) struct Params {
+pub(crate) struct Params {
     /// Boosting rounds (trees).
     pub trees: usize,
     /// Depth of each tree.
@@ -56,7 +56,7 @@ struct Tree {
 
 /// Trains on `rows` (one value per feature, NaN = missing) and returns the model
 /// as XGBoost JSON (`binary:logistic`).
-pub(super) fn train(features: &[&str], rows: &[Vec<f64>], labels: &[bool], p: &Params) -> Value {
+pub(crate) fn train(features: &[&str], rows: &[Vec<f64>], labels: &[bool], p: &Params) -> Value {
     let n = rows.len();
     let nf = features.len();
     // Quantile cut points per feature, on f32 values.
@@ -258,7 +258,7 @@ fn best_split(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use quiver_client::score::model::Model;
+    use quiver_score::model::Model;
 
     #[test]
     fn learns_a_nonlinear_signal_and_round_trips_through_the_evaluator() {

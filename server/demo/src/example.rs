@@ -1,0 +1,38 @@
+//! The example fraud feature repo (the top-level `feature_repo/`, shipped with
+//! this crate) and the features a model over its `fraud_v3` service reads. The
+//! demo, the tests and the benchmarks take both from here, so they cannot drift.
+
+use std::path::Path;
+
+/// `quiver.yaml` of the example repo.
+pub const CONFIG: &str = include_str!("../example/quiver.yaml");
+/// `features.yaml` of the example repo: entities, sources, views, services.
+pub const FEATURES: &str = include_str!("../example/features.yaml");
+
+/// The features a model over `fraud_v3` uses: the transaction amount, served
+/// features and on-demand features, in the model's column order.
+pub const MODEL_FEATURES: [&str; 11] = [
+    "amt",
+    "avg_amt_1d",
+    "txn_count_1d",
+    "max_amt_1d",
+    "credit_limit",
+    "merchant_avg_amt_1d",
+    "distance_from_home_km",
+    "amt_over_avg_1d",
+    "amt_over_max_1d",
+    "amt_over_limit",
+    "amt_over_merchant_avg",
+];
+
+/// Writes the example repo's files into `dir` (created if needed), replacing any
+/// `quiver.yaml` and `features.yaml` there.
+///
+/// ```no_run
+/// quiver_demo::example::write_repo(std::path::Path::new("my-repo")).unwrap();
+/// ```
+pub fn write_repo(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(dir.join("quiver.yaml"), CONFIG)?;
+    std::fs::write(dir.join("features.yaml"), FEATURES)
+}

@@ -1,0 +1,224 @@
+//! The front door of the library: a [`FeatureStore`] opens an applied feature repo
+//! (its catalog, offline store and online store) and does what the `quiver` verbs
+//! do: apply, materialize, status and serve. The CLI, the tests, the benches and
+//! the demo all go through it.
+//!
+//! ```text
+//! FeatureStore::apply(repo) ──> registry + Parquet schemas checked ──> .quiver/registry.json
+//! FeatureStore::open(repo, clock)
+//!   ├─ Catalog       (registry, source schemas, compiled on-demand features)
+//!   ├─ OfflineStore  (sources as DataFusion tables; PIT joins)
+//!   ├─ OnlineStore   (RocksDB)
+//!   └─ Materializer  (offline -> online)
+//!        └─ serve(listener) ──> Arrow Flight (flight)
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use quiver_client::protocol::{MaterializeReport, ViewStatus};
+use tracing::info;
+
+use crate::catalog::{self, Catalog};
+use crate::config::{self, Repo};
+use crate::error::ErrorKind;
+use crate::flight::{self, QuiverFlightService};
+use crate::materialize::{self, MaterializeOptions, Materializer, Progress, Window};
+use crate::offline::{self, EngineOptions, OfflineStore};
+use crate::online::{self, Clock, OnlineOptions, OnlineStore};
+use crate::registry::{self, Registry};
+
+/// Errors of the front door: each wraps the error of the part that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The repo has not been applied yet.
+    #[error("no registry at {}: run `quiver apply` in the repo first", path.display())]
+    NotApplied {
+        /// Where the registry was looked for.
+        path: PathBuf,
+    },
+    /// `quiver.yaml` or the environment is unusable.
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    /// The definitions are invalid.
+    #[error(transparent)]
+    Registry(#[from] registry::Error),
+    /// The definitions do not match the data.
+    #[error(transparent)]
+    Catalog(#[from] catalog::Error),
+    /// The offline store failed.
+    #[error(transparent)]
+    Offline(#[from] offline::Error),
+    /// The online store failed.
+    #[error(transparent)]
+    Online(#[from] online::Error),
+    /// A materialization failed.
+    #[error(transparent)]
+    Materialize(#[from] materialize::Error),
+    /// The Flight server failed.
+    #[error("the Flight server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// Result type of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// How this error should be reported to a caller.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::NotApplied { .. } => ErrorKind::NotFound,
+            Error::Config(_) => ErrorKind::InvalidArgument,
+            Error::Registry(e) => e.kind(),
+            Error::Catalog(e) => e.kind(),
+            Error::Offline(e) => e.kind(),
+            Error::Online(e) => e.kind(),
+            Error::Materialize(e) => e.kind(),
+            Error::Serve(_) => ErrorKind::Unavailable,
+        }
+    }
+}
+
+/// One applied feature repo, open: its catalog, offline store and online store.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), quiver_server::Error> {
+/// use quiver_server::{Clock, FeatureStore, Repo};
+/// let repo = Repo::load(std::path::Path::new("feature_repo"))?;
+/// FeatureStore::apply(&repo, false).await?;
+/// let store = FeatureStore::open(&repo, Clock::System).await?;
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:8815").await.unwrap();
+/// store.serve(listener, async { let _ = tokio::signal::ctrl_c().await; }).await?;
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct FeatureStore {
+    catalog: Arc<Catalog>,
+    offline: Arc<OfflineStore>,
+    materializer: Arc<Materializer>,
+}
+
+/// The applied registry of `repo`.
+fn applied_registry(repo: &Repo) -> Result<Registry> {
+    Registry::load(&repo.registry_path())?.ok_or_else(|| Error::NotApplied {
+        path: repo.registry_path(),
+    })
+}
+
+/// The catalog and offline store of `registry`.
+async fn open_catalog(
+    repo: &Repo,
+    registry: Registry,
+    options: EngineOptions,
+) -> Result<(Arc<Catalog>, OfflineStore)> {
+    let offline = OfflineStore::open(repo, &registry, options).await?;
+    let catalog = Catalog::new(Arc::new(registry), offline.source_schemas().clone())?;
+    Ok((Arc::new(catalog), offline))
+}
+
+impl FeatureStore {
+    /// Opens the repo's applied registry, offline store and online store (which
+    /// only one process may hold), judging online ttls by `clock`.
+    pub async fn open(repo: &Repo, clock: Clock) -> Result<Self> {
+        let options = EngineOptions {
+            memory_limit: repo.config.server.memory_limit_mb << 20,
+            ..Default::default()
+        };
+        let (catalog, offline) = open_catalog(repo, applied_registry(repo)?, options).await?;
+        let online = OnlineStore::open(
+            &repo.online_path(),
+            &OnlineOptions {
+                block_cache_bytes: repo.config.online_store.block_cache_mb << 20,
+                clock,
+            },
+        )?;
+        let offline = Arc::new(offline);
+        let materializer = Materializer::new(
+            catalog.clone(),
+            offline.clone(),
+            Arc::new(online),
+            MaterializeOptions {
+                bulk_min_keys: repo.config.online_store.bulk_min_keys,
+            },
+        )?;
+        Ok(Self {
+            catalog,
+            offline,
+            materializer: Arc::new(materializer),
+        })
+    }
+
+    /// Checks the repo's definitions against the Parquet data and, unless
+    /// `dry_run`, records the registry. Returns the changes (`+`/`~`/`-` lines).
+    pub async fn apply(repo: &Repo, dry_run: bool) -> Result<Vec<String>> {
+        let registry = Registry::from_repo(&repo.dir, &repo.config.project)?;
+        let (catalog, _) = open_catalog(repo, registry, EngineOptions::default()).await?;
+        catalog.validate()?;
+        let old = Registry::load(&repo.registry_path())?;
+        let changes = catalog.registry().diff(old.as_ref());
+        if !dry_run {
+            catalog.registry().save(&repo.registry_path())?;
+            info!(path = %repo.registry_path().display(), "registry recorded");
+        }
+        Ok(changes)
+    }
+
+    /// Every view's watermark, key count and last run, read from the repo's online
+    /// store without taking it (works while `quiver serve` holds it).
+    pub async fn status_of(repo: &Repo) -> Result<Vec<ViewStatus>> {
+        let (catalog, _) =
+            open_catalog(repo, applied_registry(repo)?, EngineOptions::default()).await?;
+        let layouts = materialize::view_layouts(&catalog)?;
+        let online = OnlineStore::open_read_only(&repo.online_path())?;
+        Ok(materialize::status(&online, &layouts)?)
+    }
+
+    /// Materializes `window` for the views named (all when `None`), one view after
+    /// the other; each view commits on its own, reported to `progress` as it does.
+    pub async fn materialize(
+        &self,
+        window: Window,
+        views: Option<&[String]>,
+        progress: &dyn Progress,
+    ) -> Result<Vec<MaterializeReport>> {
+        Ok(self.materializer.run(window, views, progress).await?)
+    }
+
+    /// Every view's watermark, key count and last run.
+    pub fn status(&self) -> Result<Vec<ViewStatus>> {
+        Ok(self.materializer.status()?)
+    }
+
+    /// Every view's raw online entries (encoded key, encoded value), for
+    /// inspection and consistency checks; large on a real store.
+    pub fn online_entries(&self) -> Result<BTreeMap<String, online::Entries>> {
+        let online = self.materializer.online();
+        let mut out = BTreeMap::new();
+        for (name, layout) in self.materializer.layouts() {
+            out.insert(name.clone(), online.scan_view(layout)?);
+        }
+        Ok(out)
+    }
+
+    /// This store as an Arrow Flight service (to mount in a tonic server of
+    /// one's own; [`serve`](Self::serve) does it all).
+    pub fn flight_service(&self) -> QuiverFlightService {
+        QuiverFlightService::new(
+            self.catalog.clone(),
+            self.offline.clone(),
+            self.materializer.clone(),
+        )
+    }
+
+    /// Serves the store over Arrow Flight on an already bound listener until
+    /// `shutdown` resolves; then it stops accepting calls, ends open online lookup
+    /// streams and waits for the other calls to finish.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<()> {
+        Ok(flight::serve(listener, self.flight_service(), shutdown).await?)
+    }
+}
