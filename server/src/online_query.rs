@@ -21,6 +21,7 @@ use quiver_client::protocol::OnlineFeaturesRequest;
 use crate::catalog::on_demand::{self, OnDemandStage};
 use crate::catalog::{self, Catalog};
 use crate::error::ErrorKind;
+use crate::online::encoding::KeyColumn;
 use crate::online::{self, LookupPlan, OnlineStore, ViewLayout};
 
 /// Errors answering an online query.
@@ -93,7 +94,12 @@ impl OnlineQuery {
     /// batch's columns, then the features.
     pub(crate) fn answer(&mut self, batch: &RecordBatch) -> Result<RecordBatch> {
         let keys = self.plan.key_columns_from_batch(batch)?;
-        let features = self.store.lookup(&self.plan, &keys, batch.num_rows())?;
+        self.answer_keys(batch, &keys)
+    }
+
+    /// The answer to `batch`, whose key columns are already normalized in `keys`.
+    fn answer_keys(&mut self, batch: &RecordBatch, keys: &[KeyColumn]) -> Result<RecordBatch> {
+        let features = self.store.lookup(&self.plan, keys, batch.num_rows())?;
         let input_schema = batch.schema();
         let answer_schema = match &self.schemas {
             Some((i, a)) if *i == input_schema => a.clone(),
@@ -147,7 +153,7 @@ impl OnlineQuery {
         let options = arrow::array::RecordBatchOptions::new().with_row_count(Some(rows));
         let batch =
             RecordBatch::try_new_with_options(Arc::new(Schema::new(fields)), columns, &options)?;
-        self.answer(&batch)
+        self.answer_keys(&batch, &keys)
     }
 }
 
