@@ -16,6 +16,26 @@ use tempfile::TempDir;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// The `quiver` binary: `$QUIVER_BIN`, else next to the test executable.
+pub fn quiver_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("QUIVER_BIN") {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/it-<hash> -> target/<profile>/quiver
+    let exe = std::env::current_exe().expect("current exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("quiver");
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first with `cargo build --bin quiver` (scripts/test.sh does), or set QUIVER_BIN",
+        bin.display()
+    );
+    bin
+}
+
 /// One day in microseconds.
 pub const DAY_US: i64 = 86_400_000_000;
 
@@ -36,6 +56,7 @@ pub async fn materialize_all(client: &mut QuiverClient, end_ns: i64) -> Vec<Mate
             start: "2020-01-01T00:00:00Z".into(),
             end: format_instant(end_ns),
             views: None,
+            replace: false,
         })
         .await
         .expect("materialize")

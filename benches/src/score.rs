@@ -167,6 +167,7 @@ pub(crate) async fn score(args: ScoreArgs) -> Result<()> {
             start: "2020-01-01T00:00:00Z".into(),
             end: now.clone(),
             views: None,
+            replace: false,
         })
         .await?;
     let model = dir.join("model.json");

@@ -16,8 +16,10 @@ use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::{FlightClient, FlightDescriptor, FlightInfo};
 use futures::{stream, TryStreamExt};
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::transport::Channel;
 
+use crate::connection::{self, ConnectOptions};
 use crate::error::{Error, Result};
 use crate::protocol::{
     Command, FeatureDescription, HistoricalFeaturesRequest, MaterializeIncrementalRequest,
@@ -38,30 +40,31 @@ fn raw_client(channel: Channel) -> FlightServiceClient<Channel> {
 pub struct QuiverClient {
     flight: FlightClient,
     channel: Channel,
+    authorization: Option<MetadataValue<Ascii>>,
 }
 
 impl QuiverClient {
-    /// Connects to `addr` (`http://host:port`, or `host:port`).
+    /// Connects to `addr` (`http://host:port`, or `host:port`), plaintext and
+    /// without a token.
     pub async fn connect(addr: impl AsRef<str>) -> Result<Self> {
-        let addr = addr.as_ref();
-        let uri = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
-        let endpoint = Endpoint::from_shared(uri.clone())
-            .map_err(|source| Error::Connect {
-                addr: uri.clone(),
-                source,
-            })?
-            .tcp_nodelay(true);
-        let channel: Channel = endpoint
-            .connect()
-            .await
-            .map_err(|source| Error::Connect { addr: uri, source })?;
+        Self::connect_with(addr, &ConnectOptions::default()).await
+    }
+
+    /// Connects to `addr` with TLS and a token as `options` say.
+    pub async fn connect_with(addr: impl AsRef<str>, options: &ConnectOptions) -> Result<Self> {
+        let channel = connection::channel(addr.as_ref(), options).await?;
+        let authorization = options.authorization()?;
+        let mut flight = FlightClient::new_from_inner(raw_client(channel.clone()));
+        if let Some(v) = &authorization {
+            let v = v.to_str().expect("ASCII by construction");
+            flight
+                .add_header("authorization", v)
+                .map_err(|e| Error::Flight(e))?;
+        }
         Ok(Self {
-            flight: FlightClient::new_from_inner(raw_client(channel.clone())),
+            flight,
             channel,
+            authorization,
         })
     }
 
@@ -117,6 +120,7 @@ impl QuiverClient {
         Ok(OnlineSession::new(
             raw_client(self.channel.clone()),
             request.clone(),
+            self.authorization.clone(),
         ))
     }
 

@@ -21,6 +21,14 @@ pub enum Error {
         #[source]
         source: tonic::transport::Error,
     },
+    /// A TLS file could not be read.
+    #[error("TLS file {}: {message}", path.display())]
+    Tls {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        message: String,
+    },
     /// The server answered with an error status; its message says what was wrong.
     #[error("server error ({code:?}): {message}")]
     Server {

@@ -6,6 +6,7 @@
 //! - [`protocol`]: the wire contract. Every command a Quiver server understands is a
 //!   small UTF-8 JSON document carried in a `FlightDescriptor.cmd`, a `Ticket` or an
 //!   `Action` body; the server implements exactly these types.
+//! - [`connection`]: [`ConnectOptions`], TLS and the bearer token.
 //! - [`error`]: [`Error`], what any SDK call can fail with.
 //! - [`client`]: [`QuiverClient`], a typed SDK over Arrow Flight for training jobs
 //!   (point-in-time training sets), scorers (online lookups) and operators
@@ -27,11 +28,13 @@
 //! ```
 
 pub mod client;
+pub mod connection;
 pub mod error;
 pub mod protocol;
 pub mod session;
 
 pub use client::QuiverClient;
+pub use connection::ConnectOptions;
 pub use error::{Error, Result};
 pub use protocol::{
     Command, FeatureDescription, HistoricalFeaturesRequest, MaterializeIncrementalRequest,

@@ -359,6 +359,10 @@ pub struct MaterializeRequest {
     /// Views to load; all views when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub views: Option<Vec<String>>,
+    /// Overwrite stored rows even when they claim to be newer, and set the
+    /// watermark to `end`: an operator's repair of keys holding bad values.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub replace: bool,
 }
 
 /// Body of the `materialize_incremental` action: each view from its watermark

@@ -17,6 +17,7 @@ use arrow_flight::flight_service_client::FlightServiceClient;
 use arrow_flight::FlightDescriptor;
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
+use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
 use crate::error::{Error, Result};
@@ -40,6 +41,7 @@ use crate::protocol::{Command, OnlineFeaturesRequest};
 pub struct OnlineSession {
     client: FlightServiceClient<Channel>,
     request: OnlineFeaturesRequest,
+    authorization: Option<MetadataValue<Ascii>>,
     open: Option<Open>,
 }
 
@@ -53,10 +55,12 @@ impl OnlineSession {
     pub(crate) fn new(
         client: FlightServiceClient<Channel>,
         request: OnlineFeaturesRequest,
+        authorization: Option<MetadataValue<Ascii>>,
     ) -> Self {
         Self {
             client,
             request,
+            authorization,
             open: None,
         }
     }
@@ -85,9 +89,13 @@ impl OnlineSession {
                 .build(tokio_stream_of(rx))
                 .take_while(|m| futures::future::ready(m.is_ok()))
                 .filter_map(|m| async move { m.ok() });
+            let mut call = tonic::Request::new(input);
+            if let Some(v) = &self.authorization {
+                call.metadata_mut().insert("authorization", v.clone());
+            }
             let response = self
                 .client
-                .do_exchange(input)
+                .do_exchange(call)
                 .await
                 .map_err(|s| Error::from(FlightError::Tonic(Box::new(s))))?;
             let answers = FlightRecordBatchStream::new_from_flight_data(

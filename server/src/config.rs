@@ -160,6 +160,94 @@ pub struct ServerConfig {
     /// Memory the query engine may use before sorts spill to disk, in MiB.
     #[serde(default = "default_memory_limit_mb")]
     pub memory_limit_mb: usize,
+    /// TLS for the Flight port (`{cert, key, client_ca}`); plaintext when absent.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Bearer tokens with roles (`{tokens_file}`); no authentication when absent,
+    /// and then `quiver serve` binds only to loopback unless `--insecure-bind`.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// Where Prometheus metrics are served over HTTP (`GET /metrics`); off when absent.
+    #[serde(default)]
+    pub metrics_addr: Option<String>,
+    /// Bounds on what one client may ask of the server.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// `server.tls`: PEM files, relative to the repo folder unless absolute.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server's certificate chain.
+    pub cert: PathBuf,
+    /// The server's private key.
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA (mutual TLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+}
+
+/// `server.auth`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The tokens file (`quiver token create` appends to it); re-read when it changes.
+    pub tokens_file: PathBuf,
+}
+
+/// `server.limits`: each is a clear error to the client when exceeded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest gRPC message accepted or sent, in bytes.
+    pub max_message_bytes: usize,
+    /// Most keys in one online request (one DoGet, or one DoExchange batch).
+    pub max_online_rows: usize,
+    /// Most spine rows in one historical request; 0 = no limit (memory is still
+    /// bounded by `memory_limit_mb`).
+    pub max_spine_rows: usize,
+    /// Longest `entity_sql`, in bytes.
+    pub max_sql_bytes: usize,
+    /// Deepest expression nesting in `entity_sql` (`a OR b OR ...` counts one per term).
+    pub max_expr_depth: usize,
+    /// Calls served at once; more get RESOURCE_EXHAUSTED rather than a queue.
+    pub max_concurrent_calls: usize,
+    /// Open client connections; more are closed on accept.
+    pub max_connections: usize,
+    /// A connection with no bytes either way for this long is closed (clients that
+    /// are alive answer the server's HTTP/2 pings, sent every third of it).
+    pub idle_timeout_secs: u64,
+    /// A TLS handshake must finish within this.
+    pub handshake_timeout_secs: u64,
+    /// Deadline of an online lookup (DoGet), and of each batch of a DoExchange lookup session.
+    pub online_deadline_secs: u64,
+    /// Deadline of a historical retrieval, from the call to its last batch.
+    pub historical_deadline_secs: u64,
+    /// Deadline of a materialize action.
+    pub materialize_deadline_secs: u64,
+    /// Deadline of the other calls (schemas, listings, status).
+    pub metadata_deadline_secs: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: quiver_client::protocol::MAX_MESSAGE_BYTES,
+            max_online_rows: 100_000,
+            max_spine_rows: 0,
+            max_sql_bytes: 64 << 10,
+            max_expr_depth: 64,
+            max_concurrent_calls: 256,
+            max_connections: 512,
+            idle_timeout_secs: 300,
+            handshake_timeout_secs: 10,
+            online_deadline_secs: 10,
+            historical_deadline_secs: 3600,
+            materialize_deadline_secs: 6 * 3600,
+            metadata_deadline_secs: 60,
+        }
+    }
 }
 
 fn default_addr() -> String {
@@ -175,6 +263,10 @@ impl Default for ServerConfig {
         Self {
             addr: default_addr(),
             memory_limit_mb: default_memory_limit_mb(),
+            tls: None,
+            auth: None,
+            metrics_addr: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -282,6 +374,12 @@ impl Repo {
         }
         url.to_file_path()
             .map_err(|_| invalid(format!("offline_store.url {url} is not a local path")))
+    }
+
+    /// A path from `quiver.yaml` (TLS files, the tokens file): relative to the repo
+    /// folder unless absolute.
+    pub fn resolve_path(&self, p: &Path) -> PathBuf {
+        self.resolve(&p.to_string_lossy())
     }
 
     fn resolve(&self, p: &str) -> PathBuf {

@@ -9,8 +9,12 @@ pub enum ErrorKind {
     InvalidArgument,
     /// A named object (view, service, file) does not exist.
     NotFound,
+    /// The caller did not prove who it is (no token, or an unknown one).
+    Unauthenticated,
     /// The caller may not do this.
     PermissionDenied,
+    /// A limit of the server was reached (busy, out of memory for this request).
+    ResourceExhausted,
     /// A dependency (object store, disk) is unreachable or failing; retry may help.
     Unavailable,
     /// A bug or an unexpected state on the server.

@@ -10,7 +10,7 @@
 //!   ├─ OfflineStore  (sources as DataFusion tables; PIT joins)
 //!   ├─ OnlineStore   (RocksDB)
 //!   └─ Materializer  (offline -> online)
-//!        └─ serve(listener) ──> Arrow Flight (flight)
+//!        └─ serve(listener) ──> transport (TLS, limits, health, metrics) ──> gate ──> flight
 //! ```
 
 use std::collections::BTreeMap;
@@ -20,14 +20,18 @@ use std::sync::Arc;
 use quiver_client::protocol::{MaterializeReport, ViewStatus};
 use tracing::info;
 
+use crate::auth::{self, Authenticator};
 use crate::catalog::{self, Catalog};
 use crate::config::{self, Repo};
 use crate::error::ErrorKind;
-use crate::flight::{self, QuiverFlightService};
+use crate::flight::QuiverFlightService;
+use crate::gate::Gate;
 use crate::materialize::{self, MaterializeOptions, Materializer, Progress, Window};
+use crate::metrics::{Metrics, Snapshot};
 use crate::offline::{self, EngineOptions, OfflineStore};
 use crate::online::{self, Clock, OnlineOptions, OnlineStore};
 use crate::registry::{self, Registry};
+use crate::transport::{self, Tls, Transport};
 
 /// Errors of the front door: each wraps the error of the part that failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,9 +60,12 @@ pub enum Error {
     /// A materialization failed.
     #[error(transparent)]
     Materialize(#[from] materialize::Error),
-    /// The Flight server failed.
-    #[error("the Flight server failed: {0}")]
-    Serve(#[from] tonic::transport::Error),
+    /// The server's transport (TLS files, metrics port, gRPC) failed.
+    #[error(transparent)]
+    Transport(#[from] transport::Error),
+    /// The tokens file of `server.auth` is unusable.
+    #[error(transparent)]
+    Auth(#[from] auth::Error),
 }
 
 /// Result type of this module.
@@ -75,7 +82,9 @@ impl Error {
             Error::Offline(e) => e.kind(),
             Error::Online(e) => e.kind(),
             Error::Materialize(e) => e.kind(),
-            Error::Serve(_) => ErrorKind::Unavailable,
+            Error::Transport(transport::Error::Serve(_)) => ErrorKind::Unavailable,
+            Error::Transport(_) => ErrorKind::InvalidArgument,
+            Error::Auth(e) => e.kind(),
         }
     }
 }
@@ -97,6 +106,8 @@ pub struct FeatureStore {
     catalog: Arc<Catalog>,
     offline: Arc<OfflineStore>,
     materializer: Arc<Materializer>,
+    /// The repo, for `server:` (TLS, auth, limits, metrics) and its paths.
+    repo: Repo,
 }
 
 /// The applied registry of `repo`.
@@ -123,6 +134,7 @@ impl FeatureStore {
     pub async fn open(repo: &Repo, clock: Clock) -> Result<Self> {
         let options = EngineOptions {
             memory_limit: repo.config.server.memory_limit_mb << 20,
+            sql: (&repo.config.server.limits).into(),
             ..Default::default()
         };
         let (catalog, offline) = open_catalog(repo, applied_registry(repo)?, options).await?;
@@ -146,6 +158,7 @@ impl FeatureStore {
             catalog,
             offline,
             materializer: Arc::new(materializer),
+            repo: repo.clone(),
         })
     }
 
@@ -204,21 +217,85 @@ impl FeatureStore {
     /// This store as an Arrow Flight service (to mount in a tonic server of
     /// one's own; [`serve`](Self::serve) does it all).
     pub fn flight_service(&self) -> QuiverFlightService {
+        let limits = self.repo.config.server.limits.clone();
+        self.service_with(Arc::new(Gate::new(None, limits, Arc::new(Metrics::new()))))
+    }
+
+    fn service_with(&self, gate: Arc<Gate>) -> QuiverFlightService {
         QuiverFlightService::new(
             self.catalog.clone(),
             self.offline.clone(),
             self.materializer.clone(),
+            gate,
         )
     }
 
-    /// Serves the store over Arrow Flight on an already bound listener until
-    /// `shutdown` resolves; then it stops accepting calls, ends open online lookup
-    /// streams and waits for the other calls to finish.
+    /// Values the metrics read at scrape time.
+    fn snapshot(&self) -> Snapshot {
+        let now = self.materializer.online().now_nanos();
+        let views = (self.materializer.status().unwrap_or_default().into_iter())
+            .map(|v| {
+                let lag = (v.watermark.as_deref())
+                    .and_then(|w| crate::instant::parse(w).ok())
+                    .map(|w| (now - w) as f64 / 1e9);
+                (v.view, lag, v.key_count)
+            })
+            .collect();
+        let (block_cache_hit_ratio, sst_bytes) = self.materializer.online().stats();
+        Snapshot {
+            views,
+            block_cache_hit_ratio,
+            sst_bytes,
+            pool_reserved: self.offline.memory_reserved() as u64,
+        }
+    }
+
+    /// Whether `server.auth` is configured (else `quiver serve` keeps to loopback).
+    pub fn has_auth(&self) -> bool {
+        self.repo.config.server.auth.is_some()
+    }
+
+    /// Serves Flight (with TLS, tokens, limits, health and metrics as `server:`
+    /// in `quiver.yaml` says) on `listener` until `shutdown` resolves, then drains.
     pub async fn serve(
         &self,
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<()> {
-        Ok(flight::serve(listener, self.flight_service(), shutdown).await?)
+        let server = &self.repo.config.server;
+        let auth = match &server.auth {
+            Some(a) => {
+                let a = Arc::new(Authenticator::open(
+                    &self.repo.resolve_path(&a.tokens_file),
+                )?);
+                Some(a)
+            }
+            None => None,
+        };
+        let _watch = auth.as_ref().map(|a| AbortOnDrop(a.watch()));
+        let tls = match &server.tls {
+            Some(t) => Some(Tls::load(t, |p| self.repo.resolve_path(p))?),
+            None => None,
+        };
+        let metrics = Arc::new(Metrics::new());
+        let gate = Arc::new(Gate::new(auth, server.limits.clone(), metrics.clone()));
+        let this = self.clone();
+        let transport = Transport {
+            tls,
+            limits: server.limits.clone(),
+            metrics_addr: server.metrics_addr.clone(),
+            metrics,
+            snapshot: Arc::new(move || this.snapshot()),
+        };
+        Ok(transport::serve(listener, self.service_with(gate), transport, shutdown).await?)
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

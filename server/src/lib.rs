@@ -10,11 +10,13 @@
 //!
 //! ```text
 //! feature_store (the front door: open, apply, materialize, status, serve)
-//!   ─> flight (decode, call, encode, map errors) ─> online_query, materialize
+//!   ─> transport (TLS, connections, health, metrics port, drain)
+//!     ─> flight (decode, call, encode, map errors) ─> gate (tokens, roles, slots,
+//!        deadlines, panics, metrics) ─> auth, metrics; ipc_check; online_query, materialize
 //!     ─> catalog (registry + source schemas + compiled on-demand features: resolution,
 //!        spine checks, descriptions), offline (historical, pit, window), online (store,
 //!        lookup, encoding)
-//!       ─> registry ─> config; error, keys, instant and datagen are leaves
+//!       ─> registry ─> config; error, keys, instant, redact and datagen are leaves
 //!         └── quiver_client::protocol (wire types) under all of them
 //! ```
 //!
@@ -29,23 +31,29 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 mod catalog;
 pub mod config;
 pub mod datagen;
 pub mod error;
 mod feature_store;
 mod flight;
+mod gate;
 pub mod instant;
+mod ipc_check;
 mod keys;
 mod materialize;
+mod metrics;
 mod offline;
 mod online;
 mod online_query;
+mod redact;
 mod registry;
+mod transport;
 
 pub use config::Repo;
 pub use error::ErrorKind;
 pub use feature_store::{Error, FeatureStore, Result};
 pub use flight::QuiverFlightService;
-pub use materialize::{NoProgress, Progress, Window};
+pub use materialize::{NoProgress, Progress, Window, MAX_CLOCK_SKEW_NANOS};
 pub use online::Clock;

@@ -89,7 +89,31 @@ pub enum Window {
         /// Inclusive end (ns).
         end: i64,
     },
+    /// An operator's repair: event times in `[start, end]`, each key's newest row
+    /// overwriting what is stored even if the stored row claims to be newer, and
+    /// the watermark set to `end` (not kept if later).
+    Replace {
+        /// Inclusive start (ns).
+        start: i64,
+        /// Inclusive end (ns).
+        end: i64,
+    },
 }
+
+impl Window {
+    /// The window's end (ns).
+    pub fn end(&self) -> i64 {
+        match *self {
+            Window::Range { end, .. }
+            | Window::Incremental { end }
+            | Window::Replace { end, .. } => end,
+        }
+    }
+}
+
+/// How far past the server's clock a materialize `end` may be: more would move
+/// the watermark into the future and freeze incremental runs.
+pub const MAX_CLOCK_SKEW_NANOS: i64 = 5 * 60 * 1_000_000_000;
 
 /// Progress of a run, reported as it goes.
 pub trait Progress: Send + Sync {
@@ -190,10 +214,20 @@ fn fold_batch(
         Some(c) => Some(timestamp_nanos(&col(c)?)?),
         None => None,
     };
-    let features: Vec<FeatureColumn> = columns
-        .features
-        .iter()
-        .map(|f| Ok(FeatureColumn::new(&col(f)?).map_err(online::Error::from)?))
+    // A value stored under the wrong type would fail every lookup of its key: check.
+    let features: Vec<FeatureColumn> = (columns.features.iter().zip(&layout.features))
+        .map(|(f, (name, expected))| {
+            let c = col(f)?;
+            if c.data_type() != expected {
+                return Err(Error::Invalid(format!(
+                    "view {:?}: feature {name:?} scanned as {} but its registered type is {expected}; \
+                     fix the source data or the definition and `quiver apply`",
+                    layout.name,
+                    c.data_type()
+                )));
+            }
+            Ok(FeatureColumn::new(&c).map_err(online::Error::from)?)
+        })
         .collect::<Result<_>>()?;
     let prefix = layout.prefix();
     let mut key = Vec::with_capacity(32);
@@ -292,7 +326,15 @@ impl Materializer {
         views: Option<&[String]>,
         progress: &dyn Progress,
     ) -> Result<Vec<MaterializeReport>> {
-        if let Window::Range { start, end } = window {
+        let now = self.online.now_nanos();
+        if window.end() > now.saturating_add(MAX_CLOCK_SKEW_NANOS) {
+            return Err(Error::Invalid(format!(
+                "end {} is in the future (the server's clock says {}); materialize reads only the past",
+                format_instant(window.end()),
+                format_instant(now)
+            )));
+        }
+        if let Window::Range { start, end } | Window::Replace { start, end } = window {
             if start > end {
                 return Err(Error::Invalid(format!(
                     "start {} is after end {}",
@@ -319,8 +361,9 @@ impl Materializer {
         let lock = self.online.view_lock(&layout.name);
         let _guard = lock.lock().await;
         let state = self.online.view_state(layout)?;
+        let replace = matches!(window, Window::Replace { .. });
         let (start, end) = match window {
-            Window::Range { start, end } => (Some(start), end),
+            Window::Range { start, end } | Window::Replace { start, end } => (Some(start), end),
             Window::Incremental { end } => {
                 let start = match state.as_ref().and_then(|s| s.watermark) {
                     Some(w) => Some(w),
@@ -340,7 +383,7 @@ impl Materializer {
             entities: 0,
             keys_written: 0,
             key_count: state.as_ref().map_or(0, |s| s.key_count),
-            mode: "batch".into(),
+            mode: if replace { "replace" } else { "batch" }.into(),
             seconds: 0.0,
         };
         if start.is_some_and(|s| s > end) {
@@ -363,7 +406,10 @@ impl Materializer {
         });
         let mut new_state = ViewState {
             fingerprint: layout.fingerprint,
-            watermark: Some(old.watermark.map_or(end, |w| w.max(end))),
+            watermark: Some(match old.watermark {
+                Some(w) if !replace => w.max(end),
+                _ => end,
+            }),
             key_count: old.key_count,
             last_run: None,
             last_run_at: None,
@@ -373,7 +419,7 @@ impl Materializer {
         let bulk_min = self.options.bulk_min_keys;
         let report = tokio::task::spawn_blocking(move || -> Result<MaterializeReport> {
             let mut report = report;
-            if entries.len() >= bulk_min && online.view_is_empty(&layout2)? {
+            if !replace && entries.len() >= bulk_min && online.view_is_empty(&layout2)? {
                 report.mode = "bulk".into();
                 report.keys_written = entries.len() as u64;
                 new_state.key_count = entries.len() as u64;
@@ -383,7 +429,7 @@ impl Materializer {
                 new_state.last_run_at = Some(Utc::now().timestamp_nanos_opt().unwrap_or(0));
                 online.commit_bulk(&layout2, entries, &new_state)?;
             } else {
-                let (keep, new_keys) = online.newer_only(&layout2, entries)?;
+                let (keep, new_keys) = online.newer_only(&layout2, entries, replace)?;
                 report.keys_written = keep.len() as u64;
                 new_state.key_count += new_keys;
                 report.key_count = new_state.key_count;

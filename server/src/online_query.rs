@@ -70,6 +70,8 @@ pub(crate) struct OnlineQuery {
     /// (input schema, answer schema before on-demand features): a stream's
     /// batches share one schema, so the answer's is built once, not per batch.
     schemas: Option<(SchemaRef, SchemaRef)>,
+    /// Most keys per batch (0 = no limit): `server.limits.max_online_rows`.
+    max_rows: usize,
 }
 
 impl OnlineQuery {
@@ -87,12 +89,51 @@ impl OnlineQuery {
             on_demand: resolved.on_demand,
             store,
             schemas: None,
+            max_rows: 0,
         })
+    }
+
+    /// Refuses batches of more than `max_rows` keys (0 = no limit).
+    pub(crate) fn with_max_rows(mut self, max_rows: usize) -> Self {
+        self.max_rows = max_rows;
+        self
+    }
+
+    fn check_rows(&self, rows: usize) -> Result<()> {
+        if self.max_rows > 0 && rows > self.max_rows {
+            return Err(Error::InvalidRequest(format!(
+                "{rows} keys in one online request; the server accepts at most {} (server.limits.max_online_rows): split it",
+                self.max_rows
+            )));
+        }
+        Ok(())
+    }
+
+    /// Refuses request columns named like a served feature (or a reserved name):
+    /// they would shadow the stored value in on-demand expressions.
+    fn check_input_names(&self, input: &Schema) -> Result<()> {
+        let served = (self.plan.output_fields.iter())
+            .map(|f| f.name().clone())
+            .chain(
+                (self.on_demand.iter())
+                    .flat_map(|s| s.fields().into_iter().map(|f| f.name().clone())),
+            );
+        let served: std::collections::HashSet<String> = served.collect();
+        for f in input.fields() {
+            if served.contains(f.name()) || f.name().starts_with(crate::catalog::RESERVED_PREFIX) {
+                return Err(Error::InvalidRequest(format!(
+                    "request column {:?} has the name of a served feature (or a reserved name); rename it",
+                    f.name()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The answer to one batch of keys (and on-demand request fields): the
     /// batch's columns, then the features.
     pub(crate) fn answer(&mut self, batch: &RecordBatch) -> Result<RecordBatch> {
+        self.check_rows(batch.num_rows())?;
         let keys = self.plan.key_columns_from_batch(batch)?;
         self.answer_keys(batch, &keys)
     }
@@ -104,6 +145,7 @@ impl OnlineQuery {
         let answer_schema = match &self.schemas {
             Some((i, a)) if *i == input_schema => a.clone(),
             _ => {
+                self.check_input_names(&input_schema)?;
                 let mut fields: Vec<Field> = (input_schema.fields().iter())
                     .map(|f| f.as_ref().clone())
                     .collect();
@@ -128,6 +170,7 @@ impl OnlineQuery {
         &mut self,
         entities: &BTreeMap<String, Vec<serde_json::Value>>,
     ) -> Result<RecordBatch> {
+        self.check_rows(entities.values().map(|v| v.len()).max().unwrap_or(0))?;
         let request_fields = (self.on_demand.as_ref())
             .map(|s| s.request_fields())
             .unwrap_or_default();

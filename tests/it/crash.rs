@@ -2,34 +2,15 @@
 //! view at its old or its new state, and a rerun ends where a clean run ends.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use quiver_e2e::example_repo;
+use quiver_e2e::{example_repo, quiver_binary};
 use quiver_server::{datagen, Clock, FeatureStore, Repo};
 
 /// Per view: every (key, value), the watermark and the key count.
 type Dump = BTreeMap<String, (Vec<(Vec<u8>, Vec<u8>)>, Option<String>, u64)>;
-
-fn quiver_binary() -> PathBuf {
-    if let Ok(p) = std::env::var("QUIVER_BIN") {
-        return PathBuf::from(p);
-    }
-    // target/<profile>/deps/it-<hash> -> target/<profile>/quiver
-    let exe = std::env::current_exe().expect("current exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("quiver");
-    assert!(
-        bin.exists(),
-        "{} is missing: build it first with `cargo build --bin quiver` (scripts/test.sh does), or set QUIVER_BIN",
-        bin.display()
-    );
-    bin
-}
 
 async fn dump(repo: &Repo) -> Dump {
     let store = FeatureStore::open(repo, Clock::System)

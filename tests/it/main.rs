@@ -2,7 +2,9 @@
 
 mod crash;
 mod historical;
+mod load;
 mod online;
 mod request_time;
 mod s3;
 mod scorer;
+mod security;

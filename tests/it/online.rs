@@ -229,11 +229,13 @@ async fn windows_out_of_order_twice_or_concurrently_never_move_keys_back() {
         start: at(datagen::EPOCH_US + 10 * DAY_US),
         end: at(t_us),
         views: Some(vec!["card_stats".into()]),
+        replace: false,
     };
     let older = MaterializeRequest {
         start: at(datagen::EPOCH_US - DAY_US),
         end: at(datagen::EPOCH_US + 12 * DAY_US),
         views: Some(vec!["card_stats".into()]),
+        replace: false,
     };
     client.materialize(&newer).await.unwrap();
     let after_newer = client.get_online_features(&lookup).await.unwrap();

@@ -53,6 +53,37 @@ pub struct ScorerConfig {
     pub retry: Retry,
     /// Appending served features and decisions to the offline store.
     pub feature_log: Option<FeatureLog>,
+    /// TLS to the server (`{ca, cert, key}`, PEM paths); plaintext when absent.
+    pub tls: Option<Tls>,
+    /// Bearer token for the server; never read from or written to the YAML (pass
+    /// `--token` or `QUIVER_TOKEN`).
+    #[serde(skip)]
+    pub token: Option<String>,
+}
+
+/// TLS files of the scorer's connection.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// CA of the server's certificate.
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate, for mutual TLS.
+    pub cert: Option<std::path::PathBuf>,
+    /// Key of `cert`.
+    pub key: Option<std::path::PathBuf>,
+}
+
+impl ScorerConfig {
+    /// How to connect to the server.
+    pub fn connect_options(&self) -> quiver_client::ConnectOptions {
+        let tls = self.tls.clone().unwrap_or_default();
+        quiver_client::ConnectOptions {
+            token: self.token.clone(),
+            tls_ca: tls.ca,
+            tls_cert: tls.cert,
+            tls_key: tls.key,
+        }
+    }
 }
 
 impl Default for ScorerConfig {
@@ -67,6 +98,8 @@ impl Default for ScorerConfig {
             queue_capacity: 8192,
             retry: Retry::default(),
             feature_log: None,
+            tls: None,
+            token: None,
         }
     }
 }

@@ -81,6 +81,18 @@ struct Args {
     /// Print the final report as JSON on stderr instead of text.
     #[arg(long)]
     json_report: bool,
+    /// Bearer token for the server.
+    #[arg(long, env = "QUIVER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// PEM CA of the server's certificate: connect with TLS.
+    #[arg(long, env = "QUIVER_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for servers that require mutual TLS.
+    #[arg(long, env = "QUIVER_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM key of --tls-cert.
+    #[arg(long, env = "QUIVER_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 fn format_of(explicit: Option<Format>, path: &str) -> Format {
@@ -98,6 +110,17 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     if let Some(v) = args.server {
         config.server = v;
+    }
+    config.token = args.token.filter(|t| !t.trim().is_empty());
+    if args.tls_ca.is_some() || args.tls_cert.is_some() {
+        let tls = config.tls.get_or_insert_with(Default::default);
+        if let Some(v) = args.tls_ca {
+            tls.ca = Some(v);
+        }
+        if let (Some(c), Some(k)) = (args.tls_cert, args.tls_key) {
+            tls.cert = Some(c);
+            tls.key = Some(k);
+        }
     }
     if let Some(v) = args.service {
         config.feature_service = v;

@@ -228,6 +228,7 @@ pub async fn run(dir: &Path) -> Result<()> {
             start: "2020-01-01T00:00:00Z".into(),
             end: instant_ns(split_us),
             views: None,
+            replace: false,
         })
         .await?;
     for r in &reports {

@@ -31,7 +31,6 @@ use datafusion::physical_plan::sorts::sort::SortExec;
 use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{execute_stream, ExecutionPlan};
-use datafusion::sql::parser::DFParser;
 use futures::StreamExt;
 use quiver_client::protocol::HistoricalFeaturesRequest;
 use tracing::{info, instrument};
@@ -120,40 +119,6 @@ struct SpineInfo {
 }
 
 impl OfflineStore {
-    /// Plans a spine-producing `entity_sql` query over the offline store's sources.
-    /// Only a single `SELECT` (or `WITH ... SELECT`) is accepted; nothing runs.
-    async fn entity_sql(&self, sql: &str) -> Result<datafusion::dataframe::DataFrame> {
-        let statements = DFParser::parse_sql(sql)
-            .map_err(|e| Error::invalid(format!("entity_sql does not parse: {e}")))?;
-        if statements.len() != 1 {
-            return Err(Error::invalid(
-                "entity_sql must be exactly one SELECT statement",
-            ));
-        }
-        let options = datafusion::execution::context::SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false);
-        self.context()
-            .sql_with_options(sql, options)
-            .await
-            .map_err(|e| Error::invalid(format!("entity_sql: {}", e.find_root())))
-    }
-
-    /// The schema of the spine an `entity_sql` query produces, without running it.
-    pub(crate) async fn spine_schema_from_sql(&self, sql: &str) -> Result<SchemaRef> {
-        Ok(Arc::new(
-            self.entity_sql(sql).await?.schema().as_arrow().clone(),
-        ))
-    }
-
-    /// Runs a spine-producing `entity_sql` query: its schema and its batches.
-    pub(crate) async fn spine_from_sql(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
-        let df = self.entity_sql(sql).await?;
-        let schema = Arc::new(df.schema().as_arrow().clone());
-        Ok((schema, df.collect().await?))
-    }
-
     /// The point-in-time correct training set for `spine`: the spine's columns,
     /// unchanged and in order, followed by the requested features.
     #[instrument(skip_all, fields(batches = spine.len()))]

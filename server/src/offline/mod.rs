@@ -13,6 +13,7 @@
 //! operator for requests the catalog resolved, and [`window`] scans a view's rows
 //! for materialize.
 
+pub(crate) mod entity_sql;
 pub(crate) mod historical;
 pub(crate) mod pit;
 pub(crate) mod window;
@@ -41,6 +42,7 @@ use url::Url;
 use crate::config::Repo;
 use crate::error::ErrorKind;
 use crate::registry::{self, Registry, Source};
+use entity_sql::SqlLimits;
 
 /// Errors of the offline store.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +129,8 @@ pub(crate) struct EngineOptions {
     pub partitions: usize,
     /// Memory the engine may hold before sorts spill to disk, in bytes.
     pub memory_limit: usize,
+    /// Bounds on client SQL (`entity_sql`).
+    pub sql: SqlLimits,
 }
 
 impl Default for EngineOptions {
@@ -134,6 +138,7 @@ impl Default for EngineOptions {
         Self {
             partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
             memory_limit: 4 << 30,
+            sql: SqlLimits::default(),
         }
     }
 }
@@ -141,6 +146,9 @@ impl Default for EngineOptions {
 /// The offline store of one feature repo: its sources as DataFusion tables.
 pub(crate) struct OfflineStore {
     ctx: SessionContext,
+    /// What client SQL plans on (a copy per request): see [`entity_sql`].
+    sql_ctx: SessionContext,
+    sql_limits: SqlLimits,
     root: Url,
     schemas: HashMap<String, SchemaRef>,
     options: EngineOptions,
@@ -181,6 +189,8 @@ impl OfflineStore {
         let store = object_store_for(repo, &root)?;
         ctx.register_object_store(&root, store.clone());
         let mut this = Self {
+            sql_ctx: SessionContext::new(),
+            sql_limits: options.sql,
             ctx,
             root,
             schemas: HashMap::new(),
@@ -195,12 +205,18 @@ impl OfflineStore {
             let schema = this.register_source(store.as_ref(), source, file).await?;
             this.schemas.insert(source.name.clone(), schema);
         }
+        this.sql_ctx = entity_sql::sql_session(&this.ctx);
         Ok(this)
     }
 
     /// Every source's Parquet schema, by source name.
     pub(crate) fn source_schemas(&self) -> &HashMap<String, SchemaRef> {
         &self.schemas
+    }
+
+    /// Bytes the query engine holds in its memory pool now.
+    pub(crate) fn memory_reserved(&self) -> usize {
+        self.ctx.runtime_env().memory_pool.reserved()
     }
 
     /// The DataFusion context, with every source registered as a table.
@@ -214,10 +230,31 @@ impl OfflineStore {
     }
 
     /// The URL of a source's data.
+    /// Paths are relative to the offline store's root and stay inside it: absolute
+    /// paths, URLs and `..` (also percent-encoded) are refused.
     pub(crate) fn source_url(&self, source: &Source) -> Result<Url> {
-        self.root
-            .join(&source.path)
-            .map_err(|e| Error::invalid(format!("source {:?}: bad path: {e}", source.name)))
+        let outside = || {
+            Error::invalid(format!(
+                "source {:?}: path {:?} must be relative and inside the offline store {}",
+                source.name, source.path, self.root
+            ))
+        };
+        let p = source.path.as_str();
+        if p.starts_with('/') || p.contains(':') || p.contains('\\') {
+            return Err(outside());
+        }
+        let url = self
+            .root
+            .join(p)
+            .map_err(|e| Error::invalid(format!("source {:?}: bad path: {e}", source.name)))?;
+        let mut root = self.root.as_str().to_string();
+        if !root.ends_with('/') {
+            root.push('/');
+        }
+        if !url.as_str().starts_with(&root) || url.as_str().len() <= root.len() {
+            return Err(outside());
+        }
+        Ok(url)
     }
 
     async fn register_source(

@@ -405,7 +405,7 @@ feature_views:
                 (5, 900, 0, None, Some("edge")), // exactly now - ttl: still fresh
             ],
         );
-        let (keep, new) = s.newer_only(&l, e).unwrap();
+        let (keep, new) = s.newer_only(&l, e, false).unwrap();
         assert_eq!((keep.len(), new), (4, 4));
         s.commit_batch(
             &l,

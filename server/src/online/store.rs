@@ -147,6 +147,9 @@ fn db_options(block_cache_bytes: usize) -> Options {
     opts.increase_parallelism(2);
     opts.set_max_background_jobs(2);
     opts.set_level_compaction_dynamic_level_bytes(true);
+    // Tickers only (block cache hits for the metrics); no histograms or timers.
+    opts.enable_statistics();
+    opts.set_statistics_level(rocksdb::statistics::StatsLevel::ExceptHistogramOrTimers);
     opts
 }
 
@@ -205,6 +208,31 @@ impl OnlineStore {
         })
     }
 
+    /// Block cache hit ratio since open (0 before any lookup) and bytes of live SST
+    /// files, for the metrics.
+    pub(crate) fn stats(&self) -> (f64, u64) {
+        use rocksdb::statistics::Ticker;
+        let hits = self.options.get_ticker_count(Ticker::BlockCacheHit);
+        let misses = self.options.get_ticker_count(Ticker::BlockCacheMiss);
+        let ratio = if hits + misses == 0 {
+            0.0
+        } else {
+            hits as f64 / (hits + misses) as f64
+        };
+        let sst = (self
+            .db
+            .property_int_value("rocksdb.live-sst-files-size")
+            .ok())
+        .flatten()
+        .unwrap_or(0);
+        (ratio, sst)
+    }
+
+    /// Now, by the store's clock (ns).
+    pub(crate) fn now_nanos(&self) -> i64 {
+        self.clock.now_nanos()
+    }
+
     /// The lock serializing writes to one view (read-compare-write must not race).
     pub(crate) fn view_lock(&self, view: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut locks = self.view_locks.lock().unwrap_or_else(|p| p.into_inner());
@@ -253,11 +281,13 @@ impl OnlineStore {
     }
 
     /// Keeps, of `entries` (sorted or not), those newer than what is stored, by
-    /// (event, created) timestamp. Returns them and how many keys are new.
+    /// (event, created) timestamp; with `replace`, all of them (an operator's
+    /// repair of keys holding bad values). Returns them and how many keys are new.
     pub(crate) fn newer_only(
         &self,
         layout: &ViewLayout,
         entries: Entries,
+        replace: bool,
     ) -> Result<(Entries, u64)> {
         let mut keep = Vec::with_capacity(entries.len());
         let mut new_keys = 0u64;
@@ -280,6 +310,7 @@ impl OnlineStore {
                         new_keys += 1;
                         keep.push((k.clone(), v.clone()));
                     }
+                    Some(_) if replace => keep.push((k.clone(), v.clone())),
                     Some(old) => {
                         let old =
                             value_version(&old).map_err(|e| Error::corrupt(&layout.name, e))?;
@@ -373,7 +404,7 @@ mod tests {
             &l,
             &[(1, 950, 10, Some(1.0), None), (2, 950, 10, Some(2.0), None)],
         );
-        let (keep, _) = s.newer_only(&l, first.clone()).unwrap();
+        let (keep, _) = s.newer_only(&l, first.clone(), false).unwrap();
         s.commit_batch(&l, &keep, &ViewState::default()).unwrap();
         // Older event, same version, and a later created time for the same event.
         let second = entries(
@@ -385,9 +416,13 @@ mod tests {
                 (7, 1, 1, None, None),
             ],
         );
-        let (keep, new) = s.newer_only(&l, second.clone()).unwrap();
+        let (keep, new) = s.newer_only(&l, second.clone(), false).unwrap();
         assert_eq!(new, 1, "only key 7 is new");
         assert_eq!(keep, vec![second[2].clone(), second[3].clone()]);
+        // Replace keeps everything, older rows included.
+        let (keep, new) = s.newer_only(&l, second.clone(), true).unwrap();
+        assert_eq!(new, 1);
+        assert_eq!(keep, second);
     }
 
     #[test]

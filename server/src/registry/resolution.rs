@@ -2,7 +2,7 @@
 //! `view:feature` refs, label view names) into the views to read and the output
 //! column name of every feature.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::{
     names, Error, Feature, FeatureView, OnDemandFeature, OnDemandView, Registry, Result, Source,
@@ -72,6 +72,34 @@ impl Registry {
                 known: names(self.definitions.feature_services.iter().map(|s| &s.name)),
             })?;
         self.resolve_refs(&s.features, full_names)
+    }
+
+    /// Whether every feature that `refs` names is also served by one of `services`
+    /// (what a token restricted to those services may read).
+    pub(crate) fn refs_within_services(
+        &self,
+        refs: &[String],
+        services: &[String],
+    ) -> Result<bool> {
+        fn pairs(r: &Resolved<'_>) -> HashSet<(String, String)> {
+            let plain = (r.views.iter()).flat_map(|v| {
+                (v.features.iter().filter(|s| !s.hidden))
+                    .map(|s| (v.view.name.clone(), s.feature.name.clone()))
+            });
+            let on_demand = (r.on_demand.iter()).flat_map(|v| {
+                v.features
+                    .iter()
+                    .map(|(f, _)| (v.view.name.clone(), f.name.clone()))
+            });
+            plain.chain(on_demand).collect()
+        }
+        let mut allowed = HashSet::new();
+        for service in services {
+            if let Some(s) = self.service(service) {
+                allowed.extend(pairs(&self.resolve_refs(&s.features, true)?));
+            }
+        }
+        Ok(pairs(&self.resolve_refs(refs, true)?).is_subset(&allowed))
     }
 
     /// Resolves `view` / `view:feature` references (feature views and on-demand

@@ -392,7 +392,7 @@ async fn connect_with_retry(config: &ScorerConfig) -> Result<QuiverClient> {
     let started = Instant::now();
     let mut delay = Duration::from_millis(config.retry.initial_ms);
     loop {
-        match QuiverClient::connect(&config.server).await {
+        match QuiverClient::connect_with(&config.server, &config.connect_options()).await {
             Ok(c) => return Ok(c),
             Err(e) => {
                 let waited = started.elapsed().as_secs_f64();

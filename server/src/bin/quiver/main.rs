@@ -5,7 +5,11 @@
 //! ```text
 //! quiver [--repo DIR] apply | plan | serve | get-historical | datagen | demo
 //!                    | materialize START END | materialize-incremental END | status | get-online
+//!                    | token create | health
 //! ```
+//!
+//! Commands that talk to a server take `--token` (or `QUIVER_TOKEN`) and, for TLS,
+//! `--tls-ca` (and `--tls-cert`/`--tls-key` for mutual TLS).
 //!
 //! Flags override `QUIVER_*` environment variables, which override `quiver.yaml`.
 
@@ -22,11 +26,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use quiver_client::{
-    HistoricalFeaturesRequest, MaterializeIncrementalRequest, MaterializeReport,
+    ConnectOptions, HistoricalFeaturesRequest, MaterializeIncrementalRequest, MaterializeReport,
     MaterializeRequest, OnlineFeaturesRequest, QuiverClient, ViewStatus,
 };
 use tracing_subscriber::EnvFilter;
 
+use quiver_server::auth::{self, Role};
 use quiver_server::config::{self, Repo};
 use quiver_server::instant::format as format_instant;
 use quiver_server::{datagen, Clock, FeatureStore, Progress, Window};
@@ -41,9 +46,63 @@ pub struct Cli {
     /// More logging (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+    /// Logs as JSON lines (one object per event, with the request id of each call).
+    #[arg(long, global = true, env = "QUIVER_LOG_JSON")]
+    pub log_json: bool,
+    /// How to reach a server (TLS, token).
+    #[command(flatten)]
+    pub conn: ConnArgs,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How commands reach a server.
+#[derive(Debug, Args)]
+pub struct ConnArgs {
+    /// Bearer token sent on every call (`quiver token create` makes one).
+    #[arg(long, global = true, env = "QUIVER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// PEM CA of the server's certificate: connect with TLS.
+    #[arg(long, global = true, env = "QUIVER_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// PEM client certificate, for servers that require mutual TLS.
+    #[arg(long, global = true, env = "QUIVER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM key of --tls-cert.
+    #[arg(long, global = true, env = "QUIVER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ConnArgs {
+    fn options(&self) -> ConnectOptions {
+        ConnectOptions {
+            token: self.token.clone().filter(|t| !t.trim().is_empty()),
+            tls_ca: self.tls_ca.clone(),
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+        }
+    }
+}
+
+/// `token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Generate a token, print it once, and append its digest to the tokens file.
+    Create {
+        /// Who holds it (shown in logs; must be unique in the file).
+        #[arg(long)]
+        name: String,
+        /// reader, trainer, writer or operator (each includes the ones before).
+        #[arg(long)]
+        role: Role,
+        /// Only these feature services (comma-separated); default all.
+        #[arg(long, value_delimiter = ',')]
+        services: Option<Vec<String>>,
+        /// The tokens file (default: server.auth.tokens_file of quiver.yaml).
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
 }
 
 /// Subcommands.
@@ -58,6 +117,10 @@ pub enum Command {
         /// Address to bind (default: QUIVER_SERVER_ADDR, else server.addr of quiver.yaml).
         #[arg(long)]
         addr: Option<String>,
+        /// Allow a non-loopback address without `server.auth` (anyone who reaches
+        /// the port can then read every feature and run materialize).
+        #[arg(long)]
+        insecure_bind: bool,
     },
     /// Pull a point-in-time correct training set from a running server.
     GetHistorical(GetHistoricalArgs),
@@ -76,6 +139,10 @@ pub enum Command {
         /// Run it on a running server instead (needed while `quiver serve` holds the store).
         #[arg(long)]
         addr: Option<String>,
+        /// Repair: overwrite stored values even if they claim to be newer, and set
+        /// the watermark to END.
+        #[arg(long)]
+        replace: bool,
     },
     /// Like materialize, from each view's watermark (or its ttl before END on the
     /// first run) to END.
@@ -97,6 +164,15 @@ pub enum Command {
     },
     /// Look up the latest features of some entities on a running server.
     GetOnline(GetOnlineArgs),
+    /// Manage the tokens of `server.auth`.
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Print a server's gRPC health (SERVING, NOT_SERVING); fails unless SERVING.
+    Health {
+        /// Server address (default: QUIVER_SERVER_ADDR, else server.addr of quiver.yaml).
+        #[arg(long)]
+        addr: Option<String>,
+    },
     /// Run the whole loop on the embedded default: data, apply, serve, training set.
     Demo {
         /// Folder to work in (created; its data is left there).
@@ -225,12 +301,20 @@ fn main() -> ExitCode {
         1 => "info",
         _ => "debug",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    // DataFusion and sqlparser print plans and SQL (with their literal values: card
+    // numbers) at debug: capped at info whatever RUST_LOG says.
+    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    for cap in ["datafusion=info", "sqlparser=info"] {
+        filter = filter.add_directive(cap.parse().expect("valid directive"));
+    }
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cli.log_json {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -264,24 +348,38 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Apply => apply(&cli.repo, false).await,
         Command::Plan => apply(&cli.repo, true).await,
-        Command::Serve { addr } => {
+        Command::Serve {
+            addr,
+            insecure_bind,
+        } => {
             let repo = Repo::load(&cli.repo)?;
             let addr = addr.unwrap_or_else(|| repo.config.server.addr.clone());
-            let listener = tokio::net::TcpListener::bind(&addr)
-                .await
-                .with_context(|| format!("cannot bind {addr}"))?;
             let clock = match config::now_override()? {
                 Some(ns) => Clock::Fixed(ns),
                 None => Clock::System,
             };
             let store = FeatureStore::open(&repo, clock).await?;
-            say(format!("quiver serving on {}", listener.local_addr()?));
+            let listener = tokio::net::TcpListener::bind(&addr)
+                .await
+                .with_context(|| format!("cannot bind {addr}"))?;
+            let local = listener.local_addr()?;
+            if !store.has_auth() && !local.ip().is_loopback() {
+                if !insecure_bind {
+                    bail!(
+                        "refusing to serve on {local} without server.auth: anyone who reaches it could read every feature \
+                         and run materialize. Configure server.auth (see docs/security.md), bind to 127.0.0.1, \
+                         or pass --insecure-bind"
+                    );
+                }
+                tracing::warn!(%local, "serving without authentication on a non-loopback address (--insecure-bind)");
+            }
+            say(format!("quiver serving on {local}"));
             store.serve(listener, shutdown_signal()).await?;
             Ok(())
         }
         Command::GetHistorical(args) => {
             let addr = config::server_addr(args.addr.clone(), &cli.repo)?;
-            get_historical(&addr, &args).await
+            get_historical(&addr, &args, &cli.conn).await
         }
         Command::Datagen(args) => {
             let out = match args.out {
@@ -310,21 +408,29 @@ async fn run(cli: Cli) -> Result<()> {
             end,
             views,
             addr,
+            replace,
         } => {
             let reports = match addr {
                 Some(addr) => {
-                    let mut client = connect(&addr).await?;
+                    let mut client = connect(&addr, &cli.conn).await?;
                     let s = spinner(&format!("materializing on {addr}"));
                     let r = client
-                        .materialize(&MaterializeRequest { start, end, views })
+                        .materialize(&MaterializeRequest {
+                            start,
+                            end,
+                            views,
+                            replace,
+                        })
                         .await;
                     s.finish_and_clear();
                     r?
                 }
                 None => {
-                    let window = Window::Range {
-                        start: parse_instant(&start)?,
-                        end: parse_instant(&end)?,
+                    let (start, end) = (parse_instant(&start)?, parse_instant(&end)?);
+                    let window = if replace {
+                        Window::Replace { start, end }
+                    } else {
+                        Window::Range { start, end }
                     };
                     materialize_local(&Repo::load(&cli.repo)?, window, views).await?
                 }
@@ -335,7 +441,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::MaterializeIncremental { end, views, addr } => {
             let reports = match addr {
                 Some(addr) => {
-                    let mut client = connect(&addr).await?;
+                    let mut client = connect(&addr, &cli.conn).await?;
                     let s = spinner(&format!("materializing on {addr}"));
                     let r = client
                         .materialize_incremental(&MaterializeIncrementalRequest { end, views })
@@ -355,7 +461,7 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Status { addr } => {
             let views = match addr {
-                Some(addr) => connect(&addr).await?.status().await?,
+                Some(addr) => connect(&addr, &cli.conn).await?.status().await?,
                 None => FeatureStore::status_of(&Repo::load(&cli.repo)?).await?,
             };
             print_status(&views);
@@ -364,16 +470,63 @@ async fn run(cli: Cli) -> Result<()> {
         Command::GetOnline(args) => {
             let addr = config::server_addr(args.addr.clone(), &cli.repo)?;
             let request = args.request()?;
-            let batch = connect(&addr).await?.get_online_features(&request).await?;
+            let batch = connect(&addr, &cli.conn)
+                .await?
+                .get_online_features(&request)
+                .await?;
             say(arrow::util::pretty::pretty_format_batches(&[batch])?.to_string());
+            Ok(())
+        }
+        Command::Token(TokenCommand::Create {
+            name,
+            role,
+            services,
+            file,
+        }) => {
+            let file = match file {
+                Some(f) => f,
+                None => {
+                    let repo = Repo::load(&cli.repo)?;
+                    let Some(a) = &repo.config.server.auth else {
+                        bail!("quiver.yaml has no server.auth.tokens_file; add one or pass --file");
+                    };
+                    repo.resolve_path(&a.tokens_file)
+                }
+            };
+            let token = auth::create_token(&file, &name, role, services)?;
+            say(&token);
+            eprintln!(
+                "token {name:?} ({}) added to {}; it is shown only this once",
+                role.as_str(),
+                file.display()
+            );
+            Ok(())
+        }
+        Command::Health { addr } => {
+            let addr = config::server_addr(addr, &cli.repo)?;
+            let channel = quiver_client::connection::channel(&addr, &cli.conn.options())
+                .await
+                .with_context(|| format!("is `quiver serve` running on {addr}?"))?;
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+            let r = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .with_context(|| format!("health check of {addr}"))?;
+            let status = r.into_inner().status();
+            say(status.as_str_name());
+            if status != tonic_health::pb::health_check_response::ServingStatus::Serving {
+                bail!("{addr} is not serving");
+            }
             Ok(())
         }
         Command::Demo { dir } => run_demo(&dir),
     }
 }
 
-async fn connect(addr: &str) -> Result<QuiverClient> {
-    QuiverClient::connect(addr)
+async fn connect(addr: &str, conn: &ConnArgs) -> Result<QuiverClient> {
+    QuiverClient::connect_with(addr, &conn.options())
         .await
         .with_context(|| format!("is `quiver serve` running on {addr}?"))
 }
@@ -495,7 +648,7 @@ fn read_parquet(path: &Path) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordB
     Ok((schema, batches))
 }
 
-async fn get_historical(addr: &str, args: &GetHistoricalArgs) -> Result<()> {
+async fn get_historical(addr: &str, args: &GetHistoricalArgs, conn: &ConnArgs) -> Result<()> {
     let (_, spine) = read_parquet(&args.spine)?;
     let rows: usize = spine.iter().map(|b| b.num_rows()).sum();
     let request = args
@@ -504,9 +657,7 @@ async fn get_historical(addr: &str, args: &GetHistoricalArgs) -> Result<()> {
         .with_full_feature_names(args.full_feature_names)
         .with_timestamp_column(args.timestamp_column.clone())
         .with_created_cutoff(args.created_cutoff);
-    let mut client = QuiverClient::connect(addr)
-        .await
-        .with_context(|| "is `quiver serve` running? (set --addr)")?;
+    let mut client = connect(addr, conn).await?;
     let started = Instant::now();
     let pb = ProgressBar::new(rows as u64);
     pb.set_style(

@@ -1,0 +1,319 @@
+//! The network side of `quiver serve`: TLS (and mutual TLS), the connection limit
+//! and idle timeout, the gRPC health service, the metrics port and the graceful
+//! drain. The Flight service itself (flight) knows none of this.
+//!
+//! ```text
+//! TcpListener ─ accept: slot of max_connections? else close ─ Conn (idle timer, nodelay)
+//!    ─ [TLS, handshake timeout, client certs when client_ca] ─ HTTP/2 (keepalive pings)
+//!    ─ grpc.health.v1.Health + arrow.flight.protocol.FlightService
+//! metrics_addr ─ GET /metrics
+//! shutdown ─> health NOT_SERVING ─> stop accepting ─> end lookup streams ─> drain calls
+//! ```
+
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::{Instant, Sleep};
+use tonic::transport::server::{Connected, TcpConnectInfo};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tracing::{info, warn};
+
+use crate::config::{Limits, TlsConfig};
+use crate::flight::QuiverFlightService;
+use crate::metrics::{self, Metrics, Snapshot};
+
+/// Errors of setting up or running the server's transport.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A TLS file cannot be read or is not usable.
+    #[error("server.tls: {}: {message}", path.display())]
+    Tls {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// The metrics address cannot be bound.
+    #[error("server.metrics_addr {addr:?}: {source}")]
+    Metrics {
+        /// The address.
+        addr: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("the Flight server failed: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// TLS material, read from the files of `server.tls`.
+#[derive(Debug, Clone)]
+pub(crate) struct Tls {
+    identity: Identity,
+    client_ca: Option<Certificate>,
+}
+
+fn read_pem(path: &Path) -> Result<Vec<u8>, Error> {
+    let bytes = std::fs::read(path).map_err(|e| Error::Tls {
+        path: path.into(),
+        message: e.to_string(),
+    })?;
+    if !String::from_utf8_lossy(&bytes).contains("-----BEGIN ") {
+        return Err(Error::Tls {
+            path: path.into(),
+            message: "not a PEM file (no -----BEGIN line)".into(),
+        });
+    }
+    Ok(bytes)
+}
+
+impl Tls {
+    /// Reads `config`'s files, resolving relative paths with `resolve`.
+    pub(crate) fn load(
+        config: &TlsConfig,
+        resolve: impl Fn(&Path) -> PathBuf,
+    ) -> Result<Self, Error> {
+        let cert = read_pem(&resolve(&config.cert))?;
+        let key = read_pem(&resolve(&config.key))?;
+        let client_ca = match &config.client_ca {
+            Some(p) => Some(Certificate::from_pem(read_pem(&resolve(p))?)),
+            None => None,
+        };
+        Ok(Self {
+            identity: Identity::from_pem(cert, key),
+            client_ca,
+        })
+    }
+}
+
+/// How the server listens.
+#[derive(Clone)]
+pub(crate) struct Transport {
+    /// TLS, when configured.
+    pub tls: Option<Tls>,
+    /// Connection limits and timeouts.
+    pub limits: Limits,
+    /// Where metrics are served, when configured.
+    pub metrics_addr: Option<String>,
+    /// The metrics the gate counts in.
+    pub metrics: Arc<Metrics>,
+    /// Scrape-time values.
+    pub snapshot: Arc<dyn Fn() -> Snapshot + Send + Sync>,
+}
+
+/// A client connection: holds one of `max_connections` slots while open, and is
+/// closed after `idle` with no bytes either way.
+struct Conn {
+    io: TcpStream,
+    idle: Duration,
+    last: Instant,
+    timer: Pin<Box<Sleep>>,
+    _slot: OwnedSemaphorePermit,
+    metrics: Arc<Metrics>,
+}
+
+impl Conn {
+    fn active(&mut self) {
+        self.last = Instant::now();
+    }
+
+    /// Ready(err) once the connection has been idle too long.
+    fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let due = self.last + self.idle;
+            if Instant::now() >= due {
+                return Poll::Ready(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "connection idle past server.limits.idle_timeout_secs",
+                ));
+            }
+            self.timer.as_mut().reset(due);
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        self.metrics.connections.dec();
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.io).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                if buf.filled().len() > before {
+                    self.active();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => match self.poll_idle(cx) {
+                Poll::Ready(e) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(r, Poll::Ready(Ok(n)) if n > 0) {
+            self.active();
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl Connected for Conn {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.io.connect_info()
+    }
+}
+
+/// Serves `service` (and the health service, and metrics when configured) on
+/// `listener` until `shutdown` resolves, then drains.
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    mut service: QuiverFlightService,
+    transport: Transport,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let limits = transport.limits.clone();
+    let (closing, closed) = tokio::sync::watch::channel(false);
+    service.set_closing(closed.clone());
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<arrow_flight::flight_service_server::FlightServiceServer<QuiverFlightService>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+
+    let metrics_task = match &transport.metrics_addr {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Metrics {
+                    addr: addr.clone(),
+                    source,
+                })?;
+            let mut closed = closed.clone();
+            let stop = async move {
+                let _ = closed.wait_for(|c| *c).await;
+            };
+            Some(tokio::spawn(metrics::serve(
+                l,
+                transport.metrics.clone(),
+                transport.snapshot.clone(),
+                stop,
+            )))
+        }
+        None => None,
+    };
+
+    let health_for_shutdown = health.clone();
+    let shutdown = async move {
+        shutdown.await;
+        info!("shutting down: health NOT_SERVING, ending online lookup streams, draining calls");
+        health_for_shutdown
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        health_for_shutdown
+            .set_not_serving::<arrow_flight::flight_service_server::FlightServiceServer<QuiverFlightService>>()
+            .await;
+        let _ = closing.send(true);
+    };
+
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let idle = Duration::from_secs(limits.idle_timeout_secs.max(1));
+    let metrics = transport.metrics.clone();
+    let max_connections = limits.max_connections;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |r| {
+        let out = match r {
+            Err(e) => {
+                // Out of file descriptors and the like: log, keep accepting.
+                warn!(error = %e, "accept failed");
+                None
+            }
+            Ok(io) => match slots.clone().try_acquire_owned() {
+                Err(_) => {
+                    warn!(
+                        max_connections,
+                        "connection refused: server.limits.max_connections reached"
+                    );
+                    None
+                }
+                Ok(slot) => {
+                    // With our own listener, tonic's tcp_nodelay does not apply: set it
+                    // per connection, or small responses wait on Nagle + delayed ACKs.
+                    let _ = io.set_nodelay(true);
+                    metrics.connections.inc();
+                    Some(Ok::<_, io::Error>(Conn {
+                        io,
+                        idle,
+                        last: Instant::now(),
+                        timer: Box::pin(tokio::time::sleep(idle)),
+                        _slot: slot,
+                        metrics: metrics.clone(),
+                    }))
+                }
+            },
+        };
+        futures::future::ready(out)
+    });
+
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(idle / 3))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    if let Some(tls) = transport.tls {
+        let mut config = ServerTlsConfig::new()
+            .identity(tls.identity)
+            .timeout(Duration::from_secs(limits.handshake_timeout_secs.max(1)));
+        if let Some(ca) = tls.client_ca {
+            config = config.client_ca_root(ca);
+        }
+        builder = builder.tls_config(config)?;
+    }
+    let max_message = limits.max_message_bytes;
+    let result = builder
+        .add_service(health_service)
+        .add_service(service.into_server_with_limit(max_message))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    if let Some(t) = metrics_task {
+        t.abort();
+    }
+    Ok(result?)
+}
