@@ -62,6 +62,21 @@ pub async fn materialize_all(client: &mut QuiverClient, end_ns: i64) -> Vec<Mate
         .expect("materialize")
 }
 
+/// Like [`materialize_all`], returning the error instead of panicking.
+pub async fn materialize_all_result(
+    client: &mut QuiverClient,
+    end_ns: i64,
+) -> quiver_client::Result<Vec<MaterializeReport>> {
+    client
+        .materialize(&MaterializeRequest {
+            start: "2020-01-01T00:00:00Z".into(),
+            end: format_instant(end_ns),
+            views: None,
+            replace: false,
+        })
+        .await
+}
+
 /// An error and its sources, `: `-separated (what `anyhow`'s `{:#}` prints).
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -232,6 +247,14 @@ impl S3Server {
             root,
             child,
         }
+    }
+}
+
+impl S3Server {
+    /// Kills the server (a store outage); its folder stays.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

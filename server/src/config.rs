@@ -110,6 +110,15 @@ pub struct OfflineStoreConfig {
     /// Allow plain-HTTP endpoints; else `AWS_ALLOW_HTTP`.
     #[serde(default)]
     pub allow_http: Option<bool>,
+    /// S3: retries of a failed request (default 10).
+    #[serde(default)]
+    pub max_retries: Option<usize>,
+    /// S3: stop retrying a request after this many seconds (default 180).
+    #[serde(default)]
+    pub retry_timeout_secs: Option<u64>,
+    /// S3: timeout of one request, in seconds (default 30).
+    #[serde(default)]
+    pub request_timeout_secs: Option<u64>,
 }
 
 /// `online_store:` section.

@@ -165,7 +165,10 @@ impl FeatureStore {
     /// Checks the repo's definitions against the Parquet data and, unless
     /// `dry_run`, records the registry. Returns the changes (`+`/`~`/`-` lines).
     pub async fn apply(repo: &Repo, dry_run: bool) -> Result<Vec<String>> {
-        let registry = Registry::from_repo(&repo.dir, &repo.config.project)?;
+        let skip: Vec<PathBuf> = (repo.config.server.auth.iter())
+            .map(|a| repo.resolve_path(&a.tokens_file))
+            .collect();
+        let registry = Registry::from_repo(&repo.dir, &repo.config.project, &skip)?;
         let (catalog, _) = open_catalog(repo, registry, EngineOptions::default()).await?;
         catalog.validate()?;
         let old = Registry::load(&repo.registry_path())?;

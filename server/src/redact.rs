@@ -23,8 +23,12 @@ const MIN_DIGITS: usize = 9;
 pub(crate) fn redact(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     let mut chars = message.char_indices().peekable();
+    let mut previous: Option<char> = None;
     while let Some((i, c)) = chars.next() {
-        if c == '\'' {
+        // An apostrophe inside a word ("server's") opens no quote.
+        let opens_quote = c == '\'' && !previous.is_some_and(|p| p.is_alphanumeric());
+        previous = Some(c);
+        if opens_quote {
             match message[i + 1..].find('\'') {
                 Some(len) => {
                     out.push('\'');
@@ -79,7 +83,11 @@ mod tests {
         );
         assert_eq!(redact("unterminated 'secret"), "unterminated '<redacted>");
         assert_eq!(redact("2026-01-31T00:00:00Z"), "2026-01-31T00:00:00Z");
-        assert_eq!(redact("é'ü'é"), "é'<redacted>'é");
+        assert_eq!(redact("é 'ü'é"), "é '<redacted>'é");
+        assert_eq!(
+            redact("the server's clock says 2026-01-01T00:00:00Z"),
+            "the server's clock says 2026-01-01T00:00:00Z"
+        );
     }
 
     proptest! {

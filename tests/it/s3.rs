@@ -111,3 +111,35 @@ async fn a_wrong_signature_is_rejected_with_a_clear_error() {
     );
     assert!(!repo.registry_path().exists(), "nothing recorded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_is_a_clear_error_within_bounds_and_moves_nothing() {
+    let (local, mut s3, remote) = s3_repo(S3_SECRET_KEY).await;
+    // Few, quick retries: the outage is permanent here.
+    let yaml = std::fs::read_to_string(remote.path().join("quiver.yaml")).unwrap();
+    let yaml = yaml.replace(
+        "  allow_http: true\n",
+        "  allow_http: true\n  max_retries: 2\n  retry_timeout_secs: 5\n",
+    );
+    std::fs::write(remote.path().join("quiver.yaml"), yaml + "online_store:\n  path: ./online\n").unwrap();
+    let t_us = quiver_server::datagen::EPOCH_US + 15 * quiver_e2e::DAY_US;
+    let server = Server::start_online(remote.path(), t_us * 1000).await;
+    let mut c = QuiverClient::connect(server.url()).await.unwrap();
+    let before = c.status().await.unwrap();
+    s3.stop();
+
+    let spine = read_parquet(&local.path().join("data/transactions.parquet"));
+    let req = HistoricalFeaturesRequest::for_service("fraud_v1");
+    let started = std::time::Instant::now();
+    let e = c.get_historical_features(&req, spine).await.unwrap_err();
+    let text = error_chain(&e);
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "took {:?}", started.elapsed());
+    assert!(matches!(&e, quiver_client::Error::Server { code, .. } if *code != tonic::Code::Ok), "{text}");
+
+    let started = std::time::Instant::now();
+    let e = quiver_e2e::materialize_all_result(&mut c, t_us * 1000).await.unwrap_err();
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "took {:?}", started.elapsed());
+    assert!(!error_chain(&e).is_empty());
+    assert_eq!(c.status().await.unwrap(), before, "no watermark moved");
+    server.stop().await;
+}

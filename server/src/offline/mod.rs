@@ -353,6 +353,20 @@ fn object_store_for(repo: &Repo, root: &Url) -> Result<Arc<dyn ObjectStore>> {
             if let Some(v) = c.allow_http {
                 b = b.with_allow_http(v);
             }
+            // Bounded retries and request times: a failing store is an error within
+            // the call's deadline, never a hang.
+            let retry = object_store::RetryConfig {
+                max_retries: c.max_retries.unwrap_or(10),
+                retry_timeout: std::time::Duration::from_secs(c.retry_timeout_secs.unwrap_or(180)),
+                ..Default::default()
+            };
+            b = b.with_retry(retry);
+            if let Some(secs) = c.request_timeout_secs {
+                b = b.with_config(
+                    object_store::aws::AmazonS3ConfigKey::Client(object_store::ClientConfigKey::Timeout),
+                    format!("{secs}s"),
+                );
+            }
             let store = b.build().map_err(|source| Error::ObjectStore {
                 url: root.to_string(),
                 source,

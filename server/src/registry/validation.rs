@@ -9,8 +9,11 @@ use super::{names, Definitions, Error, Registry, Result};
 use crate::config::CONFIG_FILE;
 
 impl Registry {
-    /// Reads every `*.yaml` in `dir` except `quiver.yaml` and validates the result.
-    pub(crate) fn from_repo(dir: &Path, project: &str) -> Result<Self> {
+    /// Reads every `*.yaml` in `dir` except `quiver.yaml` and the files in `skip`
+    /// (such as a tokens file kept in the repo folder), and validates the result.
+    pub(crate) fn from_repo(dir: &Path, project: &str, skip: &[PathBuf]) -> Result<Self> {
+        let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+        let skip: Vec<PathBuf> = skip.iter().map(|p| canonical(p)).collect();
         let read_dir = std::fs::read_dir(dir).map_err(|source| Error::Read {
             path: dir.to_path_buf(),
             source,
@@ -21,6 +24,7 @@ impl Registry {
                 p.is_file()
                     && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
                     && p.file_name().and_then(|n| n.to_str()) != Some(CONFIG_FILE)
+                    && !skip.contains(&canonical(p))
             })
             .collect();
         files.sort();
