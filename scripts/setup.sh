@@ -14,7 +14,7 @@ if ! dpkg -s libclang-dev >/dev/null 2>&1; then
 fi
 
 if [ "${1:-}" = "--tests" ]; then
-  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import pyarrow, duckdb, pytest, xgboost, numpy" 2>/dev/null; then
+  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import pyarrow, duckdb, pytest, xgboost, numpy, trustme" 2>/dev/null; then
     echo "== Python venv (.venv) with tests/python/requirements.txt"
     python3 -m venv .venv
     .venv/bin/pip install -q -r tests/python/requirements.txt

@@ -221,6 +221,7 @@ pub(crate) async fn online(args: OnlineArgs) -> Result<()> {
     });
     drop(floor);
     drop(server);
+    let secured = secured(&dir, &bin, &args, &ids).await?;
 
     let feast = feast(&args, &dir, start, &ids).await;
 
@@ -245,6 +246,19 @@ pub(crate) async fn online(args: OnlineArgs) -> Result<()> {
     t.push(row("quiver DoExchange ping-pong, 1 card", &q_ex));
     t.push(row("floor  DoExchange ping-pong, bare get", &f_ex));
     t.push(row("quiver DoExchange, batch of 100 cards", &q_batch));
+    for (name, get, ex) in &secured {
+        t.push(row(&format!("quiver DoGet, {name}"), get));
+        t.push(row(&format!("quiver DoExchange ping-pong, {name}"), ex));
+    }
+    if let [(_, auth_get, auth_ex), (_, tls_get, tls_ex)] = secured.as_slice() {
+        t.push(format!(
+            "cost at p50 (us): token auth {:+.0} DoGet / {:+.0} DoExchange; TLS on top {:+.0} / {:+.0}",
+            auth_get.p50 - q_get.p50,
+            auth_ex.p50 - q_ex.p50,
+            tls_get.p50 - auth_get.p50,
+            tls_ex.p50 - auth_ex.p50
+        ));
+    }
     t.push(format!(
         "ratio to floor (p50/p99): DoGet {:.2}x/{:.2}x, DoExchange {:.2}x/{:.2}x",
         q_get.p50 / f_get.p50,
@@ -286,6 +300,75 @@ pub(crate) async fn online(args: OnlineArgs) -> Result<()> {
         std::fs::remove_dir_all(&dir)?;
     }
     Ok(())
+}
+
+/// The same single-card lookups against the same store served with a bearer token
+/// (role reader), then with the token over TLS: (name, DoGet, DoExchange).
+async fn secured(
+    dir: &Path,
+    bin: &Path,
+    args: &OnlineArgs,
+    ids: &[i64],
+) -> Result<Vec<(&'static str, Latency, Latency)>> {
+    let secure = dir.join("secure");
+    std::fs::create_dir_all(&secure)?;
+    let ca_key = rcgen::KeyPair::generate()?;
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate()?;
+    let cert =
+        rcgen::CertificateParams::new(vec!["localhost".to_string()])?.signed_by(&key, &issuer)?;
+    std::fs::write(secure.join("ca.pem"), ca_cert.pem())?;
+    std::fs::write(secure.join("server.pem"), cert.pem())?;
+    std::fs::write(secure.join("server.key"), key.serialize_pem())?;
+    let _ = std::fs::remove_file(secure.join("tokens.yaml"));
+    let out = Command::new(bin)
+        .args([
+            "token", "create", "--name", "bench", "--role", "reader", "--file",
+        ])
+        .arg(secure.join("tokens.yaml"))
+        .output()?;
+    anyhow::ensure!(out.status.success(), "quiver token create failed");
+    let token = String::from_utf8(out.stdout)?.trim().to_string();
+
+    let plain_yaml = std::fs::read_to_string(dir.join("quiver.yaml"))?;
+    let mut results = Vec::new();
+    for (name, server_lines, tls) in [
+        ("token auth", "  auth: {tokens_file: secure/tokens.yaml}\n", false),
+        (
+            "token auth + TLS",
+            "  auth: {tokens_file: secure/tokens.yaml}\n  tls: {cert: secure/server.pem, key: secure/server.key}\n",
+            true,
+        ),
+    ] {
+        std::fs::write(dir.join("quiver.yaml"), format!("{plain_yaml}{server_lines}"))?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("--repo").arg(dir).args(["serve", "--addr", "127.0.0.1:0"]);
+        let (server, addr) = spawn_ready(cmd, "quiver serve (secured)")?;
+        let mut options = quiver_client::ConnectOptions::default().with_token(Some(token.clone()));
+        let addr = if tls {
+            options = options.with_tls_ca(secure.join("ca.pem"));
+            addr.replace("127.0.0.1", "localhost")
+        } else {
+            addr
+        };
+        let mut client = QuiverClient::connect_with(&addr, &options).await?;
+        let id = |i: usize| ids[i % ids.len()];
+        let get = measure!(args.requests, |i| {
+            let req = OnlineFeaturesRequest::for_service("bench_v1").with_entity("cc_num", [id(i)]);
+            anyhow::ensure!(client.get_online_features(&req).await?.num_rows() == 1);
+        });
+        let mut session = client.online_session(&OnlineFeaturesRequest::for_service("bench_v1"))?;
+        let ex = measure!(args.requests, |i| {
+            anyhow::ensure!(session.lookup(keys([id(i)])).await?.num_rows() == 1);
+        });
+        drop(server);
+        results.push((name, get, ex));
+    }
+    std::fs::write(dir.join("quiver.yaml"), plain_yaml)?;
+    Ok(results)
 }
 
 /// Single-card lookups per second with `sessions` concurrent DoExchange sessions

@@ -121,7 +121,11 @@ async fn a_store_outage_is_a_clear_error_within_bounds_and_moves_nothing() {
         "  allow_http: true\n",
         "  allow_http: true\n  max_retries: 2\n  retry_timeout_secs: 5\n",
     );
-    std::fs::write(remote.path().join("quiver.yaml"), yaml + "online_store:\n  path: ./online\n").unwrap();
+    std::fs::write(
+        remote.path().join("quiver.yaml"),
+        yaml + "online_store:\n  path: ./online\n",
+    )
+    .unwrap();
     let t_us = quiver_server::datagen::EPOCH_US + 15 * quiver_e2e::DAY_US;
     let server = Server::start_online(remote.path(), t_us * 1000).await;
     let mut c = QuiverClient::connect(server.url()).await.unwrap();
@@ -133,12 +137,25 @@ async fn a_store_outage_is_a_clear_error_within_bounds_and_moves_nothing() {
     let started = std::time::Instant::now();
     let e = c.get_historical_features(&req, spine).await.unwrap_err();
     let text = error_chain(&e);
-    assert!(started.elapsed() < std::time::Duration::from_secs(60), "took {:?}", started.elapsed());
-    assert!(matches!(&e, quiver_client::Error::Server { code, .. } if *code != tonic::Code::Ok), "{text}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        matches!(&e, quiver_client::Error::Server { code, .. } if *code != tonic::Code::Ok),
+        "{text}"
+    );
 
     let started = std::time::Instant::now();
-    let e = quiver_e2e::materialize_all_result(&mut c, t_us * 1000).await.unwrap_err();
-    assert!(started.elapsed() < std::time::Duration::from_secs(60), "took {:?}", started.elapsed());
+    let e = quiver_e2e::materialize_all_result(&mut c, t_us * 1000)
+        .await
+        .unwrap_err();
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
     assert!(!error_chain(&e).is_empty());
     assert_eq!(c.status().await.unwrap(), before, "no watermark moved");
     server.stop().await;

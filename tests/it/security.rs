@@ -196,10 +196,7 @@ async fn source_paths_stay_inside_the_offline_store() {
         let e = quiver_server::FeatureStore::apply(&repo, false)
             .await
             .unwrap_err();
-        assert!(
-            e.to_string().contains("must be relative"),
-            "{path}: {e}"
-        );
+        assert!(e.to_string().contains("must be relative"), "{path}: {e}");
     }
 }
 

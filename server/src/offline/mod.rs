@@ -363,7 +363,9 @@ fn object_store_for(repo: &Repo, root: &Url) -> Result<Arc<dyn ObjectStore>> {
             b = b.with_retry(retry);
             if let Some(secs) = c.request_timeout_secs {
                 b = b.with_config(
-                    object_store::aws::AmazonS3ConfigKey::Client(object_store::ClientConfigKey::Timeout),
+                    object_store::aws::AmazonS3ConfigKey::Client(
+                        object_store::ClientConfigKey::Timeout,
+                    ),
                     format!("{secs}s"),
                 );
             }
