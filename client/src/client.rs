@@ -59,7 +59,7 @@ impl QuiverClient {
             let v = v.to_str().expect("ASCII by construction");
             flight
                 .add_header("authorization", v)
-                .map_err(|e| Error::Flight(e))?;
+                .map_err(Error::Flight)?;
         }
         Ok(Self {
             flight,

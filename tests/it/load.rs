@@ -77,7 +77,7 @@ async fn sixty_four_clients_mixed_load_without_errors() {
     all.sort();
     let pct = |p: f64| all[((all.len() - 1) as f64 * p) as usize];
     let rss = peak_rss_mib();
-    println!(
+    eprintln!(
         "load: {CLIENTS} clients, {} lookups in {:?} ({:.0}/s), p50 {:?}, p99 {:?}, max {:?}, peak RSS {rss} MiB",
         all.len(),
         RUN_FOR,

@@ -337,7 +337,7 @@ mod tests {
             }
         )
         .is_err());
-        parse(&format!("SELECT {}", vec!["1"; 10].join(" + ")), &limits()).unwrap();
+        parse(&format!("SELECT {}", ["1"; 10].join(" + ")), &limits()).unwrap();
     }
 
     #[test]
