@@ -1,6 +1,7 @@
 //! End-to-end tests of the Quiver server and client (one test binary, as delta-rs).
 
 mod crash;
+mod fuzz;
 mod historical;
 mod load;
 mod online;

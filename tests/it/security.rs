@@ -624,3 +624,29 @@ async fn card_numbers_never_reach_the_logs() {
         assert!(!text.contains(&c.to_string()), "card {c} in the log");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_cannot_lock_out_clients_for_long() {
+    let dir = example_repo(&small_data());
+    server_yaml(
+        dir.path(),
+        "  limits: {max_connections: 8, idle_timeout_secs: 1}\n",
+    );
+    let server = Server::start(dir.path()).await;
+    // Connections that never speak take every slot (the rest are closed on accept).
+    let idle: Vec<_> = (0..32)
+        .map(|_| std::net::TcpStream::connect(server.addr).unwrap())
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let locked_out = match QuiverClient::connect(server.url()).await {
+        Ok(mut c) => c.list_features().await.is_err(),
+        Err(_) => true,
+    };
+    assert!(locked_out, "the limit let a ninth connection in");
+    // After the idle timeout they are closed and clients get in again.
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let mut client = QuiverClient::connect(server.url()).await.unwrap();
+    client.list_features().await.unwrap();
+    drop(idle);
+    server.stop().await;
+}
