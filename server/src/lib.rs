@@ -42,6 +42,7 @@ mod gate;
 pub mod instant;
 mod ipc_check;
 mod keys;
+pub mod logging;
 mod materialize;
 mod metrics;
 mod offline;

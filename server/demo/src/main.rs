@@ -19,13 +19,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    quiver_server::logging::init("warn", false);
     if let Err(e) = quiver_demo::run(&args.dir).await {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;

@@ -29,7 +29,6 @@ use quiver_client::{
     ConnectOptions, HistoricalFeaturesRequest, MaterializeIncrementalRequest, MaterializeReport,
     MaterializeRequest, OnlineFeaturesRequest, QuiverClient, ViewStatus,
 };
-use tracing_subscriber::EnvFilter;
 
 use quiver_server::auth::{self, Role};
 use quiver_server::config::{self, Repo};
@@ -301,20 +300,7 @@ fn main() -> ExitCode {
         1 => "info",
         _ => "debug",
     };
-    // DataFusion and sqlparser print plans and SQL (with their literal values: card
-    // numbers) at debug: capped at info whatever RUST_LOG says.
-    let mut filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    for cap in ["datafusion=info", "sqlparser=info"] {
-        filter = filter.add_directive(cap.parse().expect("valid directive"));
-    }
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if cli.log_json {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    quiver_server::logging::init(default, cli.log_json);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
