@@ -8,8 +8,8 @@ scripts/setup.sh --tests
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/quiver-target}"
 export PATH="$HOME/.cargo/bin:$PATH"
 echo "== cargo build (target dir $CARGO_TARGET_DIR)"
-# The crash test and the Python tests run the real `quiver` and `quiver-score` binaries.
-cargo build --bin quiver --bin quiver-score
+# The crash, security and Python tests run the real `quiver`, `quiver-score` and `quiver-demo` binaries.
+cargo build --bin quiver --bin quiver-score --bin quiver-demo
 echo "== cargo test"
 QUIVER_BIN="$CARGO_TARGET_DIR/debug/quiver" cargo test --workspace
 echo "== python end-to-end tests"

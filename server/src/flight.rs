@@ -736,17 +736,9 @@ impl FlightService for QuiverFlightService {
             }
             let mut decoder =
                 FlightRecordBatchStream::new_from_flight_data(data_messages(first, input));
-            let mut spine = Vec::new();
-            let (mut rows, max_rows) = (0usize, self.gate.limits().max_spine_rows);
+            let mut spine = self.offline.spine_buffer("the DoExchange spine");
             while let Some(batch) = decoder.next().await {
-                let batch = batch.map_err(flight_status)?;
-                rows += batch.num_rows();
-                if max_rows > 0 && rows > max_rows {
-                    return Err(Status::invalid_argument(format!(
-                        "the spine has more than {max_rows} rows (server.limits.max_spine_rows); split the training set"
-                    )));
-                }
-                spine.push(batch);
+                spine.push(batch.map_err(flight_status)?)?;
             }
             let schema = decoder.schema().cloned().ok_or_else(|| {
                 Status::invalid_argument(
@@ -755,10 +747,10 @@ impl FlightService for QuiverFlightService {
             })?;
             info!(
                 request = call.id(),
-                batches = spine.len(),
-                rows,
+                rows = spine.rows(),
                 "get_historical_features via DoExchange"
             );
+            let spine = spine.into_batches();
             let stream = self
                 .offline
                 .get_historical_features(&self.catalog, &req, schema, spine)

@@ -650,3 +650,38 @@ async fn idle_connections_cannot_lock_out_clients_for_long() {
     drop(idle);
     server.stop().await;
 }
+
+#[test]
+fn the_demo_at_debug_level_logs_no_card_number() {
+    let quiver = quiver_e2e::quiver_binary();
+    let demo = quiver.with_file_name("quiver-demo");
+    assert!(
+        demo.exists(),
+        "{} missing: cargo build --bin quiver-demo",
+        demo.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(&quiver)
+        .args(["demo", "--dir"])
+        .arg(dir.path().join("demo"))
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(logs.lines().count() > 20, "the demo logged at debug");
+    // The demo's cards are 4000000000000000 + n (datagen): 16 digits starting 4000.
+    let leaked: Vec<&str> = logs
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|w| w.len() >= 13 && w.starts_with("4000"))
+        .take(3)
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "card numbers in the demo's logs: {leaked:?}"
+    );
+}

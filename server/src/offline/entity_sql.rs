@@ -21,7 +21,6 @@ use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SQLOptions;
-use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::prelude::SessionContext;
 use datafusion::sql::parser::{DFParserBuilder, Statement as DFStatement};
 use datafusion::sql::sqlparser::ast::{Expr, Query, Statement, Visit, Visitor};
@@ -236,33 +235,12 @@ impl OfflineStore {
     pub(crate) async fn spine_from_sql(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
         let df = self.plan_entity_sql(sql).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let pool = self.context().runtime_env().memory_pool.clone();
-        let reservation = MemoryConsumer::new("entity_sql spine").register(&pool);
+        let mut spine = self.spine_buffer("entity_sql");
         let mut stream = df.execute_stream().await?;
-        let (mut rows, mut batches) = (0usize, Vec::new());
         while let Some(batch) = stream.next().await {
-            let batch = batch?;
-            rows += batch.num_rows();
-            if self.sql_limits.max_rows > 0 && rows > self.sql_limits.max_rows {
-                return Err(Error::invalid(format!(
-                    "entity_sql returned more than {} spine rows (server.limits.max_spine_rows); \
-                     narrow the query or split the training set",
-                    self.sql_limits.max_rows
-                )));
-            }
-            reservation
-                .try_grow(batch.get_array_memory_size())
-                .map_err(|e| {
-                    Error::invalid(format!(
-                        "entity_sql's spine does not fit in the server's memory ({}); narrow the query",
-                        e.find_root()
-                    ))
-                })?;
-            batches.push(batch);
+            spine.push(batch?)?;
         }
-        // The batches outlive the reservation: the join that follows accounts for
-        // its own state in the same pool.
-        drop(reservation);
+        let batches = spine.into_batches();
         Ok((schema, batches))
     }
 }

@@ -122,6 +122,51 @@ impl Error {
     }
 }
 
+/// A spine being received (from `entity_sql` or a DoExchange stream), bounded by
+/// `max_spine_rows` and by the memory pool.
+pub(crate) struct SpineBuffer {
+    reservation: datafusion::execution::memory_pool::MemoryReservation,
+    batches: Vec<arrow::array::RecordBatch>,
+    rows: usize,
+    max_rows: usize,
+    what: &'static str,
+}
+
+impl SpineBuffer {
+    /// Adds a batch, or says which bound it passes.
+    pub(crate) fn push(&mut self, batch: arrow::array::RecordBatch) -> Result<()> {
+        self.rows += batch.num_rows();
+        if self.max_rows > 0 && self.rows > self.max_rows {
+            return Err(Error::invalid(format!(
+                "{} has more than {} spine rows (server.limits.max_spine_rows); narrow it or split the training set",
+                self.what, self.max_rows
+            )));
+        }
+        self.reservation
+            .try_grow(batch.get_array_memory_size())
+            .map_err(|e| {
+                Error::invalid(format!(
+                    "{} does not fit in the server's memory ({}); narrow it or split the training set",
+                    self.what,
+                    e.find_root()
+                ))
+            })?;
+        self.batches.push(batch);
+        Ok(())
+    }
+
+    /// Rows received so far.
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The batches. Their reservation is released: the join that follows accounts
+    /// for its own state in the same pool.
+    pub(crate) fn into_batches(self) -> Vec<arrow::array::RecordBatch> {
+        self.batches
+    }
+}
+
 /// Tuning of the query engine.
 #[derive(Debug, Clone)]
 pub(crate) struct EngineOptions {
@@ -212,6 +257,20 @@ impl OfflineStore {
     /// Every source's Parquet schema, by source name.
     pub(crate) fn source_schemas(&self) -> &HashMap<String, SchemaRef> {
         &self.schemas
+    }
+
+    /// Holds a spine's batches in the engine's memory pool as they arrive: each
+    /// [`SpineBuffer::push`] reserves its batch or fails with a clear error.
+    pub(crate) fn spine_buffer(&self, what: &'static str) -> SpineBuffer {
+        let pool = self.ctx.runtime_env().memory_pool.clone();
+        SpineBuffer {
+            reservation: datafusion::execution::memory_pool::MemoryConsumer::new(what)
+                .register(&pool),
+            batches: Vec::new(),
+            rows: 0,
+            max_rows: self.sql_limits.max_rows,
+            what,
+        }
     }
 
     /// Bytes the query engine holds in its memory pool now.
