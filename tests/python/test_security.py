@@ -114,3 +114,16 @@ def test_mutual_tls_and_plaintext_are_enforced(secured):
     plain = flight.FlightClient(f"grpc://127.0.0.1:{port}")
     with pytest.raises(flight.FlightError):
         plain.do_get(online_ticket(), options=bearer(tokens["reader"])).read_all()
+
+
+def test_quiver_health_over_mutual_tls(secured, tmp_path):
+    location, ca, cert, key, _ = secured
+    for name, data in (("ca.pem", ca), ("client.pem", cert), ("client.key", key)):
+        (tmp_path / name).write_bytes(data)
+    addr = location.replace("grpc+tls://", "")
+    out = subprocess.run(
+        [quiver_bin(), "health", "--addr", addr, "--tls-ca", str(tmp_path / "ca.pem"),
+         "--tls-cert", str(tmp_path / "client.pem"), "--tls-key", str(tmp_path / "client.key")],
+        capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "SERVING"
