@@ -291,3 +291,106 @@ pub fn column<'a, T: arrow::datatypes::ArrowPrimitiveType>(
         .unwrap_or_else(|| panic!("no column {name}"))
         .as_primitive::<T>()
 }
+
+/// What a [`FaultProxy`] does to the requests it carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Forward everything.
+    Pass,
+    /// Answer every new request with `500 Internal Server Error` (open connections
+    /// are closed when this is set, so pooled clients reconnect into it).
+    Fail500,
+    /// Answer the next `n` requests with 500, then forward.
+    Fail500Times(u32),
+    /// Wait this long before forwarding each new connection's traffic.
+    Slow(Duration),
+}
+
+/// A TCP proxy on loopback in front of a server (the S3 test server), that can be
+/// told to fail or slow down: the object store faults of the security issue.
+pub struct FaultProxy {
+    /// `http://127.0.0.1:port` of the proxy.
+    pub endpoint: String,
+    mode: tokio::sync::watch::Sender<Fault>,
+    budget: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    task: JoinHandle<()>,
+}
+
+impl FaultProxy {
+    /// Proxies `upstream` (`http://host:port`).
+    pub async fn start(upstream: &str) -> Self {
+        let upstream = upstream.trim_start_matches("http://").to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let endpoint = format!("http://{}", listener.local_addr().expect("addr"));
+        let (mode, watch) = tokio::sync::watch::channel(Fault::Pass);
+        let failures_left = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let budget = failures_left.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let upstream = upstream.clone();
+                let mut watch = watch.clone();
+                let left = failures_left.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let fault = *watch.borrow_and_update();
+                    let fail = match fault {
+                        Fault::Fail500 => true,
+                        Fault::Fail500Times(_) => left
+                            .fetch_update(
+                                std::sync::atomic::Ordering::AcqRel,
+                                std::sync::atomic::Ordering::Acquire,
+                                |v| v.checked_sub(1),
+                            )
+                            .is_ok(),
+                        _ => false,
+                    };
+                    if fail {
+                        let mut buf = [0u8; 8192];
+                        let _ = client.read(&mut buf).await;
+                        let body = "<Error><Code>InternalError</Code></Error>";
+                        let _ = client
+                            .write_all(
+                                format!("HTTP/1.1 500 Internal Server Error\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+                                    .as_bytes(),
+                            )
+                            .await;
+                        return;
+                    }
+                    if let Fault::Slow(d) = fault {
+                        tokio::time::sleep(d).await;
+                    }
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                        return;
+                    };
+                    // Forward until either side closes or the mode changes.
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = watch.changed() => {}
+                    }
+                });
+            }
+        });
+        Self {
+            endpoint,
+            mode,
+            budget,
+            task,
+        }
+    }
+
+    /// Switches what the proxy does; open connections are closed.
+    pub fn set(&self, fault: Fault) {
+        if let Fault::Fail500Times(n) = fault {
+            self.budget.store(n, std::sync::atomic::Ordering::Release);
+        }
+        let _ = self.mode.send(fault);
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -259,6 +259,24 @@ impl QuiverClient {
             .collect()
     }
 
+    /// The description and training-set schema of one feature view or service
+    /// (GetFlightInfo on the path `[name]`; a `reader` token may ask).
+    pub async fn describe(&mut self, name: &str) -> Result<(FeatureDescription, SchemaRef)> {
+        let info = self
+            .flight
+            .get_flight_info(FlightDescriptor::new_path(vec![name.to_string()]))
+            .await?;
+        let desc: FeatureDescription =
+            serde_json::from_slice(&info.app_metadata).map_err(|source| Error::Malformed {
+                what: "flight app_metadata".into(),
+                source,
+            })?;
+        let schema = info
+            .try_decode_schema()
+            .map_err(|e| Error::Flight(FlightError::Arrow(e)))?;
+        Ok((desc, std::sync::Arc::new(schema)))
+    }
+
     /// The underlying Flight client, for calls the SDK does not wrap.
     pub fn flight_client(&mut self) -> &mut FlightClient {
         &mut self.flight

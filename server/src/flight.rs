@@ -487,7 +487,7 @@ impl FlightService for QuiverFlightService {
             let mut infos = Vec::new();
             for (kind, name, request) in self.catalog.flights() {
                 let visible = match kind {
-                    "feature_service" => self.check_selection(&call, &Some(name.clone()), &None),
+                    "service" => self.check_selection(&call, &Some(name.clone()), &None),
                     _ => self.check_selection(&call, &None, &Some(vec![name.clone()])),
                 };
                 if visible.is_ok() {
@@ -518,7 +518,7 @@ impl FlightService for QuiverFlightService {
                 };
                 let req = self.catalog.request_for(name)?;
                 self.check_selection(&call, &req.feature_service, &req.features)?;
-                let kind = if req.feature_service.is_some() { "feature_service" } else { "feature_view" };
+                let kind = if req.feature_service.is_some() { "service" } else { "view" };
                 return self.describe(kind, name, req);
             }
             let req = Self::historical_request(&descriptor.cmd)?;

@@ -261,10 +261,12 @@ pub(crate) async fn serve(
     let metrics = transport.metrics.clone();
     let max_connections = limits.max_connections;
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |r| {
+        let mut backoff = false;
         let out = match r {
             Err(e) => {
-                // Out of file descriptors and the like: log, keep accepting.
+                // Out of file descriptors and the like: log, pause, keep accepting.
                 warn!(error = %e, "accept failed");
+                backoff = true;
                 None
             }
             Ok(io) => match slots.clone().try_acquire_owned() {
@@ -291,7 +293,12 @@ pub(crate) async fn serve(
                 }
             },
         };
-        futures::future::ready(out)
+        async move {
+            if backoff {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            out
+        }
     });
 
     let mut builder = tonic::transport::Server::builder()

@@ -47,22 +47,25 @@ async fn upload(s3: &S3Server, local: &std::path::Path) {
     }
 }
 
+/// A repo whose offline store is the S3 server at `endpoint` (holding the data of
+/// `local`, see [`upload`]), signing with `secret`.
+fn remote_repo(local: &std::path::Path, endpoint: &str, secret: &str) -> TempDir {
+    let remote = tempfile::tempdir().unwrap();
+    std::fs::write(remote.path().join("quiver.yaml"), s3_yaml(endpoint, secret)).unwrap();
+    let features = std::fs::read_to_string(local.join("features.yaml")).unwrap();
+    // card_stats lives in a folder on S3 (see upload).
+    let features = features.replace("path: card_stats.parquet", "path: card_stats");
+    std::fs::write(remote.path().join("features.yaml"), features).unwrap();
+    remote
+}
+
 /// An example repo, an S3 server holding its data, and a second repo whose offline
 /// store is that server, signing with `secret`.
 async fn s3_repo(secret: &str) -> (TempDir, S3Server, TempDir) {
     let local = example_repo(&small_data());
     let s3 = S3Server::start("features");
     upload(&s3, &local.path().join("data")).await;
-    let remote = tempfile::tempdir().unwrap();
-    std::fs::write(
-        remote.path().join("quiver.yaml"),
-        s3_yaml(&s3.endpoint, secret),
-    )
-    .unwrap();
-    let features = std::fs::read_to_string(local.path().join("features.yaml")).unwrap();
-    // card_stats lives in a folder on S3 (see upload).
-    let features = features.replace("path: card_stats.parquet", "path: card_stats");
-    std::fs::write(remote.path().join("features.yaml"), features).unwrap();
+    let remote = remote_repo(local.path(), &s3.endpoint, secret);
     (local, s3, remote)
 }
 
@@ -158,5 +161,85 @@ async fn a_store_outage_is_a_clear_error_within_bounds_and_moves_nothing() {
     );
     assert!(!error_chain(&e).is_empty());
     assert_eq!(c.status().await.unwrap(), before, "no watermark moved");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn store_faults_fail_cleanly_or_succeed_through_retries() {
+    use quiver_e2e::{Fault, FaultProxy};
+    use std::time::{Duration, Instant};
+    let (local, s3, _direct) = s3_repo(S3_SECRET_KEY).await;
+    let proxy = FaultProxy::start(&s3.endpoint).await;
+    let remote = remote_repo(local.path(), &proxy.endpoint, S3_SECRET_KEY);
+    let yaml = std::fs::read_to_string(remote.path().join("quiver.yaml")).unwrap();
+    let yaml = yaml.replace(
+        "  allow_http: true\n",
+        "  allow_http: true\n  max_retries: 3\n  retry_timeout_secs: 10\n  request_timeout_secs: 2\n",
+    );
+    std::fs::write(
+        remote.path().join("quiver.yaml"),
+        yaml + "online_store:\n  path: ./online\n",
+    )
+    .unwrap();
+    let t_us = quiver_server::datagen::EPOCH_US + 15 * quiver_e2e::DAY_US;
+    let server = Server::start_online(remote.path(), t_us * 1000).await;
+    let mut c = QuiverClient::connect(server.url()).await.unwrap();
+    let spine = read_parquet(&local.path().join("data/transactions.parquet"));
+    let req = HistoricalFeaturesRequest::for_service("fraud_v1");
+    let baseline = concat(
+        &c.get_historical_features(&req, spine.clone())
+            .await
+            .unwrap(),
+    );
+    let status = c.status().await.unwrap();
+    let bounded = |started: Instant| {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "took {:?}",
+            started.elapsed()
+        );
+    };
+
+    // Every request answered 500: a clear error, no partial training set, no watermark moved.
+    proxy.set(Fault::Fail500);
+    let started = Instant::now();
+    let e = c
+        .get_historical_features(&req, spine.clone())
+        .await
+        .unwrap_err();
+    bounded(started);
+    assert!(
+        matches!(&e, quiver_client::Error::Server { .. }),
+        "{}",
+        error_chain(&e)
+    );
+    let started = Instant::now();
+    assert!(quiver_e2e::materialize_all_result(&mut c, t_us * 1000)
+        .await
+        .is_err());
+    bounded(started);
+    assert_eq!(c.status().await.unwrap(), status, "no watermark moved");
+
+    // Slower than the request timeout: an error within bounds.
+    proxy.set(Fault::Slow(Duration::from_secs(5)));
+    let started = Instant::now();
+    assert!(c
+        .get_historical_features(&req, spine.clone())
+        .await
+        .is_err());
+    bounded(started);
+
+    // A few 500s, then the store answers: object_store's retries carry the call,
+    // and the training set is the same as before the faults.
+    proxy.set(Fault::Fail500Times(2));
+    let got = concat(
+        &c.get_historical_features(&req, spine.clone())
+            .await
+            .unwrap(),
+    );
+    assert_eq!(got, baseline);
+    proxy.set(Fault::Pass);
+    let got = concat(&c.get_historical_features(&req, spine).await.unwrap());
+    assert_eq!(got, baseline);
     server.stop().await;
 }

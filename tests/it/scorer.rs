@@ -257,3 +257,76 @@ async fn stopping_reports_the_scored_and_writes_exactly_those() {
     assert_eq!(ids(&decided.lock().unwrap()).len() as u64, report.scored);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scorer_reaches_a_server_with_tls_and_a_token() {
+    use quiver_client::ConnectOptions;
+    use quiver_server::auth::{create_token, Role};
+    let dir = example_repo(&small_data());
+    crate::security::certificates(dir.path());
+    let tokens = dir.path().join("tokens.yaml");
+    let operator = create_token(&tokens, "ops", Role::Operator, None).unwrap();
+    let reader = create_token(
+        &tokens,
+        "scorer",
+        Role::Reader,
+        Some(vec!["fraud_v3".into()]),
+    )
+    .unwrap();
+    crate::security::server_yaml(
+        dir.path(),
+        "  tls: {cert: server.pem, key: server.key}\n  auth: {tokens_file: tokens.yaml}\n",
+    );
+    let server = Server::start_online(dir.path(), T_US * 1000).await;
+    let addr = format!("localhost:{}", server.addr.port());
+    let ca = dir.path().join("ca.pem");
+    let admin = ConnectOptions::default()
+        .with_tls_ca(&ca)
+        .with_token(Some(operator));
+    let mut client = QuiverClient::connect_with(&addr, &admin).await.unwrap();
+    materialize_all(&mut client, T_US * 1000).await;
+
+    let (_, mut config, tx) = {
+        // The model and transactions of `setup`, without its plaintext server.
+        let model = LogisticModel {
+            quiver_model: "logistic".into(),
+            features: vec!["amt_over_avg_1d".into(), "distance_from_home_km".into()],
+            intercept: -2.0,
+            weights: vec![0.5, 1.0],
+            means: vec![1.0, 10.0],
+            scales: vec![1.0, 100.0],
+        };
+        let model_path = dir.path().join("model.json");
+        std::fs::write(&model_path, serde_json::to_string(&model).unwrap()).unwrap();
+        let tx = concat(&read(&dir.path().join("data/transactions.parquet")));
+        let tx = tx.slice(0, 500);
+        (
+            (),
+            ScorerConfig {
+                model: model_path.display().to_string(),
+                ..Default::default()
+            },
+            tx,
+        )
+    };
+    config.server = addr;
+    config.tls = Some(quiver_score::config::Tls {
+        ca: Some(ca),
+        cert: None,
+        key: None,
+    });
+    config.token = Some(reader);
+    let mut scorer = Scorer::connect(config).await.unwrap();
+    let (sink, decided) = MemorySink::new();
+    let report = scorer
+        .run(
+            Box::new(MemorySource::new(vec![tx.clone()])),
+            Box::new(sink),
+            RunOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.scored as usize, tx.num_rows(), "{report}");
+    assert_eq!(ids(&decided.lock().unwrap()).len(), tx.num_rows());
+    server.stop().await;
+}

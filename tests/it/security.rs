@@ -26,7 +26,7 @@ fn code(e: &quiver_client::Error) -> Code {
 }
 
 /// Sets `server:` keys (indented YAML under `server:`) in the repo's quiver.yaml.
-fn server_yaml(dir: &Path, lines: &str) {
+pub(crate) fn server_yaml(dir: &Path, lines: &str) {
     let path = dir.join("quiver.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
     let text = text.replace("server:\n", &format!("server:\n{lines}"));
@@ -381,7 +381,7 @@ fn serde_yaml_text(file: &quiver_server::auth::TokensFile) -> String {
 
 /// A CA, a server certificate for localhost/127.0.0.1 and a client certificate,
 /// written as PEM files into `dir`.
-fn certificates(dir: &Path) {
+pub(crate) fn certificates(dir: &Path) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();

@@ -83,25 +83,28 @@ impl Scorer {
         config.check()?;
         let model = Model::load(std::path::Path::new(&config.model))?;
         let mut client = connect_with_retry(&config).await?;
-        let services = client
-            .list_features()
-            .await
-            .map_err(|e| Error::client("cannot list the server's features", e))?;
-        let (desc, schema) = services
-            .iter()
-            .find(|(d, _)| d.kind == "service" && d.name == config.feature_service)
-            .ok_or_else(|| {
-                let known = services
-                    .iter()
+        // GetFlightInfo of the one service: what a reader token may ask.
+        let (desc, schema) = match client.describe(&config.feature_service).await {
+            Ok((d, s)) if d.kind == "service" => (d, s),
+            Ok(_)
+            | Err(quiver_client::Error::Server {
+                code: tonic::Code::NotFound,
+                ..
+            }) => {
+                // Name the services the server knows, when this token may list them.
+                let known = (client.list_features().await.unwrap_or_default().into_iter())
                     .filter(|(d, _)| d.kind == "service")
-                    .map(|(d, _)| d.name.clone())
+                    .map(|(d, _)| d.name)
                     .collect();
-                Error::ServiceNotFound {
+                return Err(Error::ServiceNotFound {
                     service: config.feature_service.clone(),
                     server: config.server.clone(),
                     known,
-                }
-            })?;
+                });
+            }
+            Err(e) => return Err(Error::client("cannot describe the feature service", e)),
+        };
+        let (desc, schema) = (&desc, &schema);
         let mut send_fields = Vec::new();
         for name in desc.join_keys.iter().chain(&desc.request_fields) {
             let f = schema
