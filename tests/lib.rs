@@ -51,13 +51,7 @@ pub async fn online_store(repo_dir: &Path, now_ns: i64) -> FeatureStore {
 /// Materializes every view from the beginning of time to `end_ns` through the
 /// Flight action; one report per view.
 pub async fn materialize_all(client: &mut QuiverClient, end_ns: i64) -> Vec<MaterializeReport> {
-    client
-        .materialize(&MaterializeRequest {
-            start: "2020-01-01T00:00:00Z".into(),
-            end: format_instant(end_ns),
-            views: None,
-            replace: false,
-        })
+    materialize_all_result(client, end_ns)
         .await
         .expect("materialize")
 }

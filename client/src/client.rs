@@ -241,22 +241,7 @@ impl QuiverClient {
             .await?
             .try_collect()
             .await?;
-        infos
-            .into_iter()
-            .map(|info| {
-                let desc: FeatureDescription =
-                    serde_json::from_slice(&info.app_metadata).map_err(|source| {
-                        Error::Malformed {
-                            what: "flight app_metadata".into(),
-                            source,
-                        }
-                    })?;
-                let schema = info
-                    .try_decode_schema()
-                    .map_err(|e| Error::Flight(FlightError::Arrow(e)))?;
-                Ok((desc, std::sync::Arc::new(schema)))
-            })
-            .collect()
+        infos.into_iter().map(description).collect()
     }
 
     /// The description and training-set schema of one feature view or service
@@ -266,19 +251,25 @@ impl QuiverClient {
             .flight
             .get_flight_info(FlightDescriptor::new_path(vec![name.to_string()]))
             .await?;
-        let desc: FeatureDescription =
-            serde_json::from_slice(&info.app_metadata).map_err(|source| Error::Malformed {
-                what: "flight app_metadata".into(),
-                source,
-            })?;
-        let schema = info
-            .try_decode_schema()
-            .map_err(|e| Error::Flight(FlightError::Arrow(e)))?;
-        Ok((desc, std::sync::Arc::new(schema)))
+        description(info)
     }
 
     /// The underlying Flight client, for calls the SDK does not wrap.
     pub fn flight_client(&mut self) -> &mut FlightClient {
         &mut self.flight
     }
+}
+
+/// A FlightInfo of ListFlights or GetFlightInfo-by-name: its JSON description and
+/// training-set schema.
+fn description(info: FlightInfo) -> Result<(FeatureDescription, SchemaRef)> {
+    let desc: FeatureDescription =
+        serde_json::from_slice(&info.app_metadata).map_err(|source| Error::Malformed {
+            what: "flight app_metadata".into(),
+            source,
+        })?;
+    let schema = info
+        .try_decode_schema()
+        .map_err(|e| Error::Flight(FlightError::Arrow(e)))?;
+    Ok((desc, std::sync::Arc::new(schema)))
 }

@@ -24,7 +24,7 @@ use crate::auth::{self, Authenticator};
 use crate::catalog::{self, Catalog};
 use crate::config::{self, Repo};
 use crate::error::ErrorKind;
-use crate::flight::QuiverFlightService;
+use crate::flight::{AbortOnDrop, QuiverFlightService};
 use crate::gate::Gate;
 use crate::materialize::{self, MaterializeOptions, Materializer, Progress, Window};
 use crate::metrics::{Metrics, Snapshot};
@@ -291,14 +291,5 @@ impl FeatureStore {
             snapshot: Arc::new(move || this.snapshot()),
         };
         Ok(transport::serve(listener, self.service_with(gate), transport, shutdown).await?)
-    }
-}
-
-/// Aborts a background task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

@@ -115,23 +115,28 @@ async fn a_wrong_signature_is_rejected_with_a_clear_error() {
     assert!(!repo.registry_path().exists(), "nothing recorded");
 }
 
+/// Serves `remote` with its own online store, the S3 retry settings `retries`
+/// (YAML lines under `offline_store:`) and the online clock at `t_us`.
+async fn serve_with_retries(remote: &TempDir, retries: &str, t_us: i64) -> (Server, QuiverClient) {
+    let path = remote.path().join("quiver.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let yaml = yaml.replace(
+        "  allow_http: true\n",
+        &format!("  allow_http: true\n{retries}"),
+    );
+    std::fs::write(&path, yaml + "online_store:\n  path: ./online\n").unwrap();
+    let server = Server::start_online(remote.path(), t_us * 1000).await;
+    let client = QuiverClient::connect(server.url()).await.unwrap();
+    (server, client)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_outage_is_a_clear_error_within_bounds_and_moves_nothing() {
     let (local, mut s3, remote) = s3_repo(S3_SECRET_KEY).await;
     // Few, quick retries: the outage is permanent here.
-    let yaml = std::fs::read_to_string(remote.path().join("quiver.yaml")).unwrap();
-    let yaml = yaml.replace(
-        "  allow_http: true\n",
-        "  allow_http: true\n  max_retries: 2\n  retry_timeout_secs: 5\n",
-    );
-    std::fs::write(
-        remote.path().join("quiver.yaml"),
-        yaml + "online_store:\n  path: ./online\n",
-    )
-    .unwrap();
     let t_us = quiver_server::datagen::EPOCH_US + 15 * quiver_e2e::DAY_US;
-    let server = Server::start_online(remote.path(), t_us * 1000).await;
-    let mut c = QuiverClient::connect(server.url()).await.unwrap();
+    let (server, mut c) =
+        serve_with_retries(&remote, "  max_retries: 2\n  retry_timeout_secs: 5\n", t_us).await;
     let before = c.status().await.unwrap();
     s3.stop();
 
@@ -171,19 +176,13 @@ async fn store_faults_fail_cleanly_or_succeed_through_retries() {
     let (local, s3, _direct) = s3_repo(S3_SECRET_KEY).await;
     let proxy = FaultProxy::start(&s3.endpoint).await;
     let remote = remote_repo(local.path(), &proxy.endpoint, S3_SECRET_KEY);
-    let yaml = std::fs::read_to_string(remote.path().join("quiver.yaml")).unwrap();
-    let yaml = yaml.replace(
-        "  allow_http: true\n",
-        "  allow_http: true\n  max_retries: 3\n  retry_timeout_secs: 10\n  request_timeout_secs: 2\n",
-    );
-    std::fs::write(
-        remote.path().join("quiver.yaml"),
-        yaml + "online_store:\n  path: ./online\n",
-    )
-    .unwrap();
     let t_us = quiver_server::datagen::EPOCH_US + 15 * quiver_e2e::DAY_US;
-    let server = Server::start_online(remote.path(), t_us * 1000).await;
-    let mut c = QuiverClient::connect(server.url()).await.unwrap();
+    let (server, mut c) = serve_with_retries(
+        &remote,
+        "  max_retries: 3\n  retry_timeout_secs: 10\n  request_timeout_secs: 2\n",
+        t_us,
+    )
+    .await;
     let spine = read_parquet(&local.path().join("data/transactions.parquet"));
     let req = HistoricalFeaturesRequest::for_service("fraud_v1");
     let baseline = concat(

@@ -23,11 +23,8 @@ use quiver_server::datagen;
 
 const T_US: i64 = datagen::EPOCH_US + 15 * DAY_US;
 
-/// A served repo, materialized to T, a model file, and two days of transactions.
-async fn setup(dir: &std::path::Path) -> (Server, ScorerConfig, RecordBatch) {
-    let server = Server::start_online(dir, T_US * 1000).await;
-    let mut client = QuiverClient::connect(server.url()).await.unwrap();
-    materialize_all(&mut client, T_US * 1000).await;
+/// The test model (two on-demand features) written as `dir/model.json`.
+fn write_model(dir: &std::path::Path) -> std::path::PathBuf {
     let model = LogisticModel {
         quiver_model: "logistic".into(),
         features: vec!["amt_over_avg_1d".into(), "distance_from_home_km".into()],
@@ -36,8 +33,17 @@ async fn setup(dir: &std::path::Path) -> (Server, ScorerConfig, RecordBatch) {
         means: vec![1.0, 10.0],
         scales: vec![1.0, 100.0],
     };
-    let model_path = dir.join("model.json");
-    std::fs::write(&model_path, serde_json::to_string(&model).unwrap()).unwrap();
+    let path = dir.join("model.json");
+    std::fs::write(&path, serde_json::to_string(&model).unwrap()).unwrap();
+    path
+}
+
+/// A served repo, materialized to T, a model file, and two days of transactions.
+async fn setup(dir: &std::path::Path) -> (Server, ScorerConfig, RecordBatch) {
+    let server = Server::start_online(dir, T_US * 1000).await;
+    let mut client = QuiverClient::connect(server.url()).await.unwrap();
+    materialize_all(&mut client, T_US * 1000).await;
+    let model_path = write_model(dir);
     let config = ScorerConfig {
         server: server.url(),
         model: model_path.display().to_string(),
@@ -286,28 +292,11 @@ async fn the_scorer_reaches_a_server_with_tls_and_a_token() {
     let mut client = QuiverClient::connect_with(&addr, &admin).await.unwrap();
     materialize_all(&mut client, T_US * 1000).await;
 
-    let (_, mut config, tx) = {
-        // The model and transactions of `setup`, without its plaintext server.
-        let model = LogisticModel {
-            quiver_model: "logistic".into(),
-            features: vec!["amt_over_avg_1d".into(), "distance_from_home_km".into()],
-            intercept: -2.0,
-            weights: vec![0.5, 1.0],
-            means: vec![1.0, 10.0],
-            scales: vec![1.0, 100.0],
-        };
-        let model_path = dir.path().join("model.json");
-        std::fs::write(&model_path, serde_json::to_string(&model).unwrap()).unwrap();
-        let tx = concat(&read(&dir.path().join("data/transactions.parquet")));
-        let tx = tx.slice(0, 500);
-        (
-            (),
-            ScorerConfig {
-                model: model_path.display().to_string(),
-                ..Default::default()
-            },
-            tx,
-        )
+    let model_path = write_model(dir.path());
+    let tx = concat(&read(&dir.path().join("data/transactions.parquet"))).slice(0, 500);
+    let mut config = ScorerConfig {
+        model: model_path.display().to_string(),
+        ..Default::default()
     };
     config.server = addr;
     config.tls = Some(quiver_score::config::Tls {

@@ -41,6 +41,20 @@ def run(repo: Path, *args: str) -> str:
     return out.stdout
 
 
+def serve(repo: Path, env=None):
+    """Starts `quiver serve` on an ephemeral loopback port; returns the process and
+    its host:port once it prints its readiness line."""
+    proc = subprocess.Popen(
+        [quiver_bin(), "--repo", str(repo), "serve", "--addr", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    line = proc.stdout.readline().strip()
+    assert line.startswith("quiver serving on "), f"unexpected readiness line {line!r}"
+    return proc, line.rsplit(" ", 1)[1]
+
+
 @pytest.fixture(scope="session")
 def repo():
     d = Path(tempfile.mkdtemp(prefix="quiver-py-"))
@@ -55,14 +69,7 @@ def repo():
 @pytest.fixture(scope="session")
 def server(repo):
     """Starts `quiver serve` on an ephemeral port; ready when it prints its address."""
-    proc = subprocess.Popen(
-        [quiver_bin(), "--repo", str(repo), "serve", "--addr", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    line = proc.stdout.readline().strip()
-    assert line.startswith("quiver serving on "), f"unexpected readiness line {line!r}"
-    addr = line.rsplit(" ", 1)[1]
+    proc, addr = serve(repo)
     yield f"grpc://{addr}"
     proc.terminate()
     proc.wait(timeout=10)
@@ -84,15 +91,8 @@ def online_server(repo):
     shutil.copy(ROOT / "feature_repo" / "features.yaml", d / "features.yaml")
     run(d, "apply")
     env = dict(os.environ, QUIVER_NOW=ONLINE_NOW)
-    proc = subprocess.Popen(
-        [quiver_bin(), "--repo", str(d), "serve", "--addr", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    line = proc.stdout.readline().strip()
-    assert line.startswith("quiver serving on "), f"unexpected readiness line {line!r}"
-    yield f"grpc://{line.rsplit(' ', 1)[1]}"
+    proc, addr = serve(d, env=env)
+    yield f"grpc://{addr}"
     proc.terminate()
     proc.wait(timeout=10)
     shutil.rmtree(d, ignore_errors=True)

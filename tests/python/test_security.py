@@ -10,7 +10,7 @@ import pyarrow.flight as flight
 import pytest
 import trustme
 
-from conftest import ROOT, quiver_bin, run
+from conftest import ROOT, quiver_bin, run, serve
 
 
 @pytest.fixture(scope="module")
@@ -40,14 +40,8 @@ def secured(repo):
     tokens = {}
     for role in ("reader", "trainer", "operator"):
         tokens[role] = run(d, "token", "create", "--name", role, "--role", role).strip()
-    proc = subprocess.Popen(
-        [quiver_bin(), "--repo", str(d), "serve", "--addr", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    line = proc.stdout.readline().strip()
-    assert line.startswith("quiver serving on "), f"unexpected readiness line {line!r}"
-    port = line.rsplit(":", 1)[1]
+    proc, addr = serve(d)
+    port = addr.rsplit(":", 1)[1]
     yield (
         f"grpc+tls://localhost:{port}",
         (d / "ca.pem").read_bytes(),
