@@ -225,7 +225,7 @@ fn check_batch(batch: RecordBatch<'_>, columns: &[Layout], body: usize) -> Resul
         }
         // arrow reads offsets (and power-of-two values) as typed slices, which must
         // be whole numbers of elements.
-        let whole = |len: u64, w: usize| len % w as u64 == 0;
+        let whole = |len: u64, w: usize| len.is_multiple_of(w as u64);
         let ok = match layout {
             Layout::Bits => lengths[1] >= bits,
             Layout::Fixed(w) => {
