@@ -38,6 +38,7 @@ pub use connection::ConnectOptions;
 pub use error::{Error, Result};
 pub use protocol::{
     Command, FeatureDescription, HistoricalFeaturesRequest, MaterializeIncrementalRequest,
-    MaterializeReport, MaterializeRequest, OnlineFeaturesRequest, ProtocolError, ViewStatus,
+    MaterializeReport, MaterializeRequest, OnlineFeaturesRequest, ProtocolError, PushRequest,
+    PushResult, PushTo, ViewStatus,
 };
 pub use session::OnlineSession;

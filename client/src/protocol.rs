@@ -59,6 +59,8 @@ pub enum Command {
     GetHistoricalFeatures(HistoricalFeaturesRequest),
     /// The latest feature values of some entities, from the online store.
     GetOnlineFeatures(OnlineFeaturesRequest),
+    /// Rows of a source, sent by DoPut, written offline and/or online.
+    Push(PushRequest),
 }
 
 impl Command {
@@ -87,6 +89,10 @@ impl Command {
         match self {
             Command::GetHistoricalFeatures(r) => r.selection().map(|_| ()),
             Command::GetOnlineFeatures(r) => selection(&r.feature_service, &r.features).map(|_| ()),
+            Command::Push(r) if r.source.trim().is_empty() => Err(ProtocolError::Malformed {
+                message: "push: \"source\" is empty; name the source the rows belong to".into(),
+            }),
+            Command::Push(_) => Ok(()),
         }
     }
 }
@@ -363,6 +369,70 @@ pub struct MaterializeRequest {
     /// watermark to `end`: an operator's repair of keys holding bad values.
     #[serde(default, skip_serializing_if = "is_false")]
     pub replace: bool,
+}
+
+/// Where pushed rows go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushTo {
+    /// The online store only (every view over the source).
+    Online,
+    /// The offline store only (Parquet files in the source's folder).
+    Offline,
+    /// Both (the default).
+    #[default]
+    OnlineAndOffline,
+}
+
+impl PushTo {
+    /// Whether rows go online.
+    pub fn online(self) -> bool {
+        self != PushTo::Offline
+    }
+
+    /// Whether rows go offline.
+    pub fn offline(self) -> bool {
+        self != PushTo::Online
+    }
+}
+
+impl std::str::FromStr for PushTo {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        serde_json::from_value(serde_json::Value::String(s.into()))
+            .map_err(|_| format!("{s:?}: expected online, offline or online_and_offline"))
+    }
+}
+
+/// Descriptor command of DoPut `{"push": {"source": .., "to": ..}}`: the record
+/// batches that follow are rows of `source` (its timestamp, its views' join keys
+/// and every column a view reads; other columns of the source are kept offline).
+///
+/// ```
+/// use quiver_client::{Command, PushRequest, PushTo};
+/// let cmd = Command::parse(br#"{"push": {"source": "transactions"}}"#).unwrap();
+/// assert_eq!(cmd, Command::Push(PushRequest { source: "transactions".into(), to: PushTo::OnlineAndOffline }));
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushRequest {
+    /// The source the rows belong to.
+    pub source: String,
+    /// Where they go (default both).
+    #[serde(default)]
+    pub to: PushTo,
+}
+
+/// The app_metadata JSON of DoPut's one PutResult, sent once the rows are durable.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PushResult {
+    /// Rows received.
+    pub rows: u64,
+    /// Online keys written, over every view of the source.
+    pub online_keys: u64,
+    /// The Parquet files written offline (URLs).
+    #[serde(default)]
+    pub offline_files: Vec<String>,
 }
 
 /// Body of the `materialize_incremental` action: each view from its watermark

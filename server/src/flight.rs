@@ -333,6 +333,7 @@ impl QuiverFlightService {
             Command::GetOnlineFeatures(_) => Err(Status::invalid_argument(
                 "get_online_features is answered by DoGet (with \"entities\") or DoExchange, not here",
             )),
+            Command::Push(_) => Err(push_is_do_put()),
         }
     }
 
@@ -591,6 +592,7 @@ impl FlightService for QuiverFlightService {
         call.stream(flight_bytes, async {
             let req = match Command::parse(&ticket.ticket).map_err(protocol_status)? {
                 Command::GetHistoricalFeatures(r) => r,
+                Command::Push(_) => return Err(push_is_do_put()),
                 Command::GetOnlineFeatures(r) => {
                     let batch = self.online_get(&call, &r)?;
                     let stream = FlightDataEncoderBuilder::new()
@@ -724,6 +726,7 @@ impl FlightService for QuiverFlightService {
             };
             let req = match Command::parse(&cmd).map_err(protocol_status)? {
                 Command::GetHistoricalFeatures(r) => r,
+                Command::Push(_) => return Err(push_is_do_put()),
                 Command::GetOnlineFeatures(r) => {
                     return self.online_exchange(&call, &r, first, input)
                 }
@@ -759,6 +762,12 @@ impl FlightService for QuiverFlightService {
         })
         .await
     }
+}
+
+fn push_is_do_put() -> Status {
+    Status::invalid_argument(
+        "push takes its rows by DoPut, with {\"push\": {...}} as the descriptor command",
+    )
 }
 
 /// The data messages of a DoExchange input, starting with the first one already read.

@@ -51,6 +51,7 @@ mod online_query;
 mod redact;
 mod registry;
 mod transport;
+mod windows;
 
 pub use config::Repo;
 pub use error::ErrorKind;

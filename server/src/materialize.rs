@@ -33,7 +33,8 @@ use crate::offline::{self, OfflineStore};
 use crate::online::encoding::{
     encode_key, encode_value, FeatureColumn, KeyColumn, KeyType, NO_CREATED,
 };
-use crate::online::{self, OnlineStore, ViewLayout, ViewState};
+use crate::online::{self, Entries, OnlineStore, ViewLayout, ViewState};
+use crate::windows::Events;
 
 /// Errors of a materialization.
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +171,17 @@ pub(crate) fn view_layouts(catalog: &Catalog) -> Result<BTreeMap<String, Arc<Vie
             })?;
             keys.push((k, t));
         }
+        if let Some(spec) = catalog
+            .window_spec(&v.name)
+            .map_err(|e| Error::Invalid(e.to_string()))?
+        {
+            let features = (spec.aggs.iter())
+                .map(|a| (a.output.clone(), a.output_type.clone()))
+                .collect();
+            let layout = ViewLayout::new(v.name.clone(), keys, features, None).with_windows(spec);
+            out.insert(v.name.clone(), Arc::new(layout));
+            continue;
+        }
         let mut features = Vec::new();
         for f in &v.features {
             let t = field(&f.name)?.data_type().clone();
@@ -257,6 +269,124 @@ fn fold_batch(
         }
     }
     Ok(())
+}
+
+/// Events per entity key (encoded data key) of an aggregation view.
+pub(crate) type EventLogs = HashMap<Box<[u8]>, Events>;
+
+/// Folds one batch of source rows into per-entity events. Rows with a null time
+/// or key are skipped; with `horizon`, so are events at or before it (outside
+/// every window from now on).
+pub(crate) fn fold_events(
+    layout: &ViewLayout,
+    columns: &WindowColumns,
+    batch: &RecordBatch,
+    logs: &mut EventLogs,
+    horizon: Option<i64>,
+) -> Result<u64> {
+    let spec = layout.windows.as_ref().expect("aggregation view");
+    let col = |name: &str| {
+        batch
+            .column_by_name(name)
+            .cloned()
+            .ok_or_else(|| Error::Worker(format!("scan lost column {name:?}")))
+    };
+    let keys: Vec<KeyColumn> = layout
+        .join_keys
+        .iter()
+        .map(|(k, t)| Ok(KeyColumn::new(&col(k)?, *t).map_err(online::Error::from)?))
+        .collect::<Result<_>>()?;
+    let key_refs: Vec<&KeyColumn> = keys.iter().collect();
+    let event = timestamp_nanos(&col(&columns.timestamp)?)?;
+    let created = match &columns.created {
+        Some(c) => Some(timestamp_nanos(&col(c)?)?),
+        None => None,
+    };
+    let values: Vec<arrow::array::ArrayRef> = (spec.columns.iter())
+        .map(|(name, kind)| {
+            let c = col(name)?;
+            arrow::compute::cast(&c, &kind.data_type()).map_err(|e| {
+                Error::Invalid(format!(
+                    "view {:?}: column {name:?} ({}) cannot be aggregated: {e}",
+                    layout.name,
+                    c.data_type()
+                ))
+            })
+        })
+        .collect::<Result<_>>()?;
+    let prefix = layout.prefix();
+    let mut key = Vec::with_capacity(32);
+    let mut kept = 0;
+    for row in 0..batch.num_rows() {
+        if event.is_null(row) || !encode_key(&prefix, &key_refs, row, &mut key) {
+            continue;
+        }
+        let t = event.value(row);
+        if horizon.is_some_and(|h| t <= h) {
+            continue;
+        }
+        let c = created
+            .as_ref()
+            .filter(|c| c.is_valid(row))
+            .map(|c| c.value(row));
+        let log = match logs.get_mut(key.as_slice()) {
+            Some(log) => log,
+            None => logs
+                .entry(key.as_slice().into())
+                .or_insert_with(|| Events::new(spec.columns.iter().map(|c| c.1))),
+        };
+        log.push(t, c, &values, row);
+        kept += 1;
+    }
+    Ok(kept)
+}
+
+/// The new stored event logs of `logs`' entities: with `replace_until`, stored
+/// events after it plus the new ones (materialize rebuilds up to its end);
+/// without, stored events plus the new ones (a push). Events outside every window
+/// at `now` are dropped; an entity left with none is deleted (an empty value).
+/// Returns the entries and the change in key count.
+pub(crate) fn merge_event_logs(
+    online: &OnlineStore,
+    layout: &ViewLayout,
+    logs: EventLogs,
+    now: i64,
+    replace_until: Option<i64>,
+) -> Result<(Entries, i64)> {
+    let spec = layout.windows.as_ref().expect("aggregation view");
+    let kinds = layout.event_kinds();
+    let keys: Vec<&[u8]> = logs.keys().map(|k| k.as_ref()).collect();
+    let stored = online.get_many(&keys)?;
+    let mut entries = Vec::with_capacity(logs.len());
+    let mut delta = 0i64;
+    for ((key, mut ev), old) in logs.into_iter().zip(stored) {
+        if let Some(old) = &old {
+            let old = Events::decode(old, &kinds).map_err(|e| online::Error::Corrupt {
+                view: layout.name.clone(),
+                message: e.to_string(),
+            })?;
+            match replace_until {
+                Some(end) => ev.extend(&old.after(end)),
+                None => ev.extend(&old),
+            }
+        }
+        ev.canonicalize();
+        ev.prune(now.saturating_sub(spec.longest));
+        let mut value = Vec::new();
+        if ev.len() > 0 {
+            ev.encode(&mut value);
+        }
+        delta += match (old.is_some(), value.is_empty()) {
+            (false, false) => 1,
+            (true, true) => -1,
+            _ => 0,
+        };
+        if old.is_none() && value.is_empty() {
+            continue;
+        }
+        entries.push((key.into_vec(), value));
+    }
+    Ok((entries, delta))
 }
 
 /// Runs materializations against one offline and one online store.
@@ -376,6 +506,11 @@ impl Materializer {
                 (start, end)
             }
         };
+        if layout.windows.is_some() {
+            return self
+                .run_windows(layout, state, end, progress, started)
+                .await;
+        }
         progress.view_started(&layout.name, start, end);
         let mut report = MaterializeReport {
             view: layout.name.clone(),
@@ -445,6 +580,88 @@ impl Materializer {
         .await
         .map_err(|e| Error::Worker(e.to_string()))??;
         info!(view = %report.view, rows = report.rows_read, written = report.keys_written, mode = %report.mode, seconds = report.seconds, "materialized");
+        progress.view_finished(&report);
+        Ok(report)
+    }
+
+    /// An aggregation view: rebuilds each entity's events within the longest window
+    /// before `end` from the offline events, keeping stored events after `end`
+    /// (pushed ahead of it). Entities absent from the scan keep their state.
+    async fn run_windows(
+        &self,
+        layout: &Arc<ViewLayout>,
+        state: Option<ViewState>,
+        end: i64,
+        progress: &dyn Progress,
+        started: Instant,
+    ) -> Result<MaterializeReport> {
+        let spec = layout.windows.clone().expect("aggregation view");
+        let start = end.saturating_sub(spec.longest);
+        progress.view_started(&layout.name, Some(start), end);
+        let (columns, streams) = self
+            .offline
+            .scan_window(&self.catalog, &layout.name, Some(start), end)
+            .await?;
+        let columns = Arc::new(columns);
+        let rows = Arc::new(AtomicU64::new(0));
+        let tasks: Vec<_> = (streams.into_iter())
+            .map(|mut stream| {
+                let (layout, columns, rows) = (layout.clone(), columns.clone(), rows.clone());
+                tokio::spawn(async move {
+                    let mut logs = EventLogs::new();
+                    while let Some(batch) = stream.next().await {
+                        let batch = batch.map_err(offline::Error::from)?;
+                        fold_events(&layout, &columns, &batch, &mut logs, None)?;
+                        rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
+                    }
+                    Ok::<_, Error>(logs)
+                })
+            })
+            .collect();
+        let mut logs = EventLogs::new();
+        for part in futures::future::join_all(tasks).await {
+            for (k, ev) in part.map_err(|e| Error::Worker(e.to_string()))?? {
+                match logs.get_mut(&k) {
+                    Some(have) => have.extend(&ev),
+                    None => {
+                        logs.insert(k, ev);
+                    }
+                }
+            }
+        }
+        let rows_read = rows.load(Ordering::Relaxed);
+        progress.rows_read(&layout.name, rows_read);
+        let now = self.online.now_nanos();
+        let online = self.online.clone();
+        let layout2 = layout.clone();
+        let old_count = state.as_ref().map_or(0, |s| s.key_count);
+        let report = tokio::task::spawn_blocking(move || -> Result<MaterializeReport> {
+            let (entries, new_keys) = merge_event_logs(&online, &layout2, logs, now, Some(end))?;
+            let mut report = MaterializeReport {
+                view: layout2.name.clone(),
+                start: Some(format_instant(start)),
+                end: format_instant(end),
+                rows_read,
+                entities: entries.len() as u64,
+                keys_written: entries.len() as u64,
+                key_count: (old_count as i64 + new_keys).max(0) as u64,
+                mode: "windows".into(),
+                seconds: started.elapsed().as_secs_f64(),
+            };
+            let new_state = ViewState {
+                fingerprint: layout2.fingerprint,
+                watermark: Some(state.and_then(|s| s.watermark).map_or(end, |w| w.max(end))),
+                key_count: report.key_count,
+                last_run: Some(report.clone()),
+                last_run_at: Some(Utc::now().timestamp_nanos_opt().unwrap_or(0)),
+            };
+            online.commit_batch(&layout2, &entries, &new_state)?;
+            report.seconds = started.elapsed().as_secs_f64();
+            Ok(report)
+        })
+        .await
+        .map_err(|e| Error::Worker(e.to_string()))??;
+        info!(view = %report.view, rows = report.rows_read, entities = report.entities, seconds = report.seconds, "materialized windows");
         progress.view_finished(&report);
         Ok(report)
     }

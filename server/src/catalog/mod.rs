@@ -24,6 +24,7 @@ use quiver_client::protocol::{FeatureDescription, FeatureSelection, HistoricalFe
 use crate::error::ErrorKind;
 use crate::keys::KeyType;
 use crate::registry::{self, Dtype, Registry, ViewRequest};
+use crate::windows::WindowSpec;
 use on_demand::{OnDemandCatalog, OnDemandStage};
 
 /// Errors of the catalog: definitions that do not match the data, and requests
@@ -100,6 +101,8 @@ pub(crate) struct Catalog {
     registry: Arc<Registry>,
     on_demand: OnDemandCatalog,
     schemas: HashMap<String, SchemaRef>,
+    /// Each aggregation view's compiled windows, or why they do not fit the data.
+    windows: HashMap<String, std::result::Result<Arc<WindowSpec>, String>>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -114,16 +117,57 @@ impl std::fmt::Debug for Catalog {
 impl Catalog {
     /// The catalog of `registry` over the Parquet schemas of its sources (as the
     /// offline store found them); compiles every on-demand feature.
+    /// Aggregation views get their windows compiled here, and the dtypes of
+    /// their sum, min and max features set from the aggregated column's type.
     pub(crate) fn new(
         registry: Arc<Registry>,
         schemas: HashMap<String, SchemaRef>,
     ) -> Result<Self> {
+        let mut windows = HashMap::new();
+        let mut completed = (*registry).clone();
+        for v in &mut completed.definitions.feature_views {
+            if !v.is_aggregation() {
+                continue;
+            }
+            let spec = match schemas.get(&v.source) {
+                Some(schema) => WindowSpec::compile(v, schema),
+                None => Err(format!("source {:?} is not registered", v.source)),
+            };
+            if let Ok(spec) = &spec {
+                for (f, a) in v.features.iter_mut().zip(&spec.aggs) {
+                    if let Some(d) = Dtype::of_arrow(&a.output_type) {
+                        f.dtype = d;
+                    }
+                }
+            }
+            windows.insert(v.name.clone(), spec);
+        }
+        let registry = if windows.is_empty() {
+            registry
+        } else {
+            Arc::new(completed)
+        };
         let on_demand = OnDemandCatalog::compile(&registry)?;
         Ok(Self {
             registry,
             on_demand,
             schemas,
+            windows,
         })
+    }
+
+    /// The compiled windows of an aggregation view (`None` for other views).
+    pub(crate) fn window_spec(&self, view: &str) -> Result<Option<Arc<WindowSpec>>> {
+        match self.windows.get(view) {
+            None => Ok(None),
+            Some(Ok(spec)) => Ok(Some(spec.clone())),
+            Some(Err(message)) => Err(Error::Schema {
+                file: self.origin("feature_view", view),
+                kind: "feature_view",
+                name: view.into(),
+                message: message.clone(),
+            }),
+        }
     }
 
     /// The registry.
@@ -204,6 +248,10 @@ impl Catalog {
                     )));
                 }
             }
+            if view.is_aggregation() {
+                self.window_spec(&view.name)?;
+                continue;
+            }
             for feature in &view.features {
                 let field = schema.field_with_name(&feature.name).map_err(|_| {
                     err(format!(
@@ -276,6 +324,17 @@ impl Catalog {
         let mut out = Vec::new();
         for v in plan.views.iter().chain(&plan.labels) {
             let schema = self.source_schema(&v.source.name).expect("registered");
+            if let Some(spec) = self.window_spec(&v.view.name)? {
+                for s in v.features.iter().filter(|s| !s.hidden) {
+                    let i = s.feature.aggregation.expect("aggregation view");
+                    out.push(Field::new(
+                        &s.output,
+                        spec.aggs[i].output_type.clone(),
+                        true,
+                    ));
+                }
+                continue;
+            }
             for s in v.features.iter().filter(|s| !s.hidden) {
                 let field = schema
                     .field_with_name(&s.feature.name)

@@ -262,6 +262,24 @@ impl OfflineStore {
             return Err(catalog.stale(v, &source.timestamp_field).into());
         }
         let ttl = v.view.ttl.map(|t| t.as_nanos());
+        // Aggregation views: the selected windows, under their output names.
+        let windows = match catalog.window_spec(&v.view.name)? {
+            Some(spec) => Some(
+                spec.select(
+                    &(v.features.iter())
+                        .map(|s| {
+                            (
+                                s.feature.aggregation.expect("aggregation view"),
+                                s.output.clone(),
+                            )
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+            ),
+            None => None,
+        };
+        // How far before the earliest spine row events still matter.
+        let lookback = windows.as_ref().map(|w| w.longest).or(ttl);
         let mut df = self.context().table(source.name.as_str()).await?;
         let ts = ident(&source.timestamp_field);
         let filter = match (info.min_ts, info.max_ts) {
@@ -272,7 +290,7 @@ impl OfflineStore {
                     .lt_eq(lit(ts_literal(&ts_type, as_of.unwrap_or_default(), false)))
             }
             (Some(lo), Some(hi)) => {
-                let lo = ttl.map(|t| lo.saturating_sub(t));
+                let lo = lookback.map(|t| lo.saturating_sub(t));
                 let upper = ts.clone().lt_eq(lit(ts_literal(&ts_type, hi, false)));
                 match lo {
                     Some(lo) => ts
@@ -319,9 +337,20 @@ impl OfflineStore {
             None => None,
         };
         let mut right_values = Vec::new();
-        for s in &v.features {
-            select.push(ident(&s.feature.name).alias(&s.output));
-            right_values.push(s.output.clone());
+        match &windows {
+            Some(w) => {
+                for (j, (c, _)) in w.columns.iter().enumerate() {
+                    let name = format!("{HELPER_PREFIX}wv{j}");
+                    select.push(ident(c).alias(&name));
+                    right_values.push(name);
+                }
+            }
+            None => {
+                for s in &v.features {
+                    select.push(ident(&s.feature.name).alias(&s.output));
+                    right_values.push(s.output.clone());
+                }
+            }
         }
         let plan = df.select(select)?.create_physical_plan().await?;
         let spec = AsofSpec {
@@ -334,6 +363,7 @@ impl OfflineStore {
             ttl_nanos: ttl,
             // Labels: a correction created after the as-of instant was not known then.
             created_cutoff: request.created_cutoff || as_of.is_some(),
+            windows,
         };
         Ok((plan, spec))
     }

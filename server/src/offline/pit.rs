@@ -51,6 +51,9 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 
+use crate::online::encoding::ColumnBuilder;
+use crate::windows::{Events, WindowSpec};
+
 /// Right batches the merge may hold before it flushes the output it has so far.
 pub(crate) const MAX_RETAINED_BATCHES: usize = 64;
 
@@ -76,6 +79,9 @@ pub(crate) struct AsofSpec {
     pub ttl_nanos: Option<i64>,
     /// Only right rows with `created <= left time` match.
     pub created_cutoff: bool,
+    /// Window mode: instead of one row, each left row gets these windows over the
+    /// key's right rows (`right_values` are then the spec's columns).
+    pub windows: Option<Arc<WindowSpec>>,
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +93,8 @@ struct Indices {
     right_created: Option<usize>,
     right_values: Vec<usize>,
     key_fields: Vec<SortField>,
+    /// Window mode: the types right values are normalized to (one per value).
+    value_types: Vec<DataType>,
 }
 
 /// The as-of join operator; see the module docs.
@@ -125,6 +133,7 @@ impl AsofJoinExec {
     ///     right_keys: vec!["cc_num".into()], right_time: "ts_ns".into(),
     ///     right_created: None, right_values: vec!["avg_amt_1d".into()],
     ///     ttl_nanos: Some(2 * 86_400 * 1_000_000_000), created_cutoff: false,
+    ///     windows: None,
     /// };
     /// let join = AsofJoinExec::try_new(spine, view, spec, 4)?;
     /// ```
@@ -154,6 +163,9 @@ impl AsofJoinExec {
                 .map(|k| index_of(&rs, k, "right"))
                 .collect::<Result<_>>()?,
             key_fields: Vec::new(),
+            value_types: (spec.windows.iter())
+                .flat_map(|w| w.columns.iter().map(|c| c.1.data_type()))
+                .collect(),
         };
         let mut key_fields = Vec::new();
         for (&l, &r) in idx.left_keys.iter().zip(&idx.right_keys) {
@@ -216,8 +228,15 @@ impl AsofJoinExec {
     ) -> Result<Self> {
         let (ls, rs) = (left.schema(), right.schema());
         let mut fields: Vec<Field> = ls.fields().iter().map(|f| f.as_ref().clone()).collect();
-        for &v in &idx.right_values {
-            fields.push(rs.field(v).clone().with_nullable(true));
+        match &spec.windows {
+            Some(w) => fields.extend(
+                (w.aggs.iter()).map(|a| Field::new(&a.output, a.output_type.clone(), true)),
+            ),
+            None => {
+                for &v in &idx.right_values {
+                    fields.push(rs.field(v).clone().with_nullable(true));
+                }
+            }
         }
         let schema = Arc::new(Schema::new(fields));
         let partitions = left.output_partitioning().partition_count();
@@ -242,13 +261,14 @@ impl DisplayAs for AsofJoinExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "AsofJoinExec: on=[{:?} = {:?}], time={} <= {}, ttl_ns={:?}, created_cutoff={}",
+            "AsofJoinExec: on=[{:?} = {:?}], time={} <= {}, ttl_ns={:?}, created_cutoff={}, windows={:?}",
             self.spec.left_keys,
             self.spec.right_keys,
             self.spec.right_time,
             self.spec.left_time,
             self.spec.ttl_nanos,
-            self.spec.created_cutoff
+            self.spec.created_cutoff,
+            self.spec.windows.as_ref().map(|w| w.aggs.iter().map(|a| a.output.as_str()).collect::<Vec<_>>())
         )
     }
 }
@@ -334,6 +354,9 @@ impl ExecutionPlan for AsofJoinExec {
             group_key: None,
             group: Vec::new(),
             nulls,
+            events: (self.spec.windows.as_ref())
+                .map(|w| Events::new(w.columns.iter().map(|c| c.1))),
+            windows: self.spec.windows.clone(),
         };
         let stream = futures::stream::try_unfold(state, |mut st| async move {
             Ok(st.next_output().await?.map(|b| (b, st)))
@@ -395,6 +418,9 @@ struct Merge {
     group_key: Option<OwnedRow>,
     group: Vec<GroupRow>,
     nulls: Vec<ArrayRef>,
+    /// Window mode: the windows, and the current key's events.
+    windows: Option<Arc<WindowSpec>>,
+    events: Option<Events>,
 }
 
 impl RightCursor {
@@ -430,11 +456,14 @@ impl RightCursor {
                         created: idx
                             .right_created
                             .map(|c| b.column(c).as_primitive::<Int64Type>().clone()),
-                        values: idx
-                            .right_values
-                            .iter()
-                            .map(|&i| b.column(i).clone())
-                            .collect(),
+                        values: (idx.right_values.iter().enumerate())
+                            .map(|(j, &i)| match idx.value_types.get(j) {
+                                Some(t) if b.column(i).data_type() != t => {
+                                    arrow::compute::cast(b.column(i), t)
+                                }
+                                _ => Ok(b.column(i).clone()),
+                            })
+                            .collect::<std::result::Result<_, _>>()?,
                     };
                     self.batches.insert(self.next_id, batch);
                     self.next_id += 1;
@@ -475,7 +504,11 @@ impl Merge {
                 }
             }
             let left = self.current.take().expect("set above");
-            let (out, left) = self.join_some(left).await?;
+            let (out, left) = if self.windows.is_some() {
+                self.window_some(left).await?
+            } else {
+                self.join_some(left).await?
+            };
             if left.pos < left.batch.num_rows() {
                 self.current = Some(left);
             }
@@ -559,6 +592,46 @@ impl Merge {
         Ok((out, left))
     }
 
+    /// Window mode: evaluates the windows of every left row of the batch at its
+    /// own time over its key's events ([`WindowSpec::evaluate`]).
+    async fn window_some(&mut self, mut left: LeftBatch) -> Result<(RecordBatch, LeftBatch)> {
+        let spec = self.windows.clone().expect("window mode");
+        let n = left.batch.num_rows();
+        let time = left
+            .batch
+            .column(self.idx.left_time)
+            .as_primitive::<Int64Type>()
+            .clone();
+        let key_cols: Vec<ArrayRef> = (self.idx.left_keys.iter())
+            .map(|&i| left.batch.column(i).clone())
+            .collect();
+        let mut builders: Vec<ColumnBuilder> = (spec.aggs.iter())
+            .map(|a| ColumnBuilder::new(&a.output_type, n))
+            .collect();
+        let wanted: Vec<Option<usize>> = (0..spec.aggs.len()).map(Some).collect();
+        let empty = Events::new(spec.columns.iter().map(|c| c.1));
+        for i in 0..n {
+            // A null key or time has no events: count 0, the rest null.
+            if time.is_null(i) || key_cols.iter().any(|c| c.is_null(i)) {
+                spec.evaluate(&empty, 0, false, &wanted, &mut builders);
+                continue;
+            }
+            let key = left.keys.row(i);
+            if self.group_key.as_ref().map(|g| g.row()) != Some(key) {
+                self.load_group(&left.keys, i).await?;
+            }
+            let events = self.events.as_ref().expect("window mode");
+            spec.evaluate(events, time.value(i), self.cutoff, &wanted, &mut builders);
+        }
+        left.pos = n;
+        let mut columns: Vec<ArrayRef> = left.batch.columns().to_vec();
+        for (b, a) in builders.iter_mut().zip(&spec.aggs) {
+            columns.push(b.finish(&a.output_type)?);
+        }
+        let out = RecordBatch::try_new(self.schema.clone(), columns)?;
+        Ok((out, left))
+    }
+
     /// Skips right rows with keys below `keys[i]` and collects those equal to it.
     async fn load_group(&mut self, keys: &Rows, i: usize) -> Result<()> {
         let key = keys.row(i);
@@ -592,6 +665,20 @@ impl Merge {
             self.right.cur_row += 1;
         }
         self.group_key = Some(key.owned());
+        if let Some(w) = &self.windows {
+            // Window mode: copy the key's events out, so no right batch stays held.
+            let mut ev = Events::new(w.columns.iter().map(|c| c.1));
+            for g in &self.group {
+                let b = &self.right.batches[&g.batch];
+                ev.push(g.time, Some(g.created), &b.values, g.row);
+            }
+            ev.canonicalize();
+            self.events = Some(ev);
+            self.group.clear();
+            self.right.last_ref = None;
+            let cur = self.right.cur_id;
+            self.right.release_before(cur);
+        }
         Ok(())
     }
 }
@@ -638,6 +725,7 @@ mod tests {
             right_values: vec!["v".into()],
             ttl_nanos: ttl,
             created_cutoff: cutoff,
+            windows: None,
         }
     }
 
@@ -832,6 +920,7 @@ mod tests {
             right_values: vec!["v".into()],
             ttl_nanos: None,
             created_cutoff: false,
+            windows: None,
         };
         let join = AsofJoinExec::try_new(source(l, 1), source(r, 1), spec, 1).unwrap();
         let out = collect(Arc::new(join), ctx(8192)).await.unwrap();

@@ -19,7 +19,7 @@ pub(crate) struct WindowColumns {
     pub timestamp: String,
     /// The created timestamp column, if the source has one.
     pub created: Option<String>,
-    /// The view's features.
+    /// The view's features (an aggregation view: the columns its windows read).
     pub features: Vec<String>,
 }
 
@@ -67,7 +67,11 @@ impl OfflineStore {
             join_keys: registry.join_keys(v),
             timestamp: source.timestamp_field.clone(),
             created: source.created_timestamp_field.clone(),
-            features: v.features.iter().map(|f| f.name.clone()).collect(),
+            // An aggregation view reads the columns its windows aggregate.
+            features: match catalog.window_spec(view)? {
+                Some(spec) => spec.columns.iter().map(|c| c.0.clone()).collect(),
+                None => v.features.iter().map(|f| f.name.clone()).collect(),
+            },
         };
         let mut names: Vec<&str> = columns.join_keys.iter().map(String::as_str).collect();
         names.push(&columns.timestamp);

@@ -306,6 +306,43 @@ impl ColumnBuilder {
         }
     }
 
+    /// Appends an integer computed by a window, or null if it does not fit the
+    /// column's type (floats take it as f64).
+    pub(crate) fn append_int(&mut self, v: i128) {
+        match self {
+            ColumnBuilder::I32(b) => b.append_option(i32::try_from(v).ok()),
+            ColumnBuilder::I64(b) => b.append_option(i64::try_from(v).ok()),
+            ColumnBuilder::F32(b) => b.append_value(v as f32),
+            ColumnBuilder::F64(b) => b.append_value(v as f64),
+            _ => self.append_null(),
+        }
+    }
+
+    /// Appends a float computed by a window (to a float32 column, rounded).
+    pub(crate) fn append_float(&mut self, v: f64) {
+        match self {
+            ColumnBuilder::F32(b) => b.append_value(v as f32),
+            ColumnBuilder::F64(b) => b.append_value(v),
+            _ => self.append_null(),
+        }
+    }
+
+    /// Appends a string computed by a window.
+    pub(crate) fn append_str(&mut self, v: &str) {
+        match self {
+            ColumnBuilder::Str(b) => b.append_value(v),
+            _ => self.append_null(),
+        }
+    }
+
+    /// Appends a boolean computed by a window.
+    pub(crate) fn append_bool(&mut self, v: bool) {
+        match self {
+            ColumnBuilder::Bool(b) => b.append_value(v),
+            _ => self.append_null(),
+        }
+    }
+
     /// Appends a value from its stored bytes (already sized by [`width`]).
     fn append_bytes(&mut self, bytes: &[u8]) -> Result<(), CorruptValue> {
         let fixed = |n: usize| -> Result<&[u8], CorruptValue> {

@@ -15,6 +15,7 @@ use super::{
     Error, OnlineStore, Result, ViewLayout, NOT_FOUND, NULL_VALUE, OUTSIDE_MAX_AGE, PRESENT,
 };
 use crate::registry::ViewRequest;
+use crate::windows::Events;
 
 impl OnlineStore {
     /// Reads the features of `plan` for the rows of `keys` (one column per
@@ -50,9 +51,26 @@ impl OnlineStore {
                 .ttl
                 .map(|t| now.saturating_sub(t.as_nanos().min(i64::MAX as u128) as i64));
             let prefix = v.layout.prefix();
+            let kinds = v.layout.event_kinds();
             let mut row_value = |value: Option<&[u8]>,
                                  builders: &mut Vec<ColumnBuilder>|
              -> Result<()> {
+                if let Some(spec) = &v.layout.windows {
+                    // An aggregation view: its windows at now, over the stored events
+                    // (none: count 0, the rest null).
+                    let events = match value {
+                        Some(b) => Events::decode(b, &kinds)
+                            .map_err(|e| Error::corrupt(&v.layout.name, e))?,
+                        None => Events::new(kinds.iter().copied()),
+                    };
+                    spec.evaluate(&events, now, false, &v.wanted, builders);
+                    if let Some((event_ts, status)) = meta_builders.as_mut() {
+                        let latest = spec.latest(&events, now);
+                        status.append_value(if latest.is_some() { PRESENT } else { NOT_FOUND });
+                        event_ts.append_option(latest);
+                    }
+                    return Ok(());
+                }
                 let (st, ts) = match value {
                     None => (NOT_FOUND, None),
                     Some(value) => {

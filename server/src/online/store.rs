@@ -19,6 +19,7 @@ use tracing::{debug, info};
 
 use super::encoding::{self, data_prefix, meta_key, value_version, width, KeyType, Width};
 use super::{Clock, Error, Result};
+use crate::windows::{ValueKind, WindowSpec};
 use quiver_client::protocol::MaterializeReport;
 
 /// Encoded `(data key, value)` pairs, as materialize writes them.
@@ -39,6 +40,9 @@ pub(crate) struct ViewLayout {
     pub ttl: Option<Duration>,
     /// How each feature is stored, in view order (what `lookup` decodes with).
     pub(super) widths: Vec<Width>,
+    /// An aggregation view's windows: its values are then event logs
+    /// ([`crate::windows::Events`]) and its features are evaluated at lookup time.
+    pub windows: Option<Arc<WindowSpec>>,
 }
 
 impl ViewLayout {
@@ -62,7 +66,26 @@ impl ViewLayout {
             features,
             ttl,
             widths,
+            windows: None,
         }
+    }
+
+    /// The layout of an aggregation view: `features` are its windows' outputs,
+    /// its values event logs. The windows are part of the fingerprint.
+    pub(crate) fn with_windows(mut self, spec: Arc<WindowSpec>) -> Self {
+        let mut parts: Vec<String> = vec![format!("{:016x}", self.fingerprint)];
+        parts.extend(spec.fingerprint_parts());
+        let refs: Vec<&str> = parts.iter().map(String::as_str).collect();
+        self.fingerprint = encoding::fnv1a(&refs);
+        self.windows = Some(spec);
+        self
+    }
+
+    /// The kinds of the columns an aggregation view's events carry.
+    pub(crate) fn event_kinds(&self) -> Vec<ValueKind> {
+        (self.windows.iter())
+            .flat_map(|w| w.columns.iter().map(|c| c.1))
+            .collect()
     }
 
     /// The prefix of this view's data keys.
@@ -280,6 +303,24 @@ impl OnlineStore {
         Ok(out)
     }
 
+    /// The stored values of `keys` (`None` where there is none), in order.
+    pub(crate) fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        let cf = self
+            .db
+            .cf_handle(DEFAULT_CF)
+            .expect("opened with the default column family");
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(8192) {
+            for v in self
+                .db
+                .batched_multi_get_cf(&cf, chunk.iter().copied(), false)
+            {
+                out.push(v?.map(|v| v.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
     /// Keeps, of `entries` (sorted or not), those newer than what is stored, by
     /// (event, created) timestamp; with `replace`, all of them (an operator's
     /// repair of keys holding bad values). Returns them and how many keys are new.
@@ -325,8 +366,9 @@ impl OnlineStore {
         Ok((keep, new_keys))
     }
 
-    /// Writes `entries` (already filtered by [`Self::newer_only`]) and the view's
-    /// new state in one synced write batch: all or nothing.
+    /// Writes `entries` (already filtered by [`Self::newer_only`]; an empty value
+    /// deletes its key) and the view's new state in one synced write batch: all
+    /// or nothing.
     pub(crate) fn commit_batch(
         &self,
         layout: &ViewLayout,
@@ -335,7 +377,13 @@ impl OnlineStore {
     ) -> Result<()> {
         let mut batch = WriteBatch::default();
         for (k, v) in entries {
-            batch.put(k, v);
+            // An empty value deletes the key (an aggregation view's entity whose
+            // events all left its windows).
+            if v.is_empty() {
+                batch.delete(k);
+            } else {
+                batch.put(k, v);
+            }
         }
         batch.put(meta_key(&layout.name), encode_state(state));
         let mut opts = WriteOptions::default();

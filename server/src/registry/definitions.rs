@@ -46,6 +46,23 @@ impl Dtype {
     }
 }
 
+impl Dtype {
+    /// The dtype whose values an Arrow column of type `t` holds, if any.
+    pub(crate) fn of_arrow(t: &arrow::datatypes::DataType) -> Option<Self> {
+        use arrow::datatypes::DataType;
+        Some(match t {
+            DataType::Int32 => Dtype::Int32,
+            DataType::Int64 => Dtype::Int64,
+            DataType::Float32 => Dtype::Float32,
+            DataType::Float64 => Dtype::Float64,
+            DataType::Boolean => Dtype::Bool,
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => Dtype::String,
+            DataType::Timestamp(_, _) => Dtype::Timestamp,
+            _ => return None,
+        })
+    }
+}
+
 impl fmt::Display for Dtype {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let s = serde_json::to_value(self).expect("dtype serializes");
@@ -148,10 +165,75 @@ pub(crate) struct Source {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Feature {
-    /// Column name in the source (and default output name).
+    /// Column name in the source (and default output name); for an aggregation
+    /// view, the aggregation's output name.
     pub name: String,
     /// Value type.
     pub dtype: Dtype,
+    /// Derived from one of the view's `aggregations` (never written to YAML or
+    /// the recorded registry: it is derived again on load).
+    #[serde(skip)]
+    pub aggregation: Option<usize>,
+}
+
+/// An aggregation function of a window feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum AggFunction {
+    /// Non-null values (int64; 0 over nothing).
+    Count,
+    /// Sum (the column's type).
+    Sum,
+    /// Mean (float64).
+    Avg,
+    /// Smallest value (the column's type).
+    Min,
+    /// Largest value (the column's type).
+    Max,
+    /// Distinct non-null values (int64; 0 over nothing).
+    CountDistinct,
+}
+
+impl fmt::Display for AggFunction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = serde_json::to_value(self).expect("function serializes");
+        write!(f, "{}", s.as_str().unwrap_or("?"))
+    }
+}
+
+/// One rolling-window feature of an aggregation view: `function(column)` over the
+/// entity's events with `t - window < event_ts <= t`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Aggregation {
+    /// Output name; default `{column}_{function}_{window}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The source column aggregated.
+    pub column: String,
+    /// The function.
+    pub function: AggFunction,
+    /// The window length, in the repo's duration syntax (`5m`, `1h`, `1d`).
+    pub window: Ttl,
+}
+
+impl Aggregation {
+    /// The feature name this aggregation produces.
+    pub(crate) fn output_name(&self) -> String {
+        match &self.name {
+            Some(n) => n.clone(),
+            None => format!("{}_{}_{}", self.column, self.function, self.window),
+        }
+    }
+
+    /// The output type when it does not depend on the column (count, avg).
+    pub(crate) fn fixed_dtype(&self) -> Option<Dtype> {
+        match self.function {
+            AggFunction::Count | AggFunction::CountDistinct => Some(Dtype::Int64),
+            AggFunction::Avg => Some(Dtype::Float64),
+            _ => None,
+        }
+    }
 }
 
 /// A feature view: features of some entities, read from a source.
@@ -167,12 +249,52 @@ pub(crate) struct FeatureView {
     /// Rows older than this (relative to the spine row or to now) are not used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<Ttl>,
-    /// Features (`labels` in a label view).
-    #[serde(alias = "labels")]
+    /// Features (`labels` in a label view). In an aggregation view, derived from
+    /// `aggregations` (and not written back).
+    #[serde(
+        alias = "labels",
+        default,
+        serialize_with = "declared_only",
+        skip_serializing_if = "all_derived"
+    )]
     pub features: Vec<Feature>,
+    /// Rolling-window aggregations over the source's events (an aggregation view
+    /// declares these instead of `features`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aggregations: Vec<Aggregation>,
     /// Free text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+}
+
+impl FeatureView {
+    /// Whether this is an aggregation (rolling-window) view.
+    pub(crate) fn is_aggregation(&self) -> bool {
+        !self.aggregations.is_empty()
+    }
+
+    /// Sets `features` of an aggregation view from its `aggregations` (dtypes of
+    /// sum, min and max are provisional until the catalog sees the column's type).
+    pub(crate) fn derive_features(&mut self) {
+        if !self.is_aggregation() {
+            return;
+        }
+        self.features = (self.aggregations.iter().enumerate())
+            .map(|(i, a)| Feature {
+                name: a.output_name(),
+                dtype: a.fixed_dtype().unwrap_or(Dtype::Float64),
+                aggregation: Some(i),
+            })
+            .collect();
+    }
+}
+
+fn all_derived(features: &[Feature]) -> bool {
+    features.iter().all(|f| f.aggregation.is_some())
+}
+
+fn declared_only<S: Serializer>(features: &[Feature], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(features.iter().filter(|f| f.aggregation.is_none()))
 }
 
 /// A column the caller supplies at request time (the transaction being scored, or
@@ -251,6 +373,15 @@ pub(crate) struct Definitions {
     /// the retrieval time instead of the spine row's time; offline only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub label_views: Vec<FeatureView>,
+}
+
+impl Definitions {
+    /// Derives the features of every aggregation view (after parsing or loading).
+    pub(crate) fn derive_features(&mut self) {
+        for v in &mut self.feature_views {
+            v.derive_features();
+        }
+    }
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub(crate) use self::definitions::{
-    Definitions, Dtype, Entity, Feature, FeatureService, FeatureView, OnDemandFeature,
+    AggFunction, Definitions, Dtype, Entity, Feature, FeatureService, FeatureView, OnDemandFeature,
     OnDemandView, Source,
 };
 pub(crate) use self::resolution::{Resolved, Selected, ViewRequest};

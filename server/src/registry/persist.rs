@@ -25,11 +25,12 @@ impl Registry {
     pub(crate) fn load(path: &Path) -> Result<Option<Self>> {
         match std::fs::read(path) {
             Ok(bytes) => {
-                let reg: Registry =
+                let mut reg: Registry =
                     serde_json::from_slice(&bytes).map_err(|e| Error::Registry {
                         path: path.to_path_buf(),
                         message: format!("corrupt ({e}); run `quiver apply` again"),
                     })?;
+                reg.definitions.derive_features();
                 Ok(Some(reg))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),

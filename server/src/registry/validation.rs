@@ -90,6 +90,7 @@ impl Registry {
             take!(on_demand_features, "on_demand_feature_view");
             take!(label_views, "label_view");
         }
+        all.derive_features();
         let reg = Registry {
             project: project.to_string(),
             definitions: all,
@@ -176,6 +177,38 @@ impl Registry {
                     names(d.sources.iter().map(|s| &s.name))
                 ))
             })?;
+            if kind == "label_view" && v.is_aggregation() {
+                return Err(err("a label view cannot have aggregations".into()));
+            }
+            if v.is_aggregation() {
+                if v.features.iter().any(|f| f.aggregation.is_none()) {
+                    return Err(err(
+                        "declares both features and aggregations: an aggregation view's features are its aggregations".into(),
+                    ));
+                }
+                if v.ttl.is_some() {
+                    return Err(err(
+                        "an aggregation view has no ttl: each window bounds its own events".into(),
+                    ));
+                }
+                for a in &v.aggregations {
+                    if a.window.0.is_zero() {
+                        return Err(err(format!(
+                            "aggregation {:?}: window must be longer than 0s",
+                            a.output_name()
+                        )));
+                    }
+                    if a.column == source.timestamp_field
+                        || Some(&a.column) == source.created_timestamp_field.as_ref()
+                    {
+                        return Err(err(format!(
+                            "aggregation {:?}: column {:?} is a timestamp column; count another column",
+                            a.output_name(),
+                            a.column
+                        )));
+                    }
+                }
+            }
             if v.features.is_empty() {
                 return Err(err("has no features".into()));
             }

@@ -1,0 +1,303 @@
+//! [`Events`]: one entity's events as the windows read them (event time, created
+//! time and the aggregated columns), in canonical order, and their bytes in the
+//! online store.
+//!
+//! ```text
+//! state value  version (u8 = 2) | events (u32 LE)
+//!              | per event: event ns (i64 LE) | created ns (i64 LE, i64::MIN = none)
+//!                | null bitmap (1 bit per column, 1 = null)
+//!                | each non-null column: int/float 8 bytes LE, bool 1 byte, string u32 LE length + UTF-8
+//! ```
+
+use std::cmp::Ordering;
+
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::datatypes::{Float64Type, Int64Type};
+
+use super::ValueKind;
+use crate::online::encoding::{CorruptValue, NO_CREATED};
+
+const STATE_VERSION: u8 = 2;
+
+/// The values of one aggregated column, one per event.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Values {
+    /// Integers.
+    Int(Vec<Option<i64>>),
+    /// Floats.
+    Float(Vec<Option<f64>>),
+    /// Strings.
+    Str(Vec<Option<Box<str>>>),
+    /// Booleans.
+    Bool(Vec<Option<bool>>),
+}
+
+impl Values {
+    fn new(kind: ValueKind) -> Self {
+        match kind {
+            ValueKind::Int => Values::Int(Vec::new()),
+            ValueKind::Float => Values::Float(Vec::new()),
+            ValueKind::Str => Values::Str(Vec::new()),
+            ValueKind::Bool => Values::Bool(Vec::new()),
+        }
+    }
+
+    /// Whether event `i` has a value.
+    pub(crate) fn is_valid(&self, i: usize) -> bool {
+        match self {
+            Values::Int(v) => v[i].is_some(),
+            Values::Float(v) => v[i].is_some(),
+            Values::Str(v) => v[i].is_some(),
+            Values::Bool(v) => v[i].is_some(),
+        }
+    }
+
+    /// Appends row `row` of `array` (normalized to the kind's type).
+    fn push_from(&mut self, array: &ArrayRef, row: usize) {
+        let valid = array.is_valid(row);
+        match self {
+            Values::Int(v) => v.push(valid.then(|| array.as_primitive::<Int64Type>().value(row))),
+            Values::Float(v) => {
+                v.push(valid.then(|| array.as_primitive::<Float64Type>().value(row)))
+            }
+            Values::Str(v) => v.push(valid.then(|| array.as_string::<i32>().value(row).into())),
+            Values::Bool(v) => v.push(valid.then(|| array.as_boolean().value(row))),
+        }
+    }
+
+    fn cmp_rows(&self, a: usize, b: usize) -> Ordering {
+        match self {
+            Values::Int(v) => v[a].cmp(&v[b]),
+            Values::Float(v) => match (v[a], v[b]) {
+                (Some(x), Some(y)) => x.total_cmp(&y),
+                (x, y) => x.is_some().cmp(&y.is_some()),
+            },
+            Values::Str(v) => v[a].cmp(&v[b]),
+            Values::Bool(v) => v[a].cmp(&v[b]),
+        }
+    }
+
+    fn permute(&mut self, order: &[usize]) {
+        match self {
+            Values::Int(v) => *v = order.iter().map(|&i| v[i]).collect(),
+            Values::Float(v) => *v = order.iter().map(|&i| v[i]).collect(),
+            Values::Str(v) => *v = order.iter().map(|&i| v[i].clone()).collect(),
+            Values::Bool(v) => *v = order.iter().map(|&i| v[i]).collect(),
+        }
+    }
+
+    fn truncate_front(&mut self, n: usize) {
+        match self {
+            Values::Int(v) => drop(v.drain(..n)),
+            Values::Float(v) => drop(v.drain(..n)),
+            Values::Str(v) => drop(v.drain(..n)),
+            Values::Bool(v) => drop(v.drain(..n)),
+        }
+    }
+
+    fn extend(&mut self, other: &Values) {
+        match (self, other) {
+            (Values::Int(a), Values::Int(b)) => a.extend_from_slice(b),
+            (Values::Float(a), Values::Float(b)) => a.extend_from_slice(b),
+            (Values::Str(a), Values::Str(b)) => a.extend_from_slice(b),
+            (Values::Bool(a), Values::Bool(b)) => a.extend_from_slice(b),
+            _ => unreachable!("events of one spec share column kinds"),
+        }
+    }
+}
+
+/// One entity's events: times and aggregated columns, column-wise.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Events {
+    /// Event times (ns).
+    pub time: Vec<i64>,
+    /// Created times (ns; `i64::MIN` when the source has none).
+    pub created: Vec<i64>,
+    /// One entry per [`super::WindowSpec::columns`].
+    pub cols: Vec<Values>,
+}
+
+impl Events {
+    /// No events, with columns of `kinds`.
+    pub(crate) fn new(kinds: impl IntoIterator<Item = ValueKind>) -> Self {
+        Self {
+            time: Vec::new(),
+            created: Vec::new(),
+            cols: kinds.into_iter().map(Values::new).collect(),
+        }
+    }
+
+    /// Number of events.
+    pub(crate) fn len(&self) -> usize {
+        self.time.len()
+    }
+
+    /// Appends one event: its times and row `row` of each column (normalized to
+    /// its kind's type: [`ValueKind::data_type`]).
+    pub(crate) fn push(
+        &mut self,
+        time: i64,
+        created: Option<i64>,
+        columns: &[ArrayRef],
+        row: usize,
+    ) {
+        self.time.push(time);
+        self.created.push(created.unwrap_or(NO_CREATED));
+        for (c, a) in self.cols.iter_mut().zip(columns) {
+            c.push_from(a, row);
+        }
+    }
+
+    /// Appends all of `other`'s events (same columns).
+    pub(crate) fn extend(&mut self, other: &Events) {
+        self.time.extend_from_slice(&other.time);
+        self.created.extend_from_slice(&other.created);
+        for (a, b) in self.cols.iter_mut().zip(&other.cols) {
+            a.extend(b);
+        }
+    }
+
+    /// Sorts the events by (time, created, values): the one order in which both
+    /// sides read them, so float sums are the same bits online and offline.
+    pub(crate) fn canonicalize(&mut self) {
+        let n = self.len();
+        let sorted = (1..n).all(|i| self.cmp_rows(i - 1, i) != Ordering::Greater);
+        if sorted {
+            return;
+        }
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| self.cmp_rows(a, b));
+        self.time = order.iter().map(|&i| self.time[i]).collect();
+        self.created = order.iter().map(|&i| self.created[i]).collect();
+        for c in &mut self.cols {
+            c.permute(&order);
+        }
+    }
+
+    fn cmp_rows(&self, a: usize, b: usize) -> Ordering {
+        self.time[a]
+            .cmp(&self.time[b])
+            .then(self.created[a].cmp(&self.created[b]))
+            .then_with(|| {
+                (self.cols.iter())
+                    .map(|c| c.cmp_rows(a, b))
+                    .find(|o| o.is_ne())
+                    .unwrap_or(Ordering::Equal)
+            })
+    }
+
+    /// Drops the events at or before `horizon` (sorted events): they are outside
+    /// every window from `horizon + longest` on.
+    pub(crate) fn prune(&mut self, horizon: i64) {
+        let n = self.time.partition_point(|&t| t <= horizon);
+        if n == 0 {
+            return;
+        }
+        self.time.drain(..n);
+        self.created.drain(..n);
+        for c in &mut self.cols {
+            c.truncate_front(n);
+        }
+    }
+
+    /// Keeps only the events after `end` (sorted events).
+    pub(crate) fn after(&self, end: i64) -> Events {
+        let mut out = self.clone();
+        out.prune(end);
+        out
+    }
+
+    /// The stored bytes of these events.
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
+        out.clear();
+        out.push(STATE_VERSION);
+        out.extend_from_slice(&(self.len() as u32).to_le_bytes());
+        let bitmap = self.cols.len().div_ceil(8);
+        for i in 0..self.len() {
+            out.extend_from_slice(&self.time[i].to_le_bytes());
+            out.extend_from_slice(&self.created[i].to_le_bytes());
+            let at = out.len();
+            out.resize(at + bitmap, 0);
+            for (j, c) in self.cols.iter().enumerate() {
+                if !c.is_valid(i) {
+                    out[at + j / 8] |= 1 << (j % 8);
+                    continue;
+                }
+                match c {
+                    Values::Int(v) => out.extend_from_slice(&v[i].unwrap_or(0).to_le_bytes()),
+                    Values::Float(v) => out.extend_from_slice(&v[i].unwrap_or(0.0).to_le_bytes()),
+                    Values::Bool(v) => out.push(u8::from(v[i].unwrap_or(false))),
+                    Values::Str(v) => {
+                        let s = v[i].as_deref().unwrap_or("").as_bytes();
+                        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
+                        out.extend_from_slice(s);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Decodes stored bytes into events with columns of `kinds`.
+    pub(crate) fn decode(bytes: &[u8], kinds: &[ValueKind]) -> Result<Self, CorruptValue> {
+        let mut r = Reader { bytes, at: 0 };
+        if r.take(1)?[0] != STATE_VERSION {
+            return Err(CorruptValue("window state: unknown version"));
+        }
+        let n = u32::from_le_bytes(r.take(4)?.try_into().expect("4")) as usize;
+        // Each event needs at least 16 bytes: refuse a count the bytes cannot hold.
+        if n > bytes.len() / 16 {
+            return Err(CorruptValue("window state: event count past the end"));
+        }
+        let mut ev = Events::new(kinds.iter().copied());
+        ev.time.reserve(n);
+        ev.created.reserve(n);
+        let bitmap = kinds.len().div_ceil(8);
+        for _ in 0..n {
+            ev.time.push(r.i64()?);
+            ev.created.push(r.i64()?);
+            let nulls = r.take(bitmap)?.to_vec();
+            for (j, c) in ev.cols.iter_mut().enumerate() {
+                let null = nulls[j / 8] & (1 << (j % 8)) != 0;
+                match c {
+                    Values::Int(v) => v.push(if null { None } else { Some(r.i64()?) }),
+                    Values::Float(v) => v.push(if null {
+                        None
+                    } else {
+                        Some(f64::from_le_bytes(r.take(8)?.try_into().expect("8")))
+                    }),
+                    Values::Bool(v) => v.push(if null { None } else { Some(r.take(1)?[0] != 0) }),
+                    Values::Str(v) => v.push(if null {
+                        None
+                    } else {
+                        let len = u32::from_le_bytes(r.take(4)?.try_into().expect("4")) as usize;
+                        let s = std::str::from_utf8(r.take(len)?)
+                            .map_err(|_| CorruptValue("window state: string is not UTF-8"))?;
+                        Some(s.into())
+                    }),
+                }
+            }
+        }
+        if r.at != bytes.len() {
+            return Err(CorruptValue("window state: trailing bytes"));
+        }
+        Ok(ev)
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], CorruptValue> {
+        let s = (self.bytes.get(self.at..self.at.saturating_add(n)))
+            .ok_or(CorruptValue("window state: truncated"))?;
+        self.at += n;
+        Ok(s)
+    }
+
+    fn i64(&mut self) -> Result<i64, CorruptValue> {
+        Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+}

@@ -1,0 +1,203 @@
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, StringArray};
+use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema};
+
+use super::*;
+use crate::online::encoding::ColumnBuilder;
+use crate::registry::Registry;
+
+const MIN: i64 = 60_000_000_000;
+
+fn view_and_schema() -> (FeatureView, Schema) {
+    let reg = Registry::from_files(
+        "t",
+        [(
+            "f.yaml",
+            r#"
+entities: [{ name: card, join_keys: [cc] }]
+sources: [{ name: tx, path: tx/, timestamp_field: ts }]
+feature_views:
+  - name: w
+    entities: [card]
+    source: tx
+    aggregations:
+      - { column: amt, function: count, window: 5m }
+      - { column: amt, function: sum, window: 5m }
+      - { column: amt, function: avg, window: 10m }
+      - { column: amt, function: min, window: 10m }
+      - { column: amt, function: max, window: 10m }
+      - { column: m, function: count_distinct, window: 10m }
+      - { name: n_i, column: i, function: sum, window: 10m }
+"#,
+        )],
+    )
+    .unwrap();
+    let schema = Schema::new(vec![
+        Field::new("cc", DataType::Int64, true),
+        Field::new("ts", DataType::Int64, true),
+        Field::new("amt", DataType::Float64, true),
+        Field::new("m", DataType::Utf8, true),
+        Field::new("i", DataType::Int32, true),
+    ]);
+    (reg.definitions.feature_views[0].clone(), schema)
+}
+
+/// (minute, amt, merchant, i)
+fn events(spec: &WindowSpec, rows: &[(i64, Option<f64>, Option<&str>, Option<i64>)]) -> Events {
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.1))),
+        Arc::new(StringArray::from_iter(rows.iter().map(|r| r.2))),
+        Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.3))),
+    ];
+    let mut ev = Events::new(spec.columns.iter().map(|c| c.1));
+    for (i, r) in rows.iter().enumerate() {
+        ev.push(r.0 * MIN, None, &cols, i);
+    }
+    ev.canonicalize();
+    ev
+}
+
+fn eval(spec: &WindowSpec, ev: &Events, t: i64) -> Vec<ArrayRef> {
+    let mut b: Vec<ColumnBuilder> = (spec.aggs.iter())
+        .map(|a| ColumnBuilder::new(&a.output_type, 1))
+        .collect();
+    let wanted: Vec<Option<usize>> = (0..spec.aggs.len()).map(Some).collect();
+    spec.evaluate(ev, t, false, &wanted, &mut b);
+    (b.iter_mut().zip(&spec.aggs))
+        .map(|(b, a)| b.finish(&a.output_type).unwrap())
+        .collect()
+}
+
+#[test]
+fn names_and_types_follow_the_column() {
+    let (v, schema) = view_and_schema();
+    let names: Vec<&str> = v.features.iter().map(|f| f.name.as_str()).collect();
+    assert_eq!(names[0], "amt_count_5m");
+    assert_eq!(names[5], "m_count_distinct_10m");
+    assert_eq!(names[6], "n_i");
+    let spec = WindowSpec::compile(&v, &schema).unwrap();
+    let types: Vec<&DataType> = spec.aggs.iter().map(|a| &a.output_type).collect();
+    assert_eq!(
+        types,
+        [
+            &DataType::Int64,
+            &DataType::Float64,
+            &DataType::Float64,
+            &DataType::Float64,
+            &DataType::Float64,
+            &DataType::Int64,
+            &DataType::Int32
+        ]
+    );
+    assert_eq!(spec.longest, 10 * MIN);
+    assert_eq!(spec.columns.len(), 3);
+    // sum over a string column is refused with the aggregation's name.
+    let mut bad = v.clone();
+    bad.aggregations[1].column = "m".into();
+    let e = WindowSpec::compile(&bad, &schema).unwrap_err();
+    assert!(e.contains("amt_sum_5m") || e.contains("m_sum_5m"), "{e}");
+}
+
+#[test]
+fn window_edges_nulls_and_empty_windows() {
+    let (v, schema) = view_and_schema();
+    let spec = WindowSpec::compile(&v, &schema).unwrap();
+    let ev = events(
+        &spec,
+        &[
+            (0, Some(1.0), Some("a"), Some(1)),
+            (5, Some(2.0), Some("b"), None),
+            (6, None, Some("a"), Some(2)),
+            (10, Some(4.0), None, Some(3)),
+        ],
+    );
+    // At 10m: the 5m window is (5m, 10m]: the events at 6m (null amt) and 10m.
+    let out = eval(&spec, &ev, 10 * MIN);
+    assert_eq!(
+        out[0].as_primitive::<Int64Type>().value(0),
+        1,
+        "count ignores nulls"
+    );
+    assert_eq!(out[1].as_primitive::<Float64Type>().value(0), 4.0);
+    // The 10m window is (0, 10m]: the event at exactly 0 is out.
+    assert_eq!(
+        out[2].as_primitive::<Float64Type>().value(0),
+        3.0,
+        "avg of 2 and 4"
+    );
+    assert_eq!(out[3].as_primitive::<Float64Type>().value(0), 2.0);
+    assert_eq!(out[4].as_primitive::<Float64Type>().value(0), 4.0);
+    assert_eq!(out[5].as_primitive::<Int64Type>().value(0), 2, "b and a");
+    assert_eq!(
+        out[6]
+            .as_primitive::<arrow::datatypes::Int32Type>()
+            .value(0),
+        5
+    );
+    // Nothing in the window: count 0, the rest null.
+    let out = eval(&spec, &ev, 100 * MIN);
+    assert_eq!(out[0].as_primitive::<Int64Type>().value(0), 0);
+    assert_eq!(out[5].as_primitive::<Int64Type>().value(0), 0);
+    for a in [&out[1], &out[2], &out[3], &out[4], &out[6]] {
+        assert!(a.is_null(0));
+    }
+    // Before every event: the same.
+    let out = eval(&spec, &ev, -MIN);
+    assert_eq!(out[0].as_primitive::<Int64Type>().value(0), 0);
+    assert!(out[1].is_null(0));
+    assert_eq!(spec.latest(&ev, 10 * MIN), Some(10 * MIN));
+    assert_eq!(spec.latest(&ev, 30 * MIN), None);
+}
+
+#[test]
+fn order_of_arrival_does_not_change_any_bit() {
+    let (v, schema) = view_and_schema();
+    let spec = WindowSpec::compile(&v, &schema).unwrap();
+    let rows: Vec<_> = (0..40)
+        .map(|i| (i % 7, Some(0.1 * i as f64 + 1e-7), Some("x"), Some(i)))
+        .collect();
+    let mut rev = rows.clone();
+    rev.reverse();
+    let (a, b) = (events(&spec, &rows), events(&spec, &rev));
+    assert_eq!(a, b);
+    let (x, y) = (eval(&spec, &a, 6 * MIN), eval(&spec, &b, 6 * MIN));
+    let bits = |c: &ArrayRef| c.as_primitive::<Float64Type>().value(0).to_bits();
+    assert_eq!(bits(&x[1]), bits(&y[1]));
+}
+
+#[test]
+fn created_cutoff_prune_and_bytes() {
+    let (v, schema) = view_and_schema();
+    let spec = WindowSpec::compile(&v, &schema).unwrap();
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(Float64Array::from(vec![Some(1.0), Some(2.0)])),
+        Arc::new(StringArray::from(vec![Some("é"), None])),
+        Arc::new(Int64Array::from(vec![None, Some(-4)])),
+    ];
+    let mut ev = Events::new(spec.columns.iter().map(|c| c.1));
+    ev.push(MIN, Some(MIN), &cols, 0);
+    ev.push(2 * MIN, Some(9 * MIN), &cols, 1);
+    ev.canonicalize();
+    let mut b = vec![ColumnBuilder::new(&DataType::Int64, 2)];
+    let wanted = [Some(0), None, None, None, None, None, None];
+    spec.evaluate(&ev, 3 * MIN, true, &wanted, &mut b);
+    spec.evaluate(&ev, 3 * MIN, false, &wanted, &mut b);
+    let c = b[0].finish(&DataType::Int64).unwrap();
+    assert_eq!(c.as_primitive::<Int64Type>().values(), &[1, 2]);
+
+    let mut bytes = Vec::new();
+    ev.encode(&mut bytes);
+    let kinds: Vec<ValueKind> = spec.columns.iter().map(|c| c.1).collect();
+    assert_eq!(Events::decode(&bytes, &kinds).unwrap(), ev);
+    for cut in 0..bytes.len() {
+        assert!(
+            Events::decode(&bytes[..cut], &kinds).is_err(),
+            "cut at {cut}"
+        );
+    }
+    let mut p = ev.clone();
+    p.prune(MIN);
+    assert_eq!(p.len(), 1);
+    assert_eq!(ev.after(2 * MIN).len(), 0);
+}
