@@ -23,8 +23,9 @@ use crate::connection::{self, ConnectOptions};
 use crate::error::{Error, Result};
 use crate::protocol::{
     Command, FeatureDescription, HistoricalFeaturesRequest, MaterializeIncrementalRequest,
-    MaterializeReport, MaterializeRequest, OnlineFeaturesRequest, ViewStatus, ACTION_MATERIALIZE,
-    ACTION_MATERIALIZE_INCREMENTAL, ACTION_STATUS, MAX_MESSAGE_BYTES,
+    MaterializeReport, MaterializeRequest, OnlineFeaturesRequest, PushRequest, PushResult, PushTo,
+    ViewStatus, ACTION_MATERIALIZE, ACTION_MATERIALIZE_INCREMENTAL, ACTION_STATUS,
+    MAX_MESSAGE_BYTES,
 };
 use crate::session::OnlineSession;
 
@@ -174,6 +175,46 @@ impl QuiverClient {
                 })
             })
             .collect()
+    }
+
+    /// Pushes rows of `source` (DoPut): its timestamp, the join keys and every
+    /// column a view over it reads. Returns once the server has made them durable
+    /// where `to` says; lookups see them from then on.
+    ///
+    /// ```no_run
+    /// # async fn run(batch: arrow::record_batch::RecordBatch) -> Result<(), quiver_client::Error> {
+    /// use quiver_client::{PushTo, QuiverClient};
+    /// let mut client = QuiverClient::connect("127.0.0.1:8815").await?;
+    /// let result = client.push("transactions", vec![batch], PushTo::OnlineAndOffline).await?;
+    /// println!("{} rows, {} online keys", result.rows, result.online_keys);
+    /// # Ok(()) }
+    /// ```
+    pub async fn push(
+        &mut self,
+        source: &str,
+        batches: Vec<RecordBatch>,
+        to: PushTo,
+    ) -> Result<PushResult> {
+        let cmd = Command::Push(PushRequest {
+            source: source.into(),
+            to,
+        })
+        .to_bytes();
+        let mut builder = FlightDataEncoderBuilder::new()
+            .with_flight_descriptor(Some(FlightDescriptor::new_cmd(cmd)));
+        if let Some(b) = batches.first() {
+            builder = builder.with_schema(b.schema());
+        }
+        let input = builder.build(stream::iter(batches.into_iter().map(Ok)));
+        let results: Vec<arrow_flight::PutResult> =
+            self.flight.do_put(input).await?.try_collect().await?;
+        let last = results
+            .last()
+            .ok_or_else(|| Error::NoBatch { call: "push" })?;
+        serde_json::from_slice(&last.app_metadata).map_err(|source| Error::Malformed {
+            what: "push result".into(),
+            source,
+        })
     }
 
     /// Streams `spine` to the server and collects the point-in-time correct training

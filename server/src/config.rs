@@ -237,6 +237,11 @@ pub struct Limits {
     pub materialize_deadline_secs: u64,
     /// Deadline of the other calls (schemas, listings, status).
     pub metadata_deadline_secs: u64,
+    /// Most rows in one push (one DoPut call); 0 = no limit (memory is still
+    /// bounded by `memory_limit_mb`).
+    pub max_push_rows: usize,
+    /// Deadline of a push, from the call to its PutResult.
+    pub push_deadline_secs: u64,
 }
 
 impl Default for Limits {
@@ -255,6 +260,8 @@ impl Default for Limits {
             historical_deadline_secs: 3600,
             materialize_deadline_secs: 6 * 3600,
             metadata_deadline_secs: 60,
+            max_push_rows: 10_000_000,
+            push_deadline_secs: 600,
         }
     }
 }

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use quiver_client::protocol::{MaterializeReport, ViewStatus};
+use quiver_client::protocol::{MaterializeReport, PushResult, PushTo, ViewStatus};
 use tracing::info;
 
 use crate::auth::{self, Authenticator};
@@ -199,6 +199,22 @@ impl FeatureStore {
         progress: &dyn Progress,
     ) -> Result<Vec<MaterializeReport>> {
         Ok(self.materializer.run(window, views, progress).await?)
+    }
+
+    /// Pushes rows of `source` offline (Parquet files in its folder) and/or online
+    /// (every view over it), as `to` says; refused whole, changing nothing, when a
+    /// batch does not fit the source. What DoPut `{"push": ...}` does.
+    pub async fn push(
+        &self,
+        source: &str,
+        to: PushTo,
+        batches: Vec<arrow::array::RecordBatch>,
+    ) -> Result<PushResult> {
+        let schema = match batches.first() {
+            Some(b) => b.schema(),
+            None => return Ok(PushResult::default()),
+        };
+        Ok(self.materializer.push(source, to, &schema, batches).await?)
     }
 
     /// Every view's watermark, key count and last run.

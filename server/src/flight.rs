@@ -624,8 +624,49 @@ impl FlightService for QuiverFlightService {
         request: Request<Streaming<FlightData>>,
     ) -> Result<Response<Self::DoPutStream>, Status> {
         let call = self.gate.admit("do_put", authorization(&request))?;
-        call.authorize(Role::Writer, CallKind::Metadata, "DoPut")?;
-        Err(Status::unimplemented("do_put is not supported yet"))
+        let mut input = request.into_inner();
+        call.stream(no_bytes, async {
+            let first = input.message().await?.ok_or_else(|| {
+                Status::invalid_argument("DoPut received no messages; the first must carry a FlightDescriptor with {\"push\": {...}}")
+            })?;
+            let cmd = match &first.flight_descriptor {
+                Some(d) if d.r#type() == DescriptorType::Cmd => d.cmd.clone(),
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "the first DoPut message must carry a FlightDescriptor of type CMD with {\"push\": {\"source\": ..}}",
+                    ))
+                }
+            };
+            let req = match Command::parse(&cmd).map_err(protocol_status)? {
+                Command::Push(r) => r,
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "DoPut accepts only {\"push\": {\"source\": .., \"to\": ..}}",
+                    ))
+                }
+            };
+            call.authorize(Role::Writer, CallKind::Push, &format!("push to {:?}", req.source))?;
+            let mut decoder =
+                FlightRecordBatchStream::new_from_flight_data(data_messages(first, input));
+            let mut rows = self.offline.push_buffer(self.gate.limits().max_push_rows);
+            while let Some(batch) = decoder.next().await {
+                rows.push(batch.map_err(flight_status)?)?;
+            }
+            let schema = decoder.schema().cloned().ok_or_else(|| {
+                Status::invalid_argument("the push carried no schema; send the rows as Arrow record batches")
+            })?;
+            info!(request = call.id(), source = %req.source, rows = rows.rows(), "push");
+            let result = self
+                .materializer
+                .push(&req.source, req.to, &schema, rows.into_batches())
+                .await?;
+            call.add_rows(result.rows as usize);
+            let put = PutResult {
+                app_metadata: serde_json::to_vec(&result).expect("serializes").into(),
+            };
+            Ok(futures::stream::once(async { Ok(put) }).boxed())
+        })
+        .await
     }
 
     async fn do_action(

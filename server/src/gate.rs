@@ -42,6 +42,8 @@ pub(crate) enum CallKind {
     Historical,
     /// A materialize action.
     Materialize,
+    /// A push (DoPut of a source's rows).
+    Push,
     /// Schemas, listings, status, handshakes.
     Metadata,
 }
@@ -53,6 +55,7 @@ impl CallKind {
             CallKind::OnlineSession => "online_session",
             CallKind::Historical => "historical",
             CallKind::Materialize => "materialize",
+            CallKind::Push => "push",
             CallKind::Metadata => "metadata",
         }
     }
@@ -64,6 +67,7 @@ impl CallKind {
             CallKind::OnlineSession => None,
             CallKind::Historical => secs(l.historical_deadline_secs, "historical_deadline_secs"),
             CallKind::Materialize => secs(l.materialize_deadline_secs, "materialize_deadline_secs"),
+            CallKind::Push => secs(l.push_deadline_secs, "push_deadline_secs"),
             CallKind::Metadata => secs(l.metadata_deadline_secs, "metadata_deadline_secs"),
         }
     }

@@ -48,6 +48,7 @@ mod metrics;
 mod offline;
 mod online;
 mod online_query;
+mod push;
 mod redact;
 mod registry;
 mod transport;

@@ -200,10 +200,10 @@ pub(crate) fn view_layouts(catalog: &Catalog) -> Result<BTreeMap<String, Arc<Vie
 }
 
 /// The newest row per entity seen so far: its (event, created) and encoded value.
-type Winners = HashMap<Box<[u8]>, ((i64, i64), Vec<u8>)>;
+pub(crate) type Winners = HashMap<Box<[u8]>, ((i64, i64), Vec<u8>)>;
 
 /// Folds one batch of a window scan into `winners`.
-fn fold_batch(
+pub(crate) fn fold_batch(
     layout: &ViewLayout,
     columns: &WindowColumns,
     batch: &RecordBatch,
@@ -420,6 +420,16 @@ impl Materializer {
     /// The online store.
     pub(crate) fn online(&self) -> &Arc<OnlineStore> {
         &self.online
+    }
+
+    /// The catalog.
+    pub(crate) fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
+    }
+
+    /// The offline store.
+    pub(crate) fn offline(&self) -> &Arc<OfflineStore> {
+        &self.offline
     }
 
     /// Every view's online layout.

@@ -130,6 +130,9 @@ pub(crate) struct SpineBuffer {
     rows: usize,
     max_rows: usize,
     what: &'static str,
+    /// The limit's name in `quiver.yaml`, and what to do when it is passed.
+    limit: &'static str,
+    advice: &'static str,
 }
 
 impl SpineBuffer {
@@ -138,17 +141,18 @@ impl SpineBuffer {
         self.rows += batch.num_rows();
         if self.max_rows > 0 && self.rows > self.max_rows {
             return Err(Error::invalid(format!(
-                "{} has more than {} spine rows (server.limits.max_spine_rows); narrow it or split the training set",
-                self.what, self.max_rows
+                "{} has more than {} rows ({}); {}",
+                self.what, self.max_rows, self.limit, self.advice
             )));
         }
         self.reservation
             .try_grow(batch.get_array_memory_size())
             .map_err(|e| {
                 Error::invalid(format!(
-                    "{} does not fit in the server's memory ({}); narrow it or split the training set",
+                    "{} does not fit in the server's memory ({}); {}",
                     self.what,
-                    e.find_root()
+                    e.find_root(),
+                    self.advice
                 ))
             })?;
         self.batches.push(batch);
@@ -197,6 +201,10 @@ pub(crate) struct OfflineStore {
     root: Url,
     schemas: HashMap<String, SchemaRef>,
     options: EngineOptions,
+    /// The object store the sources live in (pushes write to it).
+    store: Arc<dyn ObjectStore>,
+    /// The folder (prefix) of each source that is one; single-file sources are absent.
+    folders: HashMap<String, ObjectPath>,
 }
 
 impl std::fmt::Debug for OfflineStore {
@@ -240,6 +248,8 @@ impl OfflineStore {
             root,
             schemas: HashMap::new(),
             options,
+            store: store.clone(),
+            folders: HashMap::new(),
         };
         for source in &registry.definitions.sources {
             let file = (registry
@@ -247,8 +257,11 @@ impl OfflineStore {
                 .get(&format!("source:{}", source.name))
                 .cloned())
             .unwrap_or_else(|| "registry".into());
-            let schema = this.register_source(store.as_ref(), source, file).await?;
+            let (schema, folder) = this.register_source(store.as_ref(), source, file).await?;
             this.schemas.insert(source.name.clone(), schema);
+            if let Some(folder) = folder {
+                this.folders.insert(source.name.clone(), folder);
+            }
         }
         this.sql_ctx = entity_sql::sql_session(&this.ctx);
         Ok(this)
@@ -262,14 +275,42 @@ impl OfflineStore {
     /// Holds a spine's batches in the engine's memory pool as they arrive: each
     /// [`SpineBuffer::push`] reserves its batch or fails with a clear error.
     pub(crate) fn spine_buffer(&self, what: &'static str) -> SpineBuffer {
+        self.buffer(
+            what,
+            self.sql_limits.max_rows,
+            "server.limits.max_spine_rows",
+            "narrow it or split the training set",
+        )
+    }
+
+    /// Holds a push's batches in the engine's memory pool as they arrive, bounded
+    /// by `max_rows` (`server.limits.max_push_rows`; 0 = no limit).
+    pub(crate) fn push_buffer(&self, max_rows: usize) -> SpineBuffer {
+        self.buffer(
+            "the push",
+            max_rows,
+            "server.limits.max_push_rows",
+            "split it into several pushes",
+        )
+    }
+
+    fn buffer(
+        &self,
+        what: &'static str,
+        max_rows: usize,
+        limit: &'static str,
+        advice: &'static str,
+    ) -> SpineBuffer {
         let pool = self.ctx.runtime_env().memory_pool.clone();
         SpineBuffer {
             reservation: datafusion::execution::memory_pool::MemoryConsumer::new(what)
                 .register(&pool),
             batches: Vec::new(),
             rows: 0,
-            max_rows: self.sql_limits.max_rows,
+            max_rows,
             what,
+            limit,
+            advice,
         }
     }
 
@@ -321,7 +362,7 @@ impl OfflineStore {
         store: &dyn ObjectStore,
         source: &Source,
         file: String,
-    ) -> Result<SchemaRef> {
+    ) -> Result<(SchemaRef, Option<ObjectPath>)> {
         let mut url = self.source_url(source)?;
         let path = ObjectPath::from_url_path(url.path()).map_err(|e| Error::ObjectStore {
             url: url.to_string(),
@@ -381,7 +422,87 @@ impl OfflineStore {
         let table = ListingTable::try_new(config)?;
         self.ctx
             .register_table(TableReference::bare(source.name.as_str()), Arc::new(table))?;
-        Ok(schema)
+        Ok((schema, (!is_file).then_some(path)))
+    }
+}
+
+/// Most rows in one pushed Parquet file; a push of more is split.
+const PUSH_FILE_ROWS: usize = 1 << 20;
+static PUSH_SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl OfflineStore {
+    /// Writes pushed rows (already conformed to the source's schema) as Parquet
+    /// files in the source's folder: each file is written whole and then put
+    /// (on a local folder: a temporary name, then a rename), so a reader never sees
+    /// part of one. Returns the files' URLs.
+    pub(crate) async fn write_push(
+        &self,
+        source: &str,
+        batches: &[arrow::array::RecordBatch],
+    ) -> Result<Vec<String>> {
+        let folder = self.folders.get(source).ok_or_else(|| {
+            Error::invalid(format!(
+                "source {source:?} is a single Parquet file; pushing offline needs a folder (set its path to a folder and move the file into it)"
+            ))
+        })?;
+        let schema = self.schemas.get(source).expect("registered").clone();
+        let mut files = Vec::new();
+        let mut chunk: Vec<arrow::array::RecordBatch> = Vec::new();
+        let mut rows = 0;
+        let flush = |chunk: &mut Vec<arrow::array::RecordBatch>| -> Result<Option<Vec<u8>>> {
+            if chunk.is_empty() {
+                return Ok(None);
+            }
+            let mut buf = Vec::new();
+            let props = parquet::file::properties::WriterProperties::builder()
+                .set_compression(parquet::basic::Compression::SNAPPY)
+                .build();
+            let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema.clone(), Some(props))
+                .map_err(|e| Error::invalid(format!("cannot write Parquet: {e}")))?;
+            for b in chunk.drain(..) {
+                w.write(&b)
+                    .map_err(|e| Error::invalid(format!("cannot write Parquet: {e}")))?;
+            }
+            w.close()
+                .map_err(|e| Error::invalid(format!("cannot write Parquet: {e}")))?;
+            Ok(Some(buf))
+        };
+        let mut bodies = Vec::new();
+        for b in batches {
+            let mut offset = 0;
+            while offset < b.num_rows() {
+                let take = (PUSH_FILE_ROWS - rows).min(b.num_rows() - offset);
+                chunk.push(b.slice(offset, take));
+                offset += take;
+                rows += take;
+                if rows == PUSH_FILE_ROWS {
+                    bodies.extend(flush(&mut chunk)?);
+                    rows = 0;
+                }
+            }
+        }
+        bodies.extend(flush(&mut chunk)?);
+        let now = chrono::Utc::now();
+        for body in bodies {
+            let seq = PUSH_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = format!(
+                "push-{}-{}-{seq:06}.parquet",
+                now.format("%Y%m%dT%H%M%S%.9fZ"),
+                std::process::id()
+            );
+            let path = folder.clone().join(name.as_str());
+            self.store
+                .put(&path, body.into())
+                .await
+                .map_err(|source| Error::ObjectStore {
+                    url: format!("{}{}", self.root, path),
+                    source,
+                })?;
+            let mut url = self.root.clone();
+            url.set_path(&format!("/{path}"));
+            files.push(url.to_string());
+        }
+        Ok(files)
     }
 }
 

@@ -27,7 +27,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use quiver_client::{
     ConnectOptions, HistoricalFeaturesRequest, MaterializeIncrementalRequest, MaterializeReport,
-    MaterializeRequest, OnlineFeaturesRequest, QuiverClient, ViewStatus,
+    MaterializeRequest, OnlineFeaturesRequest, PushTo, QuiverClient, ViewStatus,
 };
 
 use quiver_server::auth::{self, Role};
@@ -142,6 +142,22 @@ pub enum Command {
         /// the watermark to END.
         #[arg(long)]
         replace: bool,
+    },
+    /// Push rows of a source from Parquet files: offline into the source's folder,
+    /// online into every view over it (locally, or on a running server with --addr).
+    Push {
+        /// The source the rows belong to.
+        #[arg(long)]
+        source: String,
+        /// Where the rows go: online, offline or online_and_offline.
+        #[arg(long, default_value = "online_and_offline")]
+        to: PushTo,
+        /// Parquet files with the source's columns.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Push to a running server instead (needed while `quiver serve` holds the store).
+        #[arg(long)]
+        addr: Option<String>,
     },
     /// Like materialize, from each view's watermark (or its ttl before END on the
     /// first run) to END.
@@ -340,10 +356,7 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let repo = Repo::load(&cli.repo)?;
             let addr = addr.unwrap_or_else(|| repo.config.server.addr.clone());
-            let clock = match config::now_override()? {
-                Some(ns) => Clock::Fixed(ns),
-                None => Clock::System,
-            };
+            let clock = clock()?;
             let store = FeatureStore::open(&repo, clock).await?;
             let listener = tokio::net::TcpListener::bind(&addr)
                 .await
@@ -422,6 +435,44 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             };
             print_reports(&reports);
+            Ok(())
+        }
+        Command::Push {
+            source,
+            to,
+            files,
+            addr,
+        } => {
+            let mut batches = Vec::new();
+            for f in &files {
+                let file = std::fs::File::open(f)
+                    .with_context(|| format!("cannot open {}", f.display()))?;
+                let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+                    .with_context(|| format!("{} is not a Parquet file", f.display()))?
+                    .build()?;
+                for b in reader {
+                    batches.push(b.with_context(|| format!("cannot read {}", f.display()))?);
+                }
+            }
+            let result = match addr {
+                Some(addr) => {
+                    let mut client = connect(&addr, &cli.conn).await?;
+                    client.push(&source, batches, to).await?
+                }
+                None => {
+                    let store = FeatureStore::open(&Repo::load(&cli.repo)?, clock()?).await?;
+                    store.push(&source, to, batches).await?
+                }
+            };
+            say(format!(
+                "pushed {} rows to {source}: {} online keys written, {} offline files{}",
+                result.rows,
+                result.online_keys,
+                result.offline_files.len(),
+                (result.offline_files.iter())
+                    .map(|f| format!("\n  {f}"))
+                    .collect::<String>()
+            ));
             Ok(())
         }
         Command::MaterializeIncremental { end, views, addr } => {
@@ -539,12 +590,20 @@ impl Progress for BarProgress {
     }
 }
 
+/// The clock of `serve`, `materialize` and `push`: `QUIVER_NOW` when set, else the system's.
+fn clock() -> Result<Clock> {
+    Ok(match config::now_override()? {
+        Some(ns) => Clock::Fixed(ns),
+        None => Clock::System,
+    })
+}
+
 async fn materialize_local(
     repo: &Repo,
     window: Window,
     views: Option<Vec<String>>,
 ) -> Result<Vec<MaterializeReport>> {
-    let store = FeatureStore::open(repo, Clock::System).await?;
+    let store = FeatureStore::open(repo, clock()?).await?;
     let bar = ProgressBar::new_spinner();
     bar.set_style(
         ProgressStyle::with_template(

@@ -1,0 +1,300 @@
+//! Push: rows of a source sent by a client (DoPut `{"push": ...}`, `quiver push`),
+//! checked whole, then written offline (Parquet files in the source's folder) and
+//! online (every feature view over the source) before the answer is sent.
+//!
+//! ```text
+//! batches ──conform (columns, types, null times and keys)──> source-shaped batches
+//!   ├─ offline: OfflineStore::write_push (whole files: put, or temp + rename)
+//!   └─ online, per view over the source, under the view's lock:
+//!        plain view:        newest row per entity, newer-only (as materialize)
+//!        aggregation view:  events appended to each entity's event log; events
+//!                           outside every window at now are offline only
+//! ```
+//!
+//! Nothing is written until every batch has passed the checks, so a refused push
+//! changes nothing. Offline files are written before online state: an online
+//! failure after the files are written is reported as an error (the rows are then
+//! offline only; pushing them again online is safe for plain views, and counts
+//! them twice in windows).
+
+use std::sync::Arc;
+
+use arrow::array::{new_null_array, Array, ArrayRef, RecordBatch};
+use arrow::compute::cast;
+use arrow::datatypes::{DataType, Schema, SchemaRef};
+use quiver_client::protocol::{PushResult, PushTo};
+use tracing::info;
+
+use crate::catalog::column_list;
+use crate::keys::KeyType;
+use crate::materialize::{
+    fold_batch, fold_events, merge_event_logs, Error, EventLogs, Materializer, Result, Winners,
+};
+use crate::offline::window::WindowColumns;
+use crate::online::{ViewLayout, ViewState};
+
+impl Materializer {
+    /// Pushes `batches` (of `schema`) into `source`: see the module docs.
+    pub(crate) async fn push(
+        &self,
+        source: &str,
+        to: PushTo,
+        schema: &Schema,
+        batches: Vec<RecordBatch>,
+    ) -> Result<PushResult> {
+        let registry = self.catalog().registry().clone();
+        let src = registry.source(source).ok_or_else(|| {
+            Error::Invalid(format!(
+                "push: no source named {source:?} (sources: {})",
+                (registry.definitions.sources.iter())
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })?;
+        let target = self
+            .catalog()
+            .source_schema(source)
+            .expect("registered")
+            .clone();
+        let views: Vec<(Arc<ViewLayout>, WindowColumns)> = (registry.definitions.feature_views)
+            .iter()
+            .filter(|v| v.source == source)
+            .filter_map(|v| self.layouts().get(&v.name))
+            .map(|l| {
+                let columns = WindowColumns {
+                    join_keys: l.join_keys.iter().map(|k| k.0.clone()).collect(),
+                    timestamp: src.timestamp_field.clone(),
+                    created: src.created_timestamp_field.clone(),
+                    features: match &l.windows {
+                        Some(w) => w.columns.iter().map(|c| c.0.clone()).collect(),
+                        None => l.features.iter().map(|f| f.0.clone()).collect(),
+                    },
+                };
+                (l.clone(), columns)
+            })
+            .collect();
+        // What a pushed row must carry: the timestamp, and every view's keys and columns.
+        let mut required = vec![src.timestamp_field.clone()];
+        let mut keys = Vec::new();
+        for (l, c) in &views {
+            keys.extend(l.join_keys.iter().map(|k| k.0.clone()));
+            required.extend(c.join_keys.iter().chain(&c.features).cloned());
+        }
+        let batches = conform(
+            source,
+            &target,
+            schema,
+            &required,
+            &keys,
+            &src.timestamp_field,
+            batches,
+        )?;
+        let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+        let mut result = PushResult {
+            rows: rows as u64,
+            ..Default::default()
+        };
+        if rows == 0 {
+            return Ok(result);
+        }
+        if to.offline() {
+            result.offline_files = self.offline().write_push(source, &batches).await?;
+        }
+        if to.online() {
+            for (layout, columns) in &views {
+                result.online_keys += self.push_view(layout, columns, &batches).await?;
+            }
+        }
+        info!(
+            source,
+            rows,
+            online_keys = result.online_keys,
+            files = result.offline_files.len(),
+            "pushed"
+        );
+        Ok(result)
+    }
+
+    /// Writes pushed rows into one view's online state; returns the keys written.
+    async fn push_view(
+        &self,
+        layout: &Arc<ViewLayout>,
+        columns: &WindowColumns,
+        batches: &[RecordBatch],
+    ) -> Result<u64> {
+        let lock = self.online().view_lock(&layout.name);
+        let _guard = lock.lock().await;
+        let online = self.online().clone();
+        let (layout, columns, batches) = (layout.clone(), columns.clone(), batches.to_vec());
+        tokio::task::spawn_blocking(move || -> Result<u64> {
+            let state = online.view_state(&layout)?.unwrap_or(ViewState {
+                fingerprint: layout.fingerprint,
+                ..Default::default()
+            });
+            let (entries, delta) = match &layout.windows {
+                Some(spec) => {
+                    let now = online.now_nanos();
+                    let horizon = now.saturating_sub(spec.longest);
+                    let mut logs = EventLogs::new();
+                    for b in &batches {
+                        fold_events(&layout, &columns, b, &mut logs, Some(horizon))?;
+                    }
+                    merge_event_logs(&online, &layout, logs, now, None)?
+                }
+                None => {
+                    let mut winners = Winners::new();
+                    for b in &batches {
+                        fold_batch(&layout, &columns, b, &mut winners)?;
+                    }
+                    let entries = winners
+                        .into_iter()
+                        .map(|(k, (_, v))| (k.into_vec(), v))
+                        .collect();
+                    let (keep, new_keys) = online.newer_only(&layout, entries, false)?;
+                    (keep, new_keys as i64)
+                }
+            };
+            if entries.is_empty() {
+                return Ok(0);
+            }
+            let state = ViewState {
+                key_count: (state.key_count as i64 + delta).max(0) as u64,
+                ..state
+            };
+            online.commit_batch(&layout, &entries, &state)?;
+            Ok(entries.len() as u64)
+        })
+        .await
+        .map_err(|e| Error::Worker(e.to_string()))?
+    }
+}
+
+/// Whether a pushed column of type `from` may be stored as `to` (when its values
+/// survive the trip: checked per batch).
+fn same_family(from: &DataType, to: &DataType) -> bool {
+    let family = |t: &DataType| match t {
+        t if t.is_integer() => 1,
+        DataType::Float16 | DataType::Float32 | DataType::Float64 => 2,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => 3,
+        DataType::Timestamp(_, _) => 4,
+        DataType::Boolean => 5,
+        _ => 0,
+    };
+    from == to
+        || (family(from) != 0 && family(from) == family(to))
+        || (family(from) == 1 && family(to) == 2)
+}
+
+/// Checks pushed batches against the source's schema and returns them in it:
+/// every column known to the source and of a compatible type, every `required`
+/// column present, no null timestamp or key; absent columns are null.
+fn conform(
+    source: &str,
+    target: &SchemaRef,
+    schema: &Schema,
+    required: &[String],
+    keys: &[String],
+    timestamp: &str,
+    batches: Vec<RecordBatch>,
+) -> Result<Vec<RecordBatch>> {
+    let bad = |m: String| Error::Invalid(format!("push to {source:?}: {m}"));
+    for f in schema.fields() {
+        let Ok(t) = target.field_with_name(f.name()) else {
+            return Err(bad(format!(
+                "column {:?} is not a column of the source (its columns: {})",
+                f.name(),
+                column_list(target)
+            )));
+        };
+        if !same_family(f.data_type(), t.data_type()) {
+            return Err(bad(format!(
+                "column {:?} is {}, the source stores {}",
+                f.name(),
+                f.data_type(),
+                t.data_type()
+            )));
+        }
+        if keys.contains(f.name()) && KeyType::of(f.data_type()).is_none() {
+            return Err(bad(format!(
+                "join key {:?} is {}, expected an integer or a string",
+                f.name(),
+                f.data_type()
+            )));
+        }
+    }
+    for r in required {
+        if schema.field_with_name(r).is_err() {
+            return Err(bad(format!(
+                "column {r:?} is missing; a push carries the timestamp, the join keys and every column a view over the source reads (sent: {})",
+                column_list(schema)
+            )));
+        }
+    }
+    for t in target.fields() {
+        if !t.is_nullable() && schema.field_with_name(t.name()).is_err() {
+            return Err(bad(format!(
+                "column {:?} is missing and the source's data has no nulls in it",
+                t.name()
+            )));
+        }
+    }
+    let mut out = Vec::with_capacity(batches.len());
+    for b in batches {
+        if b.schema().fields() != schema.fields() {
+            return Err(bad("a batch's schema differs from the stream's".into()));
+        }
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(target.fields().len());
+        for t in target.fields() {
+            let Some(c) = b.column_by_name(t.name()) else {
+                columns.push(new_null_array(t.data_type(), b.num_rows()));
+                continue;
+            };
+            let nulls = c.null_count();
+            if nulls > 0 && (t.name() == timestamp || keys.contains(t.name())) {
+                let what = if t.name() == timestamp {
+                    "timestamp"
+                } else {
+                    "join key"
+                };
+                return Err(bad(format!(
+                    "{what} column {:?} has {nulls} null values; every pushed row needs its {what}",
+                    t.name()
+                )));
+            }
+            if nulls > 0 && !t.is_nullable() {
+                return Err(bad(format!(
+                    "column {:?} has {nulls} null values and the source's has none",
+                    t.name()
+                )));
+            }
+            let c = if c.data_type() == t.data_type() {
+                c.clone()
+            } else {
+                let converted = cast(c, t.data_type()).map_err(|e| {
+                    bad(format!(
+                        "column {:?} cannot be stored as {}: {e}",
+                        t.name(),
+                        t.data_type()
+                    ))
+                })?;
+                let back = cast(&converted, c.data_type()).map_err(|e| bad(e.to_string()))?;
+                if back.to_data() != c.to_data() {
+                    return Err(bad(format!(
+                        "column {:?}: some {} values do not fit the source's {}",
+                        t.name(),
+                        c.data_type(),
+                        t.data_type()
+                    )));
+                }
+                converted
+            };
+            columns.push(c);
+        }
+        out.push(
+            RecordBatch::try_new(target.clone(), columns)
+                .map_err(|e| bad(format!("cannot assemble the rows: {e}")))?,
+        );
+    }
+    Ok(out)
+}
