@@ -9,3 +9,4 @@ mod request_time;
 mod s3;
 mod scorer;
 mod security;
+mod windows;

@@ -226,8 +226,13 @@ impl OfflineStore {
         options: EngineOptions,
     ) -> Result<Self> {
         let root = repo.offline_url()?;
+        // No cache of folder listings: files pushed (or written by anyone else) into
+        // a source's folder are read by the very next query.
+        let cache = datafusion::execution::cache::cache_manager::CacheManagerConfig::default()
+            .with_list_files_cache_limit(0);
         let runtime = RuntimeEnvBuilder::new()
             .with_memory_pool(Arc::new(FairSpillPool::new(options.memory_limit)))
+            .with_cache_manager(cache)
             .build_arc()?;
         let mut config = SessionConfig::new()
             .with_target_partitions(options.partitions)
