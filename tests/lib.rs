@@ -36,6 +36,33 @@ pub fn quiver_binary() -> PathBuf {
     bin
 }
 
+/// Starts `quiver serve` on an ephemeral port as a child process, with `env`
+/// set (e.g. `QUIVER_NOW`); returns it and its address.
+pub fn serve_process(repo: &Path, env: &[(&str, String)]) -> (Child, String) {
+    let mut child = Command::new(quiver_binary())
+        .arg("--repo")
+        .arg(repo)
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("quiver serve starts");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("piped")),
+        &mut line,
+    )
+    .expect("quiver serve prints its address");
+    let addr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .expect("an address")
+        .to_string();
+    (child, addr)
+}
+
 /// One day in microseconds.
 pub const DAY_US: i64 = 86_400_000_000;
 

@@ -116,24 +116,8 @@ async fn killed_materialize_leaves_old_or_new_and_a_rerun_finishes() {
     }
 }
 
-/// Starts `quiver serve` on an ephemeral port; returns it and its address.
 fn serve(repo: &Path) -> (std::process::Child, String) {
-    let mut child = Command::new(quiver_binary())
-        .arg("--repo")
-        .arg(repo)
-        .args(["serve", "--addr", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("quiver serve starts");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let addr = line.trim().rsplit(' ').next().unwrap().to_string();
-    (child, addr)
+    quiver_e2e::serve_process(repo, &[])
 }
 
 fn card_request() -> quiver_client::OnlineFeaturesRequest {
