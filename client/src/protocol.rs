@@ -281,9 +281,22 @@ pub struct OnlineFeaturesRequest {
     /// Also return, per view, `view__event_timestamp` and `view__status`.
     #[serde(default, skip_serializing_if = "is_false")]
     pub include_metadata: bool,
+    /// DoExchange: a timestamp column of the key batches; each row's windows
+    /// (aggregation views) are evaluated at that instant instead of the server's
+    /// now (a null means now). A scorer that pushes each transaction and then looks
+    /// it up passes the transaction's own time, so its windows are exactly the
+    /// training row's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub as_of_column: Option<String>,
 }
 
 impl OnlineFeaturesRequest {
+    /// Sets `as_of_column`.
+    pub fn with_as_of_column(mut self, column: impl Into<String>) -> Self {
+        self.as_of_column = Some(column.into());
+        self
+    }
+
     /// A request for every feature of a feature service.
     pub fn for_service(service: impl Into<String>) -> Self {
         Self {

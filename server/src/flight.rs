@@ -626,6 +626,8 @@ impl FlightService for QuiverFlightService {
         let call = self.gate.admit("do_put", authorization(&request))?;
         let mut input = request.into_inner();
         call.stream(no_bytes, async {
+            // Every DoPut is a push: a write, checked before anything is read.
+            call.authorize(Role::Writer, CallKind::Push, "push")?;
             let first = input.message().await?.ok_or_else(|| {
                 Status::invalid_argument("DoPut received no messages; the first must carry a FlightDescriptor with {\"push\": {...}}")
             })?;
@@ -645,7 +647,6 @@ impl FlightService for QuiverFlightService {
                     ))
                 }
             };
-            call.authorize(Role::Writer, CallKind::Push, &format!("push to {:?}", req.source))?;
             let mut decoder =
                 FlightRecordBatchStream::new_from_flight_data(data_messages(first, input));
             let mut rows = self.offline.push_buffer(self.gate.limits().max_push_rows);

@@ -72,6 +72,8 @@ pub(crate) struct OnlineQuery {
     schemas: Option<(SchemaRef, SchemaRef)>,
     /// Most keys per batch (0 = no limit): `server.limits.max_online_rows`.
     max_rows: usize,
+    /// The request's `as_of_column`: windows are evaluated at each row's instant.
+    as_of_column: Option<String>,
 }
 
 impl OnlineQuery {
@@ -90,6 +92,7 @@ impl OnlineQuery {
             store,
             schemas: None,
             max_rows: 0,
+            as_of_column: request.as_of_column.clone(),
         })
     }
 
@@ -140,7 +143,26 @@ impl OnlineQuery {
 
     /// The answer to `batch`, whose key columns are already normalized in `keys`.
     fn answer_keys(&mut self, batch: &RecordBatch, keys: &[KeyColumn]) -> Result<RecordBatch> {
-        let features = self.store.lookup(&self.plan, keys, batch.num_rows())?;
+        let as_of = match &self.as_of_column {
+            None => None,
+            Some(c) => {
+                let col = batch.column_by_name(c).ok_or_else(|| {
+                    Error::InvalidRequest(format!(
+                        "the request names {c:?} as its as_of_column but the keys have no such column"
+                    ))
+                })?;
+                if !matches!(col.data_type(), DataType::Timestamp(_, _)) {
+                    return Err(Error::InvalidRequest(format!(
+                        "as_of_column {c:?} is {}, expected a timestamp",
+                        col.data_type()
+                    )));
+                }
+                Some(crate::instant::timestamp_nanos(col).map_err(Error::InvalidRequest)?)
+            }
+        };
+        let features = self
+            .store
+            .lookup(&self.plan, keys, batch.num_rows(), as_of.as_ref())?;
         let input_schema = batch.schema();
         let answer_schema = match &self.schemas {
             Some((i, a)) if *i == input_schema => a.clone(),

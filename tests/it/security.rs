@@ -265,9 +265,18 @@ async fn call_kind(url: &str, token: Option<&str>, kind: &str) -> Code {
                 flight.do_get(ticket).await?.try_collect::<Vec<_>>().await?;
             }
             "push" => {
-                let s = futures::stream::iter(Vec::<
-                    Result<arrow_flight::FlightData, arrow_flight::error::FlightError>,
-                >::new());
+                // The command alone, no rows: past the role check, a writer is told
+                // the push carried no schema.
+                let cmd = quiver_client::Command::Push(quiver_client::PushRequest {
+                    source: "transactions".into(),
+                    to: quiver_client::PushTo::Online,
+                })
+                .to_bytes();
+                let first = arrow_flight::FlightData {
+                    flight_descriptor: Some(FlightDescriptor::new_cmd(cmd)),
+                    ..Default::default()
+                };
+                let s = futures::stream::iter(vec![Ok(first)]);
                 flight.do_put(s).await?.try_collect::<Vec<_>>().await?;
             }
             "status" => {
@@ -312,8 +321,8 @@ async fn every_role_against_every_call_kind() {
     let server = Server::start_online(dir.path(), t_us * 1000).await;
     let url = server.url();
 
-    // (kind, weakest role allowed); "push" is not implemented yet: a writer gets
-    // UNIMPLEMENTED, weaker roles PERMISSION_DENIED.
+    // (kind, weakest role allowed); the "push" sends no rows: a writer gets
+    // INVALID_ARGUMENT for that, weaker roles PERMISSION_DENIED.
     let table = [
         ("online", Role::Reader),
         ("get_schema", Role::Reader),
@@ -337,7 +346,7 @@ async fn every_role_against_every_call_kind() {
             let got = call_kind(&url, Some(token), kind).await;
             let want = match (*role >= needed, kind) {
                 (false, _) => Code::PermissionDenied,
-                (true, "push") => Code::Unimplemented,
+                (true, "push") => Code::InvalidArgument,
                 (true, _) => Code::Ok,
             };
             assert_eq!(got, want, "{kind} as {}", role.as_str());

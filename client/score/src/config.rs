@@ -55,10 +55,27 @@ pub struct ScorerConfig {
     pub feature_log: Option<FeatureLog>,
     /// TLS to the server (`{ca, cert, key}`, PEM paths); plaintext when absent.
     pub tls: Option<Tls>,
+    /// Push each transaction into a source before its lookup (`{source, to}`), so
+    /// the windows it is served include it, as its training row's do.
+    pub push: Option<Push>,
     /// Bearer token for the server; never read from or written to the YAML (pass
     /// `--token` or `QUIVER_TOKEN`).
     #[serde(skip)]
     pub token: Option<String>,
+}
+
+/// Where the scorer pushes the transactions it scores.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Push {
+    /// The source (its columns are the transactions', after `transactions.rename`).
+    pub source: String,
+    /// `online`, `offline` or `online_and_offline` (default).
+    #[serde(default)]
+    pub to: quiver_client::PushTo,
+    /// Only these transaction columns (repo names) are pushed; default all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub columns: Option<Vec<String>>,
 }
 
 /// TLS files of the scorer's connection.
@@ -99,6 +116,7 @@ impl Default for ScorerConfig {
             retry: Retry::default(),
             feature_log: None,
             tls: None,
+            push: None,
             token: None,
         }
     }
@@ -283,6 +301,14 @@ impl ScorerConfig {
         }
         if self.transactions.id.is_empty() {
             return bad("transactions.id must name the transaction id column".into());
+        }
+        if let Some(p) = &self.push {
+            if p.source.trim().is_empty() {
+                return bad("push.source must name the source transactions go into".into());
+            }
+            if self.transactions.timestamp.is_none() {
+                return bad("push needs transactions.timestamp: each transaction's windows end at its own time".into());
+            }
         }
         Ok(())
     }

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, StringBuilder, TimestampNanosecondBuilder};
+use arrow::array::{Array, ArrayRef, Int64Array, StringBuilder, TimestampNanosecondBuilder};
 use arrow::datatypes::{DataType, Field, TimeUnit};
 
 use super::encoding::{decode_value, encode_key, value_version, ColumnBuilder, KeyColumn, KeyType};
@@ -22,13 +22,21 @@ impl OnlineStore {
     /// `plan.key_columns`, normalized by [`LookupPlan::key_columns_from_batch`] or
     /// [`LookupPlan::key_columns_from_json`]). Returns the feature columns, then,
     /// with metadata, per view its event timestamp and status.
+    ///
+    /// Aggregation views answer their windows at now, or per row at `as_of` (ns;
+    /// null = now) when given.
     pub(crate) fn lookup(
         &self,
         plan: &LookupPlan,
         keys: &[KeyColumn],
         rows: usize,
+        as_of: Option<&Int64Array>,
     ) -> Result<Vec<ArrayRef>> {
         let now = self.clock.now_nanos();
+        let at = |row: usize| match as_of {
+            Some(a) if a.is_valid(row) => a.value(row),
+            _ => now,
+        };
         let mut out: Vec<ArrayRef> = Vec::with_capacity(plan.output_fields.len());
         let mut meta: Vec<ArrayRef> = Vec::new();
         let mut key = Vec::with_capacity(32);
@@ -52,7 +60,8 @@ impl OnlineStore {
                 .map(|t| now.saturating_sub(t.as_nanos().min(i64::MAX as u128) as i64));
             let prefix = v.layout.prefix();
             let kinds = v.layout.event_kinds();
-            let mut row_value = |value: Option<&[u8]>,
+            let mut row_value = |row: usize,
+                                 value: Option<&[u8]>,
                                  builders: &mut Vec<ColumnBuilder>|
              -> Result<()> {
                 if let Some(spec) = &v.layout.windows {
@@ -63,9 +72,10 @@ impl OnlineStore {
                             .map_err(|e| Error::corrupt(&v.layout.name, e))?,
                         None => Events::new(kinds.iter().copied()),
                     };
-                    spec.evaluate(&events, now, false, &v.wanted, builders);
+                    let t = at(row);
+                    spec.evaluate(&events, t, false, &v.wanted, builders);
                     if let Some((event_ts, status)) = meta_builders.as_mut() {
-                        let latest = spec.latest(&events, now);
+                        let latest = spec.latest(&events, t);
                         status.append_value(if latest.is_some() { PRESENT } else { NOT_FOUND });
                         event_ts.append_option(latest);
                     }
@@ -103,9 +113,9 @@ impl OnlineStore {
                 // The scorers' hot path: no key copies, one pinned get.
                 if encode_key(&prefix, &view_keys, 0, &mut key) {
                     let got = self.db.get_pinned(&key)?;
-                    row_value(got.as_deref(), &mut builders)?;
+                    row_value(0, got.as_deref(), &mut builders)?;
                 } else {
-                    row_value(None, &mut builders)?;
+                    row_value(0, None, &mut builders)?;
                 }
             } else {
                 let owned: Vec<Option<Vec<u8>>> = (0..rows)
@@ -120,13 +130,13 @@ impl OnlineStore {
                     .db
                     .batched_multi_get_cf(&cf, present, false)
                     .into_iter();
-                for k in &owned {
+                for (row, k) in owned.iter().enumerate() {
                     match k {
                         Some(_) => {
                             let value = got.next().expect("one result per key")?;
-                            row_value(value.as_deref(), &mut builders)?;
+                            row_value(row, value.as_deref(), &mut builders)?;
                         }
-                        None => row_value(None, &mut builders)?,
+                        None => row_value(row, None, &mut builders)?,
                     }
                 }
             }
@@ -405,7 +415,7 @@ feature_views:
         let plan = LookupPlan::new(&views, &layouts, true).unwrap();
         let n = keys.len();
         store
-            .lookup(&plan, &[KeyColumn::Int(Int64Array::from(keys))], n)
+            .lookup(&plan, &[KeyColumn::Int(Int64Array::from(keys))], n, None)
             .unwrap()
     }
 

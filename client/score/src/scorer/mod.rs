@@ -33,6 +33,10 @@ use crate::options::stopped;
 use crate::reader::Arrived;
 use crate::stats::Stats;
 
+/// The column of the key batches that carries each transaction's time, when the
+/// scorer pushes (the session's `as_of_column`).
+pub(crate) const AS_OF_COLUMN: &str = "as_of_time";
+
 /// One decided micro-batch.
 struct Scored {
     batch: RecordBatch,
@@ -171,13 +175,29 @@ impl Scorer {
         let input = arrow::compute::concat_batches(&batches[0].schema(), &batches)
             .map_err(|e| Error::Input(format!("transactions changed schema mid-stream: {e}")))?;
         let rows = input.num_rows();
-        let (id, ts, send) = self.conform(&input)?;
+        let (id, ts, mut send) = self.conform(&input)?;
+        let push = match (&self.config.push, &ts) {
+            (Some(p), Some(ts)) => {
+                send = with_column(&send, AS_OF_COLUMN, ts.clone())?;
+                Some((p.clone(), self.push_rows(&input, p)?))
+            }
+            _ => None,
+        };
 
         let lookup_started = Instant::now();
         let mut delay = Duration::from_millis(self.config.retry.initial_ms);
+        // Pushed once, even if the lookup after it is retried.
+        let mut pushed = push.is_none();
+        let client = &mut self.client;
         let answer = loop {
             let attempt = tokio::select! {
-                r = session.lookup(send.clone()) => r,
+                r = async {
+                    if let (false, Some((p, rows))) = (pushed, &push) {
+                        client.push(&p.source, vec![rows.clone()], p.to).await?;
+                        pushed = true;
+                    }
+                    session.lookup(send.clone()).await
+                } => r,
                 _ = stopped(stop) => return Err(Error::Interrupted),
             };
             match attempt {
@@ -200,7 +220,7 @@ impl Scorer {
                         error = %e,
                         retry_in_ms = delay.as_millis() as u64,
                         pending = rows,
-                        "lookup failed; retrying (the source waits meanwhile)"
+                        "push or lookup failed; retrying (the source waits meanwhile)"
                     );
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
@@ -208,13 +228,14 @@ impl Scorer {
                     }
                     delay = (delay * 2).min(Duration::from_millis(self.config.retry.max_ms));
                 }
+                Err(e) if !pushed => return Err(Error::client("push refused", e)),
                 Err(e) => return Err(Error::client("lookup refused", e)),
             }
         };
         let lookup_us = lookup_started.elapsed().as_secs_f64() * 1e6;
         let answer_schema = answer.schema();
         let echoed = (answer_schema.fields().iter())
-            .take(send.num_columns())
+            .take(self.send_fields.len())
             .map(|f| f.name());
         if answer.num_rows() != rows || !echoed.eq(self.send_fields.iter().map(|f| f.name())) {
             return Err(Error::AnswerMismatch {
@@ -334,6 +355,24 @@ impl Scorer {
         })
     }
 
+    /// The rows pushed before the lookup: the transactions' columns under the
+    /// repo's names (`transactions.rename`), or only `push.columns`.
+    fn push_rows(&self, input: &RecordBatch, push: &crate::config::Push) -> Result<RecordBatch> {
+        let t = &self.config.transactions;
+        let mut fields = Vec::new();
+        let mut columns = Vec::new();
+        for (f, c) in input.schema().fields().iter().zip(input.columns()) {
+            let name = t.rename.get(f.name()).unwrap_or(f.name());
+            if push.columns.as_ref().is_some_and(|keep| !keep.contains(name)) {
+                continue;
+            }
+            fields.push(f.as_ref().clone().with_name(name));
+            columns.push(c.clone());
+        }
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+            .map_err(|e| Error::Input(format!("cannot build the rows to push: {e}")))
+    }
+
     /// Splits source rows into the id, the event time and the batch sent to the
     /// server (renamed and cast to the service's types).
     fn conform(&self, input: &RecordBatch) -> Result<(ArrayRef, Option<ArrayRef>, RecordBatch)> {
@@ -389,6 +428,16 @@ impl Scorer {
             .map_err(|e| Error::Input(e.to_string()))?;
         Ok((id, ts, send))
     }
+}
+
+/// `batch` with one more column.
+fn with_column(batch: &RecordBatch, name: &str, column: ArrayRef) -> Result<RecordBatch> {
+    let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    fields.push(Field::new(name, column.data_type().clone(), true));
+    let mut columns = batch.columns().to_vec();
+    columns.push(column);
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        .map_err(|e| Error::Input(e.to_string()))
 }
 
 async fn connect_with_retry(config: &ScorerConfig) -> Result<QuiverClient> {

@@ -16,6 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quiver_client::OnlineFeaturesRequest;
+
+use super::AS_OF_COLUMN;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -58,9 +60,14 @@ impl Scorer {
         };
         let mut session = self
             .client
-            .online_session(&OnlineFeaturesRequest::for_service(
-                self.config.feature_service.clone(),
-            ))
+            .online_session(&{
+                let r = OnlineFeaturesRequest::for_service(self.config.feature_service.clone());
+                // With push, each row's windows end at the transaction's own time.
+                match (&self.config.push, &self.config.transactions.timestamp) {
+                    (Some(_), Some(_)) => r.with_as_of_column(AS_OF_COLUMN),
+                    _ => r,
+                }
+            })
             .map_err(|e| Error::client("cannot open the online session", e))?;
         // The source starts last: nothing is read before the outputs are ready.
         let undelivered = Arc::new(AtomicU64::new(0));
