@@ -181,7 +181,7 @@ pub(crate) async fn score(args: ScoreArgs) -> Result<()> {
     config.batching.max_rows = args.max_batch;
     config.batching.max_wait_us = args.max_wait_us;
     config.queue_capacity = config.queue_capacity.max(args.max_batch);
-    let tx = read_transactions(&dir.join("data/transactions.parquet"))?;
+    let tx = read_transactions(&dir.join("data/transactions/part-00000.parquet"))?;
     let total = rows(&tx);
     eprintln!(
         "quiver-bench score: {total} transactions, {} cards, fraud_v3 (7 features + 5 on-demand), 100-tree depth-6 booster, batches <= {} rows / {} us, server on {addr}",

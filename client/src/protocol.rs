@@ -282,8 +282,8 @@ pub struct OnlineFeaturesRequest {
     #[serde(default, skip_serializing_if = "is_false")]
     pub include_metadata: bool,
     /// DoExchange: a timestamp column of the key batches; each row's windows
-    /// (aggregation views) are evaluated at that instant instead of the server's
-    /// now (a null means now). A scorer that pushes each transaction and then looks
+    /// (aggregation views) are evaluated, and its views' ttls judged, at that
+    /// instant instead of the server's now (a null means now). A scorer that pushes each transaction and then looks
     /// it up passes the transaction's own time, so its windows are exactly the
     /// training row's.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -3,10 +3,17 @@
 //! [`generate`] writes, under a folder:
 //! - `customers.parquet`: one row per card with the holder's home coordinates and
 //!   credit limit;
-//! - `transactions.parquet`: card authorizations (amount, merchant, shipping
-//!   coordinates, `is_fraud`), with three fraud patterns: *card testing* (small
-//!   probes, then a large charge), *account takeover* (a sudden change of place and
-//!   amount) and *geographic anomaly* (a purchase far from home);
+//! - `transactions/part-00000.parquet` ([`TRANSACTIONS`]; the `transactions`
+//!   source is the folder, so pushes can add files beside it): card
+//!   authorizations (amount, merchant, shipping coordinates, `is_fraud`), with
+//!   three fraud patterns: *card testing* (small probes, then a large charge),
+//!   *account takeover* (a sudden change of place and amount) and *geographic
+//!   anomaly* (a purchase far from home); and two that only rolling windows see
+//!   (drawn from their own seed, so the others are unchanged): *card-testing
+//!   bursts* (several small charges at different merchants within minutes, no large
+//!   one) and *spend spikes* (ordinary-looking charges piling up within an hour).
+//!   With [`Options::holdout_from`], the transactions from then on go to
+//!   `transactions_holdout.parquet` instead (to be pushed, as in `quiver demo`);
 //! - `chargebacks.parquet`: fraud labels arriving days after the purchase, some
 //!   corrected later (a dispute first labeled fraud, then cleared);
 //! - `card_stats.parquet` and `merchant_stats.parquet`: daily aggregates computed
@@ -33,6 +40,11 @@ use rand::{Rng, SeedableRng};
 
 /// First card number; cards are `CARD_BASE + i`.
 pub const CARD_BASE: i64 = 4_000_000_000_000_000;
+/// Where the transactions are written, under the data folder.
+pub const TRANSACTIONS: &str = "transactions/part-00000.parquet";
+/// Where held-out transactions go ([`Options::holdout_from`]).
+pub const HOLDOUT: &str = "transactions_holdout.parquet";
+
 /// Start of generated time: 2026-01-01T00:00:00Z in microseconds.
 pub const EPOCH_US: i64 = 1_767_225_600_000_000;
 const DAY_US: i64 = 86_400_000_000;
@@ -67,6 +79,10 @@ pub struct Options {
     pub txns_per_day: f64,
     /// Share of cards that suffer a fraud episode.
     pub fraud_card_rate: f64,
+    /// Share of cards that suffer a burst or a spend spike (window-only patterns).
+    pub window_fraud_rate: f64,
+    /// Transactions at or after this instant (us) go to [`HOLDOUT`], not the source.
+    pub holdout_from: Option<i64>,
     /// RNG seed.
     pub seed: u64,
 }
@@ -79,6 +95,8 @@ impl Default for Options {
             days: 60,
             txns_per_day: 1.5,
             fraud_card_rate: 0.03,
+            window_fraud_rate: 0.03,
+            holdout_from: None,
             seed: 42,
         }
     }
@@ -284,6 +302,32 @@ pub fn generate(dir: &Path, o: &Options) -> Result<Summary> {
             }
         }
     }
+    // Window-only patterns, from their own RNG so the data above stays as it was.
+    let mut wrng = StdRng::seed_from_u64(o.seed ^ 0x5eed_0f_71d0);
+    for (i, &(hlat, hlon)) in homes.iter().enumerate() {
+        if wrng.random::<f64>() >= o.window_fraud_rate {
+            continue;
+        }
+        let card = CARD_BASE + i as i64;
+        let t0 = EPOCH_US + 7 * DAY_US + wrng.random_range(0..(span - 8 * DAY_US).max(1));
+        if wrng.random_bool(0.5) {
+            // Card-testing burst: 4-8 small charges, different merchants, within ~4 minutes.
+            for k in 0..wrng.random_range(4..9) {
+                let m = wrng.random_range(0..o.merchants as i64);
+                let amt = wrng.random_range(1.0..9.0);
+                let ts = t0 + k * wrng.random_range(10_000_000..30_000_000);
+                push(&mut txns, card, m, ts, amt, hlat, hlon, true);
+            }
+        } else {
+            // Spend spike: 4-7 mid-sized charges within an hour, near home.
+            let m = wrng.random_range(0..o.merchants as i64);
+            for k in 0..wrng.random_range(4..8) {
+                let amt = wrng.random_range(80.0..300.0);
+                let ts = t0 + k * wrng.random_range(300_000_000..600_000_000);
+                push(&mut txns, card, m, ts, amt, hlat, hlon, true);
+            }
+        }
+    }
     txns.sort_by(|a, b| a.ts.cmp(&b.ts).then(a.id.cmp(&b.id)));
     let fraud = txns.iter().filter(|t| t.fraud).count();
     let tx_batch = RecordBatch::try_new(
@@ -315,7 +359,22 @@ pub fn generate(dir: &Path, o: &Options) -> Result<Summary> {
         ],
     )
     .expect("schema matches");
-    write_parquet(&dir.join("transactions.parquet"), &tx_batch)?;
+    let _ = std::fs::remove_file(dir.join("transactions.parquet"));
+    let _ = std::fs::remove_dir_all(dir.join("transactions"));
+    match o.holdout_from {
+        Some(from) => {
+            let split = txns.partition_point(|t| t.ts < from);
+            write_parquet(&dir.join(TRANSACTIONS), &tx_batch.slice(0, split))?;
+            write_parquet(
+                &dir.join(HOLDOUT),
+                &tx_batch.slice(split, tx_batch.num_rows() - split),
+            )?;
+        }
+        None => {
+            let _ = std::fs::remove_file(dir.join(HOLDOUT));
+            write_parquet(&dir.join(TRANSACTIONS), &tx_batch)?;
+        }
+    }
     let chargebacks = chargebacks(&txns, o.seed);
     write_parquet(&dir.join("chargebacks.parquet"), &chargebacks)?;
 

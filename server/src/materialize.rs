@@ -583,7 +583,7 @@ impl Materializer {
                 report.seconds = started.elapsed().as_secs_f64();
                 new_state.last_run = Some(report.clone());
                 new_state.last_run_at = Some(Utc::now().timestamp_nanos_opt().unwrap_or(0));
-                online.commit_batch(&layout2, &keep, &new_state)?;
+                online.commit_batch(&layout2, &keep, &new_state, true)?;
             }
             Ok(report)
         })
@@ -665,7 +665,7 @@ impl Materializer {
                 last_run: Some(report.clone()),
                 last_run_at: Some(Utc::now().timestamp_nanos_opt().unwrap_or(0)),
             };
-            online.commit_batch(&layout2, &entries, &new_state)?;
+            online.commit_batch(&layout2, &entries, &new_state, true)?;
             report.seconds = started.elapsed().as_secs_f64();
             Ok(report)
         })

@@ -162,7 +162,8 @@ impl Materializer {
                 key_count: (state.key_count as i64 + delta).max(0) as u64,
                 ..state
             };
-            online.commit_batch(&layout, &entries, &state)?;
+            // No fsync per push: the WAL survives a killed process (see docs/push.md).
+            online.commit_batch(&layout, &entries, &state, false)?;
             Ok(entries.len() as u64)
         })
         .await

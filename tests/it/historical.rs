@@ -36,7 +36,7 @@ async fn training_set_matches_the_definition_row_by_row() {
     let server = Server::start(dir.path()).await;
     let mut client = QuiverClient::connect(server.url()).await.unwrap();
 
-    let spine = read(&dir.path().join("data/transactions.parquet"));
+    let spine = read(&dir.path().join("data/transactions/part-00000.parquet"));
     let spine_rows: usize = spine.iter().map(|b| b.num_rows()).sum();
     let out = client
         .get_historical_features(
@@ -199,7 +199,9 @@ async fn entity_sql_through_flight_info_and_do_get() {
     let req = HistoricalFeaturesRequest::for_service("fraud_v1")
         .with_entity_sql("SELECT trans_id, cc_num, merchant_id, event_timestamp, is_fraud FROM transactions WHERE amt > 100 ORDER BY trans_id");
     let out = concat(&client.get_historical_features_from_sql(&req).await.unwrap());
-    let tx = concat(&read(&dir.path().join("data/transactions.parquet")));
+    let tx = concat(&read(
+        &dir.path().join("data/transactions/part-00000.parquet"),
+    ));
     let amt = column::<Float64Type>(&tx, "amt");
     let expected = (0..tx.num_rows()).filter(|&i| amt.value(i) > 100.0).count();
     assert_eq!(out.num_rows(), expected);

@@ -46,7 +46,9 @@ async fn on_demand_features_are_the_same_online_and_offline() {
     materialize_all(&mut client, t_us * 1000).await;
 
     // Real transactions of the next day, scored as if they happened at t.
-    let tx = concat(&read(&dir.path().join("data/transactions.parquet")));
+    let tx = concat(&read(
+        &dir.path().join("data/transactions/part-00000.parquet"),
+    ));
     let ts = tx.column_by_name("event_timestamp").unwrap();
     let ts = ts.as_primitive::<TimestampMicrosecondType>();
     let rows: Vec<usize> = (0..tx.num_rows())

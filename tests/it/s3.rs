@@ -72,7 +72,7 @@ async fn s3_repo(secret: &str) -> (TempDir, S3Server, TempDir) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retrieval_from_s3_equals_retrieval_from_a_folder() {
     let (local, _s3, remote) = s3_repo(S3_SECRET_KEY).await;
-    let spine = read_parquet(&local.path().join("data/transactions.parquet"));
+    let spine = read_parquet(&local.path().join("data/transactions/part-00000.parquet"));
     let req = HistoricalFeaturesRequest::for_service("fraud_v1");
     let from_folder = {
         let server = Server::start(local.path()).await;
@@ -140,7 +140,7 @@ async fn a_store_outage_is_a_clear_error_within_bounds_and_moves_nothing() {
     let before = c.status().await.unwrap();
     s3.stop();
 
-    let spine = read_parquet(&local.path().join("data/transactions.parquet"));
+    let spine = read_parquet(&local.path().join("data/transactions/part-00000.parquet"));
     let req = HistoricalFeaturesRequest::for_service("fraud_v1");
     let started = std::time::Instant::now();
     let e = c.get_historical_features(&req, spine).await.unwrap_err();
@@ -183,7 +183,7 @@ async fn store_faults_fail_cleanly_or_succeed_through_retries() {
         t_us,
     )
     .await;
-    let spine = read_parquet(&local.path().join("data/transactions.parquet"));
+    let spine = read_parquet(&local.path().join("data/transactions/part-00000.parquet"));
     let req = HistoricalFeaturesRequest::for_service("fraud_v1");
     let baseline = concat(
         &c.get_historical_features(&req, spine.clone())

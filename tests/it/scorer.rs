@@ -54,7 +54,7 @@ async fn setup(dir: &std::path::Path) -> (Server, ScorerConfig, RecordBatch) {
         },
         ..Default::default()
     };
-    let tx = concat(&read(&dir.join("data/transactions.parquet")));
+    let tx = concat(&read(&dir.join("data/transactions/part-00000.parquet")));
     let ts = tx
         .column_by_name("event_timestamp")
         .unwrap()
@@ -293,7 +293,10 @@ async fn the_scorer_reaches_a_server_with_tls_and_a_token() {
     materialize_all(&mut client, T_US * 1000).await;
 
     let model_path = write_model(dir.path());
-    let tx = concat(&read(&dir.path().join("data/transactions.parquet"))).slice(0, 500);
+    let tx = concat(&read(
+        &dir.path().join("data/transactions/part-00000.parquet"),
+    ))
+    .slice(0, 500);
     let mut config = ScorerConfig {
         model: model_path.display().to_string(),
         ..Default::default()

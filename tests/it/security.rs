@@ -186,11 +186,8 @@ async fn source_paths_stay_inside_the_offline_store() {
     ] {
         let dir = example_repo(&small_data());
         let defs = std::fs::read_to_string(dir.path().join("features.yaml")).unwrap();
-        let defs = defs.replacen("path: transactions.parquet", &format!("path: {path:?}"), 1);
-        assert!(
-            defs.contains(path),
-            "the example names transactions.parquet"
-        );
+        let defs = defs.replacen("path: transactions/", &format!("path: {path:?}"), 1);
+        assert!(defs.contains(path), "the example names transactions/");
         std::fs::write(dir.path().join("features.yaml"), defs).unwrap();
         let repo = Repo::load(dir.path()).unwrap();
         let e = quiver_server::FeatureStore::apply(&repo, false)
@@ -519,7 +516,7 @@ async fn health_and_metrics_move() {
 /// Every card number of the generated data.
 fn cards(dir: &Path) -> Vec<i64> {
     let tx = quiver_e2e::concat(&quiver_e2e::read_parquet(
-        &dir.join("data/transactions.parquet"),
+        &dir.join("data/transactions/part-00000.parquet"),
     ));
     let cc = tx.column_by_name("cc_num").unwrap();
     let mut v: Vec<i64> = cc

@@ -50,7 +50,7 @@ def duckdb_reference(data, spine):
 
 
 def test_training_set_equals_duckdb_asof(repo, server):
-    tx = pq.read_table(repo / "data" / "transactions.parquet")
+    tx = pq.read_table(repo / "data" / "transactions" / "part-00000.parquet")
     spine = tx.select(["trans_id", "cc_num", "merchant_id", "event_timestamp", "is_fraud"])
     spine = spine.append_column("rid", pa.array(range(spine.num_rows), pa.int64()))
     result = exchange(server, {"get_historical_features": {"feature_service": "fraud_v2"}}, spine)
@@ -73,7 +73,7 @@ def test_training_set_equals_duckdb_asof(repo, server):
 
 
 def test_full_feature_names_and_small_chunks(repo, server):
-    tx = pq.read_table(repo / "data" / "transactions.parquet").slice(0, 3000)
+    tx = pq.read_table(repo / "data" / "transactions" / "part-00000.parquet").slice(0, 3000)
     spine = tx.select(["cc_num", "event_timestamp"])
     cmd = {"get_historical_features": {"features": ["card_stats:avg_amt_1d", "customers"], "full_feature_names": True}}
     result = exchange(server, cmd, spine, chunk=7)

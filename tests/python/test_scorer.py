@@ -64,7 +64,7 @@ def trained(online_server, tmp_path_factory):
 
 
 def held_out(repo):
-    tx = pq.read_table(repo / "data" / "transactions.parquet")
+    tx = pq.read_table(repo / "data" / "transactions" / "part-00000.parquet")
     start = datetime(2026, 2, 8, tzinfo=timezone.utc)
     tx = tx.filter(pc.greater_equal(tx.column("event_timestamp"), pa.scalar(start, pa.timestamp("us", "UTC"))))
     rows = tx.select(["trans_id", "cc_num", "merchant_id", "amt", "lat", "lon", "event_timestamp"]).to_pylist()

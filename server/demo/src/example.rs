@@ -25,6 +25,30 @@ pub const MODEL_FEATURES: [&str; 11] = [
     "amt_over_merchant_avg",
 ];
 
+/// The features a model over `fraud_v4` uses: those of [`MODEL_FEATURES`], then
+/// the card's rolling windows and the request-time features over them.
+pub const MODEL_FEATURES_V4: [&str; 19] = [
+    "amt",
+    "avg_amt_1d",
+    "txn_count_1d",
+    "max_amt_1d",
+    "credit_limit",
+    "merchant_avg_amt_1d",
+    "distance_from_home_km",
+    "amt_over_avg_1d",
+    "amt_over_max_1d",
+    "amt_over_limit",
+    "amt_over_merchant_avg",
+    "txn_count_5m",
+    "amt_sum_1h",
+    "amt_avg_1d",
+    "amt_max_1d",
+    "amt_min_1h",
+    "merchants_1h",
+    "amt_over_avg_1d_window",
+    "spend_1h_over_avg_1d",
+];
+
 /// Writes the example repo's files into `dir` (created if needed), replacing any
 /// `quiver.yaml` and `features.yaml` there.
 ///

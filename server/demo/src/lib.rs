@@ -6,13 +6,17 @@
 //! ([`quiver_client::QuiverClient`]) and the scorer ([`quiver_score::Scorer`]).
 //!
 //! ```text
-//! datagen ─> apply ─> serve (in-process, replay clock)
-//!   ─> training set over Flight: transactions before the split x fraud_v3,
-//!      chargeback labels as of the split ─> train.parquet
+//! datagen (held-out days kept out of the source) ─> apply ─> serve (in-process, replay clock)
+//!   ─> training set over Flight: transactions before the split x fraud_v4 (rolling
+//!      windows included), chargeback labels as of the split ─> train.parquet
 //!   ─> gradient-boosted trees trained in Rust ─> model.json (XGBoost's format)
 //!   ─> each held-out day: materialize_incremental to its start, then replay its
-//!      transactions through quiver-score at 5,000/s ─> decisions.parquet + feature log
-//!   ─> report: precision, recall, AUC against the true labels; latency; throughput
+//!      transactions through quiver-score at 5,000/s, each pushed online before
+//!      its lookup ─> decisions.parquet + feature log; the day's transactions then
+//!      land offline in one push
+//!   ─> report: precision, recall, AUC against the true labels; latency; throughput;
+//!      skew: the served features (feature log) against a training-set retrieval
+//!      of the same transactions
 //! ```
 
 use std::path::Path;
@@ -26,9 +30,10 @@ use arrow::compute::{cast, filter_record_batch};
 use arrow::datatypes::{DataType, Float64Type, TimestampMicrosecondType};
 use parquet::arrow::ArrowWriter;
 use quiver_client::{
-    HistoricalFeaturesRequest, MaterializeIncrementalRequest, MaterializeRequest, QuiverClient,
+    HistoricalFeaturesRequest, MaterializeIncrementalRequest, MaterializeRequest, PushTo,
+    QuiverClient,
 };
-use quiver_score::config::{FeatureLog, Rules, ScorerConfig};
+use quiver_score::config::{FeatureLog, Push, Rules, ScorerConfig};
 use quiver_score::model::Model;
 use quiver_score::sink::{JsonLinesSink, MemorySink};
 use quiver_score::source::MemorySource;
@@ -38,7 +43,10 @@ use quiver_server::{datagen, Clock, FeatureStore, Repo};
 pub mod example;
 mod gbdt;
 
-use example::MODEL_FEATURES;
+use example::MODEL_FEATURES_V4 as MODEL_FEATURES;
+
+/// The feature service the demo trains and serves.
+const SERVICE: &str = "fraud_v4";
 
 const DAY_US: i64 = 86_400_000_000;
 /// Days of history; the last `HELD_OUT_DAYS` are replayed through the scorer.
@@ -119,10 +127,14 @@ pub async fn run(dir: &Path) -> Result<()> {
     let _ = std::fs::remove_dir_all(data.join("feature_logs"));
 
     say(format!("[1/8] generating fraud data in {}", data.display()));
+    let split_us = datagen::EPOCH_US + (DAYS - HELD_OUT_DAYS) * DAY_US;
     let options = datagen::Options {
         cards: 4000,
         days: DAYS as usize,
         fraud_card_rate: 0.08,
+        window_fraud_rate: 0.06,
+        // The held-out days arrive by push, as they would in production.
+        holdout_from: Some(split_us),
         ..Default::default()
     };
     let s = datagen::generate(&data, &options)?;
@@ -139,7 +151,6 @@ pub async fn run(dir: &Path) -> Result<()> {
         repo.config.project
     ));
 
-    let split_us = datagen::EPOCH_US + (DAYS - HELD_OUT_DAYS) * DAY_US;
     let clock = Arc::new(AtomicI64::new(split_us * 1000));
     say(format!(
         "[3/8] quiver serve on 127.0.0.1 (ephemeral port); the online clock replays from {}",
@@ -159,11 +170,11 @@ pub async fn run(dir: &Path) -> Result<()> {
     let mut client = QuiverClient::connect(addr.to_string()).await?;
 
     say(format!(
-        "[4/8] training set over Flight: transactions before {} x fraud_v3, chargebacks known then",
+        "[4/8] training set over Flight: transactions before {} x {SERVICE}, chargebacks known then",
         instant_ns(split_us)
     ));
     let started = Instant::now();
-    let request = HistoricalFeaturesRequest::for_service("fraud_v3")
+    let request = HistoricalFeaturesRequest::for_service(SERVICE)
         .with_labels(["chargebacks"], Some(&instant_ns(split_us)))
         .with_entity_sql(format!(
             "SELECT trans_id, cc_num, merchant_id, amt, lat, lon, event_timestamp FROM transactions \
@@ -237,14 +248,25 @@ pub async fn run(dir: &Path) -> Result<()> {
 
     let config = ScorerConfig {
         server: format!("http://{addr}"),
-        feature_service: "fraud_v3".into(),
+        feature_service: SERVICE.into(),
+        // Each transaction goes into the source (online) before its lookup, so its
+        // windows include it; the day's transactions land offline in one file after.
+        push: Some(Push {
+            source: "transactions".into(),
+            to: PushTo::Online,
+            columns: None,
+        }),
         model: model_path.display().to_string(),
         rules: Rules {
             review_at: 0.3,
             decline_at: 0.7,
         },
         feature_log: Some(FeatureLog {
-            url: data.join("feature_logs/fraud_v3").display().to_string(),
+            url: data
+                .join("feature_logs")
+                .join(SERVICE)
+                .display()
+                .to_string(),
             rows_per_file: 100_000,
         }),
         ..Default::default()
@@ -254,7 +276,7 @@ pub async fn run(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir.join("score"))?;
     std::fs::write(&scorer_yaml, serde_yaml::to_string(&config)?)?;
     let mut scorer = Scorer::connect(config.clone()).await?;
-    let path = data.join("transactions.parquet");
+    let path = data.join(datagen::HOLDOUT);
     let file =
         std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
     let tx = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?
@@ -268,7 +290,8 @@ pub async fn run(dir: &Path) -> Result<()> {
         .clone();
     say(format!(
         "[7/8] quiver-score: replaying {HELD_OUT_DAYS} held-out days at {REPLAY_RATE:.0} tx/s \
-         (each day: materialize_incremental to its start, then its transactions)"
+         (each day: materialize_incremental to its start, then its transactions, each pushed \
+         before its lookup; then the day lands offline)"
     ));
     let mut decisions = Vec::new();
     let mut replay = Vec::new();
@@ -286,7 +309,7 @@ pub async fn run(dir: &Path) -> Result<()> {
         let (sink, decided) = MemorySink::new();
         let report = scorer
             .run(
-                Box::new(MemorySource::new(vec![day_tx])),
+                Box::new(MemorySource::new(vec![day_tx.clone()])),
                 Box::new(sink),
                 RunOptions {
                     rate: Some(REPLAY_RATE),
@@ -297,6 +320,10 @@ pub async fn run(dir: &Path) -> Result<()> {
             .await?;
         replay.push(report);
         decisions.append(&mut decided.lock().unwrap_or_else(|e| e.into_inner()));
+        // The day's transactions land offline in one file (the scorer pushed them online).
+        client
+            .push("transactions", vec![day_tx], PushTo::Offline)
+            .await?;
     }
     let Some(first) = decisions.first() else {
         bail!("the held-out days had no transactions to score");
@@ -318,6 +345,8 @@ pub async fn run(dir: &Path) -> Result<()> {
     let held_out = filter_record_batch(&tx, &mask)?;
     let mut burst_config = config.clone();
     burst_config.feature_log = None;
+    // Lookups only: these transactions were pushed already.
+    burst_config.push = None;
     let mut burst_scorer = Scorer::connect(burst_config).await?;
     let burst = burst_scorer
         .run(
@@ -328,6 +357,7 @@ pub async fn run(dir: &Path) -> Result<()> {
         .await?;
 
     say("[8/8] report");
+    let skew = skew(&mut client, &data.join("feature_logs").join(SERVICE)).await?;
     let truth: std::collections::HashMap<&str, bool> = {
         let ids = held_out
             .column_by_name("trans_id")
@@ -409,11 +439,15 @@ pub async fn run(dir: &Path) -> Result<()> {
         "      burst (unpaced, same {} transactions): {:.0} tx/s, p50 {:.0} us (queueing included)",
         burst.scored, burst.throughput_per_s, burst.latency.p50_us
     ));
+    say(format!(
+        "      skew: {} transactions compared, {} served values against a training-set retrieval of the same transactions: {} differ ({} of them in windows)",
+        skew.transactions, skew.values, skew.differing, skew.differing_windows
+    ));
     say(format!("      one decision: {sample}"));
     say(format!(
         "      decisions -> {}; served features logged under {}",
         out.display(),
-        data.join("feature_logs/fraud_v3").display()
+        data.join("feature_logs").join(SERVICE).display()
     ));
     let _ = stop.send(());
     server.await??;
@@ -424,6 +458,98 @@ pub async fn run(dir: &Path) -> Result<()> {
         scorer_yaml.display()
     ));
     Ok(())
+}
+
+/// What the skew check found.
+struct Skew {
+    transactions: usize,
+    values: usize,
+    differing: usize,
+    differing_windows: usize,
+}
+
+/// Compares every served feature value in the feature log with a training-set
+/// retrieval of the same transactions (spine: the logged transactions at their
+/// own times): how many differ.
+async fn skew(client: &mut QuiverClient, log: &Path) -> Result<Skew> {
+    let mut logged = Vec::new();
+    for entry in
+        std::fs::read_dir(log).with_context(|| format!("no feature log at {}", log.display()))?
+    {
+        let file = std::fs::File::open(entry?.path())?;
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?
+            .build()?;
+        for b in reader {
+            logged.push(b?);
+        }
+    }
+    let Some(first) = logged.first() else {
+        bail!("the feature log is empty");
+    };
+    let logged = arrow::compute::concat_batches(&first.schema(), &logged)?;
+    let spine_columns = [
+        "trans_id",
+        "cc_num",
+        "merchant_id",
+        "amt",
+        "lat",
+        "lon",
+        "event_timestamp",
+    ];
+    let spine = logged.project(
+        &spine_columns
+            .iter()
+            .map(|c| {
+                logged
+                    .schema()
+                    .index_of(c)
+                    .with_context(|| format!("the feature log has no {c}"))
+            })
+            .collect::<Result<Vec<_>>>()?,
+    )?;
+    let request = HistoricalFeaturesRequest::for_service(SERVICE);
+    let offline = client
+        .get_historical_features(&request, vec![spine])
+        .await?;
+    let offline = arrow::compute::concat_batches(&offline[0].schema(), &offline)?;
+    let windows = [
+        "txn_count_5m",
+        "amt_sum_1h",
+        "amt_avg_1d",
+        "amt_max_1d",
+        "amt_min_1h",
+        "merchants_1h",
+        "amt_over_avg_1d_window",
+        "spend_1h_over_avg_1d",
+    ];
+    let mut out = Skew {
+        transactions: logged.num_rows(),
+        values: 0,
+        differing: 0,
+        differing_windows: 0,
+    };
+    let schema = offline.schema();
+    for f in schema.fields() {
+        if spine_columns.contains(&f.name().as_str()) {
+            continue;
+        }
+        let (Some(served), Some(trained)) = (
+            logged.column_by_name(f.name()),
+            offline.column_by_name(f.name()),
+        ) else {
+            continue;
+        };
+        for i in 0..logged.num_rows() {
+            out.values += 1;
+            if served.slice(i, 1).to_data() != trained.slice(i, 1).to_data() {
+                out.differing += 1;
+                if windows.contains(&f.name().as_str()) {
+                    out.differing_windows += 1;
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

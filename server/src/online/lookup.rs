@@ -24,7 +24,7 @@ impl OnlineStore {
     /// with metadata, per view its event timestamp and status.
     ///
     /// Aggregation views answer their windows at now, or per row at `as_of` (ns;
-    /// null = now) when given.
+    /// null = now) when given; ttls are judged at the same instant.
     pub(crate) fn lookup(
         &self,
         plan: &LookupPlan,
@@ -54,10 +54,9 @@ impl OnlineStore {
                     StringBuilder::with_capacity(rows, rows * 8),
                 )
             });
-            let min_event = v
-                .layout
-                .ttl
-                .map(|t| now.saturating_sub(t.as_nanos().min(i64::MAX as u128) as i64));
+            // Values older than the ttl, judged at each row's instant, are not served.
+            let ttl = (v.layout.ttl).map(|t| t.as_nanos().min(i64::MAX as u128) as i64);
+            let min_event = |row: usize| ttl.map(|t| at(row).saturating_sub(t));
             let prefix = v.layout.prefix();
             let kinds = v.layout.event_kinds();
             let mut row_value = |row: usize,
@@ -86,7 +85,7 @@ impl OnlineStore {
                     Some(value) => {
                         let (event, _) =
                             value_version(value).map_err(|e| Error::corrupt(&v.layout.name, e))?;
-                        if min_event.is_some_and(|m| event < m) {
+                        if min_event(row).is_some_and(|m| event < m) {
                             (OUTSIDE_MAX_AGE, Some(event))
                         } else {
                             let all_null =
@@ -443,6 +442,7 @@ feature_views:
                 key_count: 4,
                 ..Default::default()
             },
+            true,
         )
         .unwrap();
         for keys in [

@@ -369,11 +369,16 @@ impl OnlineStore {
     /// Writes `entries` (already filtered by [`Self::newer_only`]; an empty value
     /// deletes its key) and the view's new state in one synced write batch: all
     /// or nothing.
+    ///
+    /// With `sync`, the write is on disk (fsync) before this returns; without, it
+    /// is in RocksDB's write-ahead log in the OS's buffers: it survives the
+    /// process being killed, not the machine losing power.
     pub(crate) fn commit_batch(
         &self,
         layout: &ViewLayout,
         entries: &[(Vec<u8>, Vec<u8>)],
         state: &ViewState,
+        sync: bool,
     ) -> Result<()> {
         let mut batch = WriteBatch::default();
         for (k, v) in entries {
@@ -387,7 +392,7 @@ impl OnlineStore {
         }
         batch.put(meta_key(&layout.name), encode_state(state));
         let mut opts = WriteOptions::default();
-        opts.set_sync(true);
+        opts.set_sync(sync);
         self.db.write_opt(batch, &opts)?;
         debug!(view = %layout.name, keys = entries.len(), "committed write batch");
         Ok(())
@@ -453,7 +458,8 @@ mod tests {
             &[(1, 950, 10, Some(1.0), None), (2, 950, 10, Some(2.0), None)],
         );
         let (keep, _) = s.newer_only(&l, first.clone(), false).unwrap();
-        s.commit_batch(&l, &keep, &ViewState::default()).unwrap();
+        s.commit_batch(&l, &keep, &ViewState::default(), true)
+            .unwrap();
         // Older event, same version, and a later created time for the same event.
         let second = entries(
             &l,
@@ -489,7 +495,7 @@ mod tests {
             ..Default::default()
         };
         assert!(sb.view_is_empty(&l).unwrap());
-        sa.commit_batch(&l, &e, &state).unwrap();
+        sa.commit_batch(&l, &e, &state, true).unwrap();
         sb.commit_bulk(&l, e, &state).unwrap();
         assert!(!sb.view_is_empty(&l).unwrap());
         assert_eq!(sa.scan_view(&l).unwrap(), sb.scan_view(&l).unwrap());

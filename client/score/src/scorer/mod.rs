@@ -363,7 +363,11 @@ impl Scorer {
         let mut columns = Vec::new();
         for (f, c) in input.schema().fields().iter().zip(input.columns()) {
             let name = t.rename.get(f.name()).unwrap_or(f.name());
-            if push.columns.as_ref().is_some_and(|keep| !keep.contains(name)) {
+            if push
+                .columns
+                .as_ref()
+                .is_some_and(|keep| !keep.contains(name))
+            {
                 continue;
             }
             fields.push(f.as_ref().clone().with_name(name));
@@ -432,7 +436,12 @@ impl Scorer {
 
 /// `batch` with one more column.
 fn with_column(batch: &RecordBatch, name: &str, column: ArrayRef) -> Result<RecordBatch> {
-    let mut fields: Vec<Field> = batch.schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    let mut fields: Vec<Field> = batch
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.as_ref().clone())
+        .collect();
     fields.push(Field::new(name, column.data_type().clone(), true));
     let mut columns = batch.columns().to_vec();
     columns.push(column);
