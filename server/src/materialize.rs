@@ -343,17 +343,17 @@ pub(crate) fn fold_events(
 
 /// The new stored event logs of `logs`' entities: with `replace_until`, stored
 /// events after it plus the new ones (materialize rebuilds up to its end);
-/// without, stored events plus the new ones (a push). Events outside every window
-/// at `now` are dropped; an entity left with none is deleted (an empty value).
+/// without, stored events plus the new ones (a push). Events at or before
+/// `horizon` (outside every window from then on) are dropped; an entity left with
+/// none is deleted (an empty value).
 /// Returns the entries and the change in key count.
 pub(crate) fn merge_event_logs(
     online: &OnlineStore,
     layout: &ViewLayout,
     logs: EventLogs,
-    now: i64,
+    horizon: i64,
     replace_until: Option<i64>,
 ) -> Result<(Entries, i64)> {
-    let spec = layout.windows.as_ref().expect("aggregation view");
     let kinds = layout.event_kinds();
     let keys: Vec<&[u8]> = logs.keys().map(|k| k.as_ref()).collect();
     let stored = online.get_many(&keys)?;
@@ -371,7 +371,7 @@ pub(crate) fn merge_event_logs(
             }
         }
         ev.canonicalize();
-        ev.prune(now.saturating_sub(spec.longest));
+        ev.prune(horizon);
         let mut value = Vec::new();
         if ev.len() > 0 {
             ev.encode(&mut value);
@@ -646,7 +646,11 @@ impl Materializer {
         let layout2 = layout.clone();
         let old_count = state.as_ref().map_or(0, |s| s.key_count);
         let report = tokio::task::spawn_blocking(move || -> Result<MaterializeReport> {
-            let (entries, new_keys) = merge_event_logs(&online, &layout2, logs, now, Some(end))?;
+            // Events before the windows at min(now, end) are dropped: a run with an
+            // end in the past keeps what lookups as of that end need.
+            let horizon = now.min(end).saturating_sub(spec.longest);
+            let (entries, new_keys) =
+                merge_event_logs(&online, &layout2, logs, horizon, Some(end))?;
             let mut report = MaterializeReport {
                 view: layout2.name.clone(),
                 start: Some(format_instant(start)),

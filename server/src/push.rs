@@ -140,7 +140,7 @@ impl Materializer {
                     for b in &batches {
                         fold_events(&layout, &columns, b, &mut logs, Some(horizon))?;
                     }
-                    merge_event_logs(&online, &layout, logs, now, None)?
+                    merge_event_logs(&online, &layout, logs, horizon, None)?
                 }
                 None => {
                     let mut winners = Winners::new();

@@ -90,7 +90,7 @@ async fn online_answers_equal_point_in_time_rows_at_materialize_time() {
     let server = Server::start_online(dir.path(), t_us * 1000).await;
     let mut client = QuiverClient::connect(server.url()).await.unwrap();
     let reports = materialize_all(&mut client, t_us * 1000).await;
-    assert_eq!(reports.len(), 3, "{reports:?}");
+    assert_eq!(reports.len(), 4, "{reports:?}");
 
     let mut cards = distinct(&read(&dir.path().join("data/customers.parquet")), "cc_num");
     let never_written = [1i64, datagen::CARD_BASE + 1_000_000];

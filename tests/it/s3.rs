@@ -28,14 +28,29 @@ async fn upload(s3: &S3Server, local: &std::path::Path) {
         .with_allow_http(true)
         .build()
         .unwrap();
+    // Top-level files, and the files of folders (the transactions source).
+    let mut files = Vec::new();
     for entry in std::fs::read_dir(local).unwrap() {
         let path = entry.unwrap().path();
+        if path.is_dir() {
+            for inner in std::fs::read_dir(&path).unwrap() {
+                let inner = inner.unwrap().path();
+                let folder = path.file_name().unwrap().to_str().unwrap().to_string();
+                files.push((inner, Some(folder)));
+            }
+        } else {
+            files.push((path, None));
+        }
+    }
+    for (path, folder) in files {
         if path.extension().is_some_and(|e| e == "parquet") {
             let name = path.file_name().unwrap().to_str().unwrap();
             // card_stats goes into a folder of two files, to exercise prefixes.
             let bytes = std::fs::read(&path).unwrap();
             let key = if name == "card_stats.parquet" {
                 "fraud/card_stats/part-0.parquet".to_string()
+            } else if let Some(folder) = &folder {
+                format!("fraud/{folder}/{name}")
             } else {
                 format!("fraud/{name}")
             };
