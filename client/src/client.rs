@@ -178,8 +178,9 @@ impl QuiverClient {
     }
 
     /// Pushes rows of `source` (DoPut): its timestamp, the join keys and every
-    /// column a view over it reads. Returns once the server has made them durable
-    /// where `to` says; lookups see them from then on.
+    /// column a view over it reads. Returns once the server has written them where
+    /// `to` says (online: in RocksDB's write-ahead log; offline: whole Parquet
+    /// files); lookups see them from then on. No batches: nothing is sent.
     ///
     /// ```no_run
     /// # async fn run(batch: arrow::record_batch::RecordBatch) -> Result<(), quiver_client::Error> {
@@ -195,6 +196,9 @@ impl QuiverClient {
         batches: Vec<RecordBatch>,
         to: PushTo,
     ) -> Result<PushResult> {
+        if batches.is_empty() {
+            return Ok(PushResult::default());
+        }
         let cmd = Command::Push(PushRequest {
             source: source.into(),
             to,

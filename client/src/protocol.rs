@@ -436,7 +436,9 @@ pub struct PushRequest {
     pub to: PushTo,
 }
 
-/// The app_metadata JSON of DoPut's one PutResult, sent once the rows are durable.
+/// The app_metadata JSON of DoPut's one PutResult, sent once the rows are written
+/// (online: RocksDB's write-ahead log, which survives a killed server; offline:
+/// whole Parquet files).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PushResult {
     /// Rows received.

@@ -16,7 +16,7 @@
 //! `QUIVER_ONLINE_STORE_PATH`, `QUIVER_SERVER_ADDR`) > `quiver.yaml` > defaults.
 //! This module is the one place that reads `QUIVER_*` variables: [`Repo::load`],
 //! [`server_addr`] (for commands that may run without a repo) and [`now_override`]
-//! (`QUIVER_NOW`, the instant online ttls are judged at when replaying or testing).
+//! (`QUIVER_NOW`, the instant online ttls and windows are judged at when replaying or testing).
 //! S3 credentials, region and endpoint come from the standard `AWS_*` variables
 //! (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`, `AWS_ENDPOINT`,
 //! `AWS_ALLOW_HTTP`, ...) unless `offline_store` sets them.
@@ -423,8 +423,9 @@ pub fn server_addr(flag: Option<String>, dir: &Path) -> Result<String> {
     }
 }
 
-/// `QUIVER_NOW`: a fixed instant (ns since the epoch) to judge online ttls at,
-/// for replays and tests; `None` when unset (the system clock).
+/// `QUIVER_NOW`: a fixed instant (RFC 3339, returned in ns since the epoch) that
+/// `serve`, `materialize` and `push` take as now (online ttls and windows), for
+/// replays and tests; `None` when unset (the system clock).
 pub fn now_override() -> Result<Option<i64>> {
     match std::env::var("QUIVER_NOW") {
         Ok(v) if !v.trim().is_empty() => {

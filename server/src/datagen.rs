@@ -339,7 +339,8 @@ pub fn generate(dir: &Path, o: &Options) -> Result<Summary> {
             Field::new("lat", DataType::Float64, false),
             Field::new("lon", DataType::Float64, false),
             ts_field("event_timestamp", false),
-            Field::new("is_fraud", DataType::Boolean, false),
+            // Nullable: a transaction pushed at scoring time has no label yet.
+            Field::new("is_fraud", DataType::Boolean, true),
         ])),
         vec![
             Arc::new(StringArray::from_iter_values(

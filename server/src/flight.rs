@@ -647,6 +647,20 @@ impl FlightService for QuiverFlightService {
                     ))
                 }
             };
+            // A token restricted to services pushes only into sources whose every
+            // view its services serve.
+            call.check_services(None, |allowed| {
+                let registry = self.catalog.registry();
+                let views: Vec<String> = (registry.definitions.feature_views.iter())
+                    .filter(|v| v.source == req.source)
+                    .map(|v| v.name.clone())
+                    .collect();
+                if views.is_empty() {
+                    return Ok(false);
+                }
+                (registry.refs_within_services(&views, allowed))
+                    .map_err(|e| Status::from(catalog::Error::from(e)))
+            })?;
             let mut decoder =
                 FlightRecordBatchStream::new_from_flight_data(data_messages(first, input));
             let mut rows = self.offline.push_buffer(self.gate.limits().max_push_rows);
@@ -661,7 +675,6 @@ impl FlightService for QuiverFlightService {
                 .materializer
                 .push(&req.source, req.to, &schema, rows.into_batches())
                 .await?;
-            call.add_rows(result.rows as usize);
             let put = PutResult {
                 app_metadata: serde_json::to_vec(&result).expect("serializes").into(),
             };

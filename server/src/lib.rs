@@ -33,6 +33,7 @@
 
 pub mod auth;
 mod catalog;
+mod columns;
 pub mod config;
 pub mod datagen;
 pub mod error;

@@ -8,7 +8,9 @@
 //!                └─ view empty and large: one SST (data + ViewState), ingested
 //! ```
 //!
-//! Memory is bounded by the number of distinct entities in the window, not by rows.
+//! Memory is bounded by the number of distinct entities in the window, not by rows;
+//! for an aggregation view, by the events within its longest window before the
+//! end (each entity's event log is rebuilt: see [`crate::windows`]).
 //! Every run commits a view's data together with its new watermark; a run killed
 //! at any instant leaves the old or the new state of the view, never a mix, and a
 //! value only ever replaces an older one, so reruns, overlapping and concurrent

@@ -51,7 +51,7 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 
-use crate::online::encoding::ColumnBuilder;
+use crate::columns::ColumnBuilder;
 use crate::windows::{Events, WindowSpec};
 
 /// Right batches the merge may hold before it flushes the output it has so far.

@@ -17,9 +17,8 @@
 //! materialized again) instead of misreading bytes.
 
 use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, BooleanBuilder, Float32Array, Float32Builder,
-    Float64Array, Float64Builder, Int32Array, Int32Builder, Int64Array, Int64Builder, StringArray,
-    StringBuilder,
+    Array, ArrayRef, AsArray, BooleanArray, Float32Array, Float64Array, Int32Array, Int64Array,
+    StringArray,
 };
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Float32Type, Float64Type, Int32Type, Int64Type};
@@ -30,11 +29,10 @@ pub(crate) const DATA_PREFIX: u8 = b'd';
 /// First byte of every meta key.
 pub(crate) const META_PREFIX: u8 = b'm';
 const VERSION: u8 = 1;
-/// `created ns` of a row without a created timestamp.
-pub(crate) const NO_CREATED: i64 = i64::MIN;
 /// Bytes before the null bitmap.
 pub(crate) const HEADER_LEN: usize = 17;
 
+pub(crate) use crate::columns::{ColumnBuilder, CorruptValue, NO_CREATED};
 pub(crate) use crate::keys::KeyType;
 
 /// 64-bit FNV-1a: a stable hash (unlike std's) for view fingerprints.
@@ -228,11 +226,6 @@ pub(crate) fn encode_value(
     }
 }
 
-/// A stored value that does not decode.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("corrupt online value: {0}")]
-pub(crate) struct CorruptValue(pub &'static str);
-
 /// `(event ns, created ns)` of a stored value: what newer-only writes compare.
 pub(crate) fn value_version(value: &[u8]) -> Result<(i64, i64), CorruptValue> {
     if value.len() < HEADER_LEN || value[0] != VERSION {
@@ -241,23 +234,6 @@ pub(crate) fn value_version(value: &[u8]) -> Result<(i64, i64), CorruptValue> {
     let event = i64::from_le_bytes(value[1..9].try_into().expect("8 bytes"));
     let created = i64::from_le_bytes(value[9..17].try_into().expect("8 bytes"));
     Ok((event, created))
-}
-
-/// Builds one output column from decoded values.
-#[derive(Debug)]
-pub(crate) enum ColumnBuilder {
-    /// int32
-    I32(Int32Builder),
-    /// int64 and timestamps (cast to the target type at the end)
-    I64(Int64Builder),
-    /// float32
-    F32(Float32Builder),
-    /// float64
-    F64(Float64Builder),
-    /// bool
-    Bool(BooleanBuilder),
-    /// strings (cast to the target type at the end)
-    Str(StringBuilder),
 }
 
 /// How a stored feature of type `t` is laid out.
@@ -279,71 +255,14 @@ pub(crate) fn width(t: &DataType) -> Width {
     }
 }
 
-impl ColumnBuilder {
-    /// A builder for `rows` values of type `t`.
-    pub(crate) fn new(t: &DataType, rows: usize) -> Self {
-        match t {
-            DataType::Int32 => ColumnBuilder::I32(Int32Builder::with_capacity(rows)),
-            DataType::Float32 => ColumnBuilder::F32(Float32Builder::with_capacity(rows)),
-            DataType::Float64 => ColumnBuilder::F64(Float64Builder::with_capacity(rows)),
-            DataType::Boolean => ColumnBuilder::Bool(BooleanBuilder::with_capacity(rows)),
-            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => {
-                ColumnBuilder::Str(StringBuilder::with_capacity(rows, rows * 8))
-            }
-            _ => ColumnBuilder::I64(Int64Builder::with_capacity(rows)),
-        }
-    }
 
-    /// Appends a null.
-    pub(crate) fn append_null(&mut self) {
-        match self {
-            ColumnBuilder::I32(b) => b.append_null(),
-            ColumnBuilder::I64(b) => b.append_null(),
-            ColumnBuilder::F32(b) => b.append_null(),
-            ColumnBuilder::F64(b) => b.append_null(),
-            ColumnBuilder::Bool(b) => b.append_null(),
-            ColumnBuilder::Str(b) => b.append_null(),
-        }
-    }
-
-    /// Appends an integer computed by a window, or null if it does not fit the
-    /// column's type (floats take it as f64).
-    pub(crate) fn append_int(&mut self, v: i128) {
-        match self {
-            ColumnBuilder::I32(b) => b.append_option(i32::try_from(v).ok()),
-            ColumnBuilder::I64(b) => b.append_option(i64::try_from(v).ok()),
-            ColumnBuilder::F32(b) => b.append_value(v as f32),
-            ColumnBuilder::F64(b) => b.append_value(v as f64),
-            _ => self.append_null(),
-        }
-    }
-
-    /// Appends a float computed by a window (to a float32 column, rounded).
-    pub(crate) fn append_float(&mut self, v: f64) {
-        match self {
-            ColumnBuilder::F32(b) => b.append_value(v as f32),
-            ColumnBuilder::F64(b) => b.append_value(v),
-            _ => self.append_null(),
-        }
-    }
-
-    /// Appends a string computed by a window.
-    pub(crate) fn append_str(&mut self, v: &str) {
-        match self {
-            ColumnBuilder::Str(b) => b.append_value(v),
-            _ => self.append_null(),
-        }
-    }
-
-    /// Appends a boolean computed by a window.
-    pub(crate) fn append_bool(&mut self, v: bool) {
-        match self {
-            ColumnBuilder::Bool(b) => b.append_value(v),
-            _ => self.append_null(),
-        }
-    }
-
+/// Appending a stored value's bytes to a builder (what lookups decode with).
+pub(crate) trait AppendStored {
     /// Appends a value from its stored bytes (already sized by [`width`]).
+    fn append_bytes(&mut self, bytes: &[u8]) -> Result<(), CorruptValue>;
+}
+
+impl AppendStored for ColumnBuilder {
     fn append_bytes(&mut self, bytes: &[u8]) -> Result<(), CorruptValue> {
         let fixed = |n: usize| -> Result<&[u8], CorruptValue> {
             bytes.get(..n).ok_or(CorruptValue("truncated feature"))
@@ -367,23 +286,6 @@ impl ColumnBuilder {
             ),
         }
         Ok(())
-    }
-
-    /// Finishes the column as type `t`.
-    pub(crate) fn finish(&mut self, t: &DataType) -> Result<ArrayRef, ArrowError> {
-        let a: ArrayRef = match self {
-            ColumnBuilder::I32(b) => std::sync::Arc::new(b.finish()),
-            ColumnBuilder::I64(b) => std::sync::Arc::new(b.finish()),
-            ColumnBuilder::F32(b) => std::sync::Arc::new(b.finish()),
-            ColumnBuilder::F64(b) => std::sync::Arc::new(b.finish()),
-            ColumnBuilder::Bool(b) => std::sync::Arc::new(b.finish()),
-            ColumnBuilder::Str(b) => std::sync::Arc::new(b.finish()),
-        };
-        if a.data_type() == t {
-            Ok(a)
-        } else {
-            cast(&a, t)
-        }
     }
 }
 

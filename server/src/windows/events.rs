@@ -15,7 +15,7 @@ use arrow::array::{Array, ArrayRef, AsArray};
 use arrow::datatypes::{Float64Type, Int64Type};
 
 use super::ValueKind;
-use crate::online::encoding::{CorruptValue, NO_CREATED};
+use crate::columns::{CorruptValue, NO_CREATED};
 
 const STATE_VERSION: u8 = 2;
 

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use arrow::datatypes::{DataType, Schema};
 
 pub(crate) use self::events::{Events, Values};
-use crate::online::encoding::ColumnBuilder;
+use crate::columns::ColumnBuilder;
 use crate::registry::{AggFunction, Dtype, FeatureView};
 
 /// How the values of an aggregated column are held.

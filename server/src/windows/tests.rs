@@ -4,7 +4,7 @@ use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, StringArr
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema};
 
 use super::*;
-use crate::online::encoding::ColumnBuilder;
+use crate::columns::ColumnBuilder;
 use crate::registry::Registry;
 
 const MIN: i64 = 60_000_000_000;
