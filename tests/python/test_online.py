@@ -22,7 +22,7 @@ def do_get(client, command):
 def materialized(online_server):
     client = flight.FlightClient(online_server)
     reports = action(client, "materialize", {"start": "2025-01-01T00:00:00Z", "end": ONLINE_NOW})
-    assert sorted(r["view"] for r in reports) == ["card_stats", "customers", "merchant_stats"]
+    assert sorted(r["view"] for r in reports) == ["card_stats", "card_txn_windows", "customers", "merchant_stats"]
     assert all(r["rows_read"] > 0 and r["keys_written"] > 0 for r in reports)
     return client
 
@@ -110,5 +110,5 @@ def test_bad_lookups_are_clear_errors(materialized):
     with pytest.raises(pa.ArrowInvalid, match="is not an integer"):
         do_get(materialized, {"get_online_features": {"feature_service": "fraud_v1", "entities": {"cc_num": ["abc"]}}})
     status = action(materialized, "status", {})
-    assert {s["view"] for s in status} == {"card_stats", "customers", "merchant_stats"}
+    assert {s["view"] for s in status} == {"card_stats", "card_txn_windows", "customers", "merchant_stats"}
     assert all(s["watermark"].startswith("2026-02-10T12:00:00") for s in status)
