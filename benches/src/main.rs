@@ -5,6 +5,7 @@
 //! quiver-bench historical [--cards 100000] [--days 20] [--spine-rows 1000000]
 //! quiver-bench online     [--cards 100000] [--days 20] [--requests 5000] [--feast PATH]
 //! quiver-bench score      [--cards 20000] [--days 10] [--rates 5000,20000] [--seconds 15]
+//! quiver-bench fresh      [--cards 100000] [--events 20000000] [--spine-rows 1000000]
 //! ```
 //! generates a daily card_stats view (cards x days rows, ttl 2d, ties and nulls), a
 //! static customers view (90% of cards) and a spine, starts `quiver serve` (the
@@ -31,6 +32,7 @@ use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
 use quiver_client::{HistoricalFeaturesRequest, QuiverClient};
 
+mod fresh;
 mod online;
 mod score;
 
@@ -72,6 +74,8 @@ enum Bench {
     Online(online::OnlineArgs),
     /// The streaming scorer: paced latency and unpaced throughput vs a lookup-only floor.
     Score(score::ScoreArgs),
+    /// Rolling windows and push: training set vs DuckDB, lookups, freshness, push throughput.
+    Fresh(fresh::FreshArgs),
     /// (internal) The floor server the online benchmark compares against.
     #[command(hide = true)]
     FloorServer {
@@ -485,6 +489,7 @@ async fn main() -> Result<()> {
         } => historical(cards, days, spine_rows, dir, python, no_duckdb).await,
         Bench::Online(args) => online::online(args).await,
         Bench::Score(args) => score::score(args).await,
+        Bench::Fresh(args) => fresh::fresh(args).await,
         Bench::FloorServer { dir, cards } => online::floor_server(&dir, cards).await,
     }
 }

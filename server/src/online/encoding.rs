@@ -255,7 +255,6 @@ pub(crate) fn width(t: &DataType) -> Width {
     }
 }
 
-
 /// Appending a stored value's bytes to a builder (what lookups decode with).
 pub(crate) trait AppendStored {
     /// Appends a value from its stored bytes (already sized by [`width`]).
