@@ -303,7 +303,7 @@ pub fn generate(dir: &Path, o: &Options) -> Result<Summary> {
         }
     }
     // Window-only patterns, from their own RNG so the data above stays as it was.
-    let mut wrng = StdRng::seed_from_u64(o.seed ^ 0x5eed_0f_71d0);
+    let mut wrng = StdRng::seed_from_u64(o.seed ^ 0x005e_ed0f_71d0);
     for (i, &(hlat, hlon)) in homes.iter().enumerate() {
         if wrng.random::<f64>() >= o.window_fraud_rate {
             continue;

@@ -263,21 +263,16 @@ impl OfflineStore {
         }
         let ttl = v.view.ttl.map(|t| t.as_nanos());
         // Aggregation views: the selected windows, under their output names.
-        let windows = match catalog.window_spec(&v.view.name)? {
-            Some(spec) => Some(
-                spec.select(
-                    &(v.features.iter())
-                        .map(|s| {
-                            (
-                                s.feature.aggregation.expect("aggregation view"),
-                                s.output.clone(),
-                            )
-                        })
-                        .collect::<Vec<_>>(),
-                ),
-            ),
-            None => None,
-        };
+        let windows = catalog.window_spec(&v.view.name)?.map(|spec| {
+            spec.select(
+                &(v.features.iter())
+                    .map(|s| {
+                        let i = s.feature.aggregation.expect("aggregation view");
+                        (i, s.output.clone())
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        });
         // How far before the earliest spine row events still matter.
         let lookback = windows.as_ref().map(|w| w.longest).or(ttl);
         let mut df = self.context().table(source.name.as_str()).await?;

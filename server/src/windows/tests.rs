@@ -44,7 +44,9 @@ feature_views:
 }
 
 /// (minute, amt, merchant, i)
-fn events(spec: &WindowSpec, rows: &[(i64, Option<f64>, Option<&str>, Option<i64>)]) -> Events {
+type Row<'a> = (i64, Option<f64>, Option<&'a str>, Option<i64>);
+
+fn events(spec: &WindowSpec, rows: &[Row<'_>]) -> Events {
     let cols: Vec<ArrayRef> = vec![
         Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.1))),
         Arc::new(StringArray::from_iter(rows.iter().map(|r| r.2))),
