@@ -9,15 +9,17 @@
 //! Layering, top to bottom, with no import running back up:
 //!
 //! ```text
-//! feature_store (the front door: open, apply, materialize, status, serve)
+//! feature_store (the front door: open, apply, materialize, push, status, serve)
 //!   ─> transport (TLS, connections, health, metrics port, drain)
 //!     ─> flight (decode, call, encode, map errors) ─> gate (tokens, roles, slots,
-//!        deadlines, panics, metrics) ─> auth, metrics; ipc_check; online_query, materialize
-//!     ─> catalog (registry + source schemas + compiled on-demand features: resolution,
-//!        spine checks, descriptions), offline (historical, pit, window), online (store,
-//!        lookup, encoding)
-//!       ─> registry ─> config; error, keys, instant, redact and datagen are leaves
-//!         └── quiver_client::protocol (wire types) under all of them
+//!        deadlines, panics, metrics) ─> auth, metrics; ipc_check; online_query;
+//!        push ─> materialize (the writes into the online store)
+//!     ─> catalog (registry + source schemas + compiled on-demand features and
+//!        windows: resolution, spine checks, descriptions), offline (historical,
+//!        pit, window), online (store, lookup, encoding)
+//!       ─> windows (rolling-window arithmetic, one implementation for both sides)
+//!         ─> registry ─> config; columns, error, keys, instant, redact and datagen are leaves
+//!           └── quiver_client::protocol (wire types) under all of them
 //! ```
 //!
 //! ```no_run

@@ -273,6 +273,17 @@ pub(crate) fn fold_batch(
     Ok(())
 }
 
+/// How far before `now - longest window` events are still kept online: lookups
+/// with an `as_of_column` up to this much behind the server's clock (a scorer's
+/// lag) still see every event of their windows.
+pub(crate) const LATE_GRACE_NANOS: i64 = 5 * 60 * 1_000_000_000;
+
+/// The instant at or before which events can be in no window answered from `at`
+/// on (or up to [`LATE_GRACE_NANOS`] before it).
+pub(crate) fn horizon(at: i64, longest: i64) -> i64 {
+    at.saturating_sub(longest).saturating_sub(LATE_GRACE_NANOS)
+}
+
 /// Events per entity key (encoded data key) of an aggregation view.
 pub(crate) type EventLogs = HashMap<Box<[u8]>, Events>;
 
@@ -357,7 +368,8 @@ pub(crate) fn merge_event_logs(
     replace_until: Option<i64>,
 ) -> Result<(Entries, i64)> {
     let kinds = layout.event_kinds();
-    let keys: Vec<&[u8]> = logs.keys().map(|k| k.as_ref()).collect();
+    let logs: Vec<(Box<[u8]>, Events)> = logs.into_iter().collect();
+    let keys: Vec<&[u8]> = logs.iter().map(|(k, _)| k.as_ref()).collect();
     let stored = online.get_many(&keys)?;
     let mut entries = Vec::with_capacity(logs.len());
     let mut delta = 0i64;
@@ -502,8 +514,9 @@ impl Materializer {
         progress: &dyn Progress,
     ) -> Result<MaterializeReport> {
         let started = Instant::now();
-        let lock = self.online.view_lock(&layout.name);
-        let _guard = lock.lock().await;
+        // Owned, and moved into the blocking write below: a dropped call (deadline,
+        // client gone) must not free the view while its write still runs.
+        let guard = self.online.view_lock(&layout.name).lock_owned().await;
         let state = self.online.view_state(layout)?;
         let replace = matches!(window, Window::Replace { .. });
         let (start, end) = match window {
@@ -520,7 +533,7 @@ impl Materializer {
         };
         if layout.windows.is_some() {
             return self
-                .run_windows(layout, state, end, progress, started)
+                .run_windows(layout, state, end, progress, started, guard)
                 .await;
         }
         progress.view_started(&layout.name, start, end);
@@ -567,6 +580,7 @@ impl Materializer {
         let layout2 = layout.clone();
         let bulk_min = self.options.bulk_min_keys;
         let report = tokio::task::spawn_blocking(move || -> Result<MaterializeReport> {
+            let _guard = guard;
             let mut report = report;
             if !replace && entries.len() >= bulk_min && online.view_is_empty(&layout2)? {
                 report.mode = "bulk".into();
@@ -606,9 +620,12 @@ impl Materializer {
         end: i64,
         progress: &dyn Progress,
         started: Instant,
+        guard: tokio::sync::OwnedMutexGuard<()>,
     ) -> Result<MaterializeReport> {
         let spec = layout.windows.clone().expect("aggregation view");
-        let start = end.saturating_sub(spec.longest);
+        // What lookups at min(now, end), or up to LATE_GRACE before, can need.
+        let now = self.online.now_nanos();
+        let start = horizon(now.min(end), spec.longest);
         progress.view_started(&layout.name, Some(start), end);
         let (columns, streams) = self
             .offline
@@ -643,16 +660,13 @@ impl Materializer {
         }
         let rows_read = rows.load(Ordering::Relaxed);
         progress.rows_read(&layout.name, rows_read);
-        let now = self.online.now_nanos();
         let online = self.online.clone();
         let layout2 = layout.clone();
         let old_count = state.as_ref().map_or(0, |s| s.key_count);
         let report = tokio::task::spawn_blocking(move || -> Result<MaterializeReport> {
-            // Events before the windows at min(now, end) are dropped: a run with an
-            // end in the past keeps what lookups as of that end need.
-            let horizon = now.min(end).saturating_sub(spec.longest);
-            let (entries, new_keys) =
-                merge_event_logs(&online, &layout2, logs, horizon, Some(end))?;
+            let _guard = guard;
+            // A run with an end in the past keeps what lookups as of that end need.
+            let (entries, new_keys) = merge_event_logs(&online, &layout2, logs, start, Some(end))?;
             let mut report = MaterializeReport {
                 view: layout2.name.clone(),
                 start: Some(format_instant(start)),

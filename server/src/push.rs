@@ -28,10 +28,12 @@ use tracing::info;
 use crate::catalog::column_list;
 use crate::keys::KeyType;
 use crate::materialize::{
-    fold_batch, fold_events, merge_event_logs, Error, EventLogs, Materializer, Result, Winners,
+    fold_batch, fold_events, horizon, merge_event_logs, Error, EventLogs, Materializer, Result,
+    Winners,
 };
 use crate::offline::window::WindowColumns;
-use crate::online::{ViewLayout, ViewState};
+use crate::online::encoding::KeyColumn;
+use crate::online::{OnlineStore, ViewLayout, ViewState};
 
 impl Materializer {
     /// Pushes `batches` (of `schema`) into `source`: see the module docs.
@@ -81,15 +83,14 @@ impl Materializer {
             keys.extend(l.join_keys.iter().map(|k| k.0.clone()));
             required.extend(c.join_keys.iter().chain(&c.features).cloned());
         }
-        let batches = conform(
-            source,
-            &target,
-            schema,
-            &required,
-            &keys,
-            &src.timestamp_field,
-            batches,
-        )?;
+        let shape = Shape {
+            target: &target,
+            required: &required,
+            keys: &keys,
+            timestamp: &src.timestamp_field,
+            created: src.created_timestamp_field.as_ref(),
+        };
+        let batches = conform(source, shape, schema, batches)?;
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         let mut result = PushResult {
             rows: rows as u64,
@@ -98,13 +99,20 @@ impl Materializer {
         if rows == 0 {
             return Ok(result);
         }
+        // Every view over the source is locked, in name order, before anything is
+        // written: a materialize listing the folder cannot see this push's file
+        // and then have its events added online a second time.
+        let mut names: Vec<&str> = views.iter().map(|(l, _)| l.name.as_str()).collect();
+        names.sort_unstable();
+        let mut guards = Vec::with_capacity(names.len());
+        for n in names {
+            guards.push(self.online().view_lock(n).lock_owned().await);
+        }
         if to.offline() {
             result.offline_files = self.offline().write_push(source, &batches).await?;
         }
         if to.online() {
-            for (layout, columns) in &views {
-                result.online_keys += self.push_view(layout, columns, &batches).await?;
-            }
+            result.online_keys = self.push_online(views, batches, guards).await?;
         }
         info!(
             source,
@@ -116,59 +124,73 @@ impl Materializer {
         Ok(result)
     }
 
-    /// Writes pushed rows into one view's online state; returns the keys written.
-    async fn push_view(
+    /// Writes pushed rows into every view's online state, in one blocking task
+    /// that owns the views' locks (a dropped call cannot free them while it
+    /// writes); returns the keys written.
+    async fn push_online(
         &self,
-        layout: &Arc<ViewLayout>,
-        columns: &WindowColumns,
-        batches: &[RecordBatch],
+        views: Vec<(Arc<ViewLayout>, WindowColumns)>,
+        batches: Vec<RecordBatch>,
+        guards: Vec<tokio::sync::OwnedMutexGuard<()>>,
     ) -> Result<u64> {
-        let lock = self.online().view_lock(&layout.name);
-        let _guard = lock.lock().await;
         let online = self.online().clone();
-        let (layout, columns, batches) = (layout.clone(), columns.clone(), batches.to_vec());
         tokio::task::spawn_blocking(move || -> Result<u64> {
-            let state = online.view_state(&layout)?.unwrap_or(ViewState {
-                fingerprint: layout.fingerprint,
-                ..Default::default()
-            });
-            let (entries, delta) = match &layout.windows {
-                Some(spec) => {
-                    let now = online.now_nanos();
-                    let horizon = now.saturating_sub(spec.longest);
-                    let mut logs = EventLogs::new();
-                    for b in &batches {
-                        fold_events(&layout, &columns, b, &mut logs, Some(horizon))?;
-                    }
-                    merge_event_logs(&online, &layout, logs, horizon, None)?
-                }
-                None => {
-                    let mut winners = Winners::new();
-                    for b in &batches {
-                        fold_batch(&layout, &columns, b, &mut winners)?;
-                    }
-                    let entries = winners
-                        .into_iter()
-                        .map(|(k, (_, v))| (k.into_vec(), v))
-                        .collect();
-                    let (keep, new_keys) = online.newer_only(&layout, entries, false)?;
-                    (keep, new_keys as i64)
-                }
-            };
-            if entries.is_empty() {
-                return Ok(0);
+            let _guards = guards;
+            let mut written = 0;
+            for (layout, columns) in &views {
+                written += push_view(&online, layout, columns, &batches)?;
             }
-            let state = ViewState {
-                key_count: (state.key_count as i64 + delta).max(0) as u64,
-                ..state
-            };
-            // No fsync per push: the WAL survives a killed process (see docs/push.md).
-            online.commit_batch(&layout, &entries, &state, false)?;
-            Ok(entries.len() as u64)
+            Ok(written)
         })
         .await
         .map_err(|e| Error::Worker(e.to_string()))?
     }
+}
+
+/// Writes pushed rows into one view's online state (its lock held by the caller);
+/// returns the keys written.
+fn push_view(
+    online: &OnlineStore,
+    layout: &ViewLayout,
+    columns: &WindowColumns,
+    batches: &[RecordBatch],
+) -> Result<u64> {
+    let state = online.view_state(layout)?.unwrap_or(ViewState {
+        fingerprint: layout.fingerprint,
+        ..Default::default()
+    });
+    let (entries, delta) = match &layout.windows {
+        Some(spec) => {
+            let horizon = horizon(online.now_nanos(), spec.longest);
+            let mut logs = EventLogs::new();
+            for b in batches {
+                fold_events(layout, columns, b, &mut logs, Some(horizon))?;
+            }
+            merge_event_logs(online, layout, logs, horizon, None)?
+        }
+        None => {
+            let mut winners = Winners::new();
+            for b in batches {
+                fold_batch(layout, columns, b, &mut winners)?;
+            }
+            let entries = winners
+                .into_iter()
+                .map(|(k, (_, v))| (k.into_vec(), v))
+                .collect();
+            let (keep, new_keys) = online.newer_only(layout, entries, false)?;
+            (keep, new_keys as i64)
+        }
+    };
+    if entries.is_empty() {
+        return Ok(0);
+    }
+    let state = ViewState {
+        key_count: (state.key_count as i64 + delta).max(0) as u64,
+        ..state
+    };
+    // No fsync per push: the WAL survives a killed process (see docs/push.md).
+    online.commit_batch(layout, &entries, &state, false)?;
+    Ok(entries.len() as u64)
 }
 
 /// Whether a pushed column of type `from` may be stored as `to` (when its values
@@ -187,18 +209,32 @@ fn same_family(from: &DataType, to: &DataType) -> bool {
         || (family(from) == 1 && family(to) == 2)
 }
 
+/// What pushed rows must look like: the source's schema, the columns a row must
+/// carry, the join keys and the timestamp columns.
+struct Shape<'a> {
+    target: &'a SchemaRef,
+    required: &'a [String],
+    keys: &'a [String],
+    timestamp: &'a str,
+    created: Option<&'a String>,
+}
+
 /// Checks pushed batches against the source's schema and returns them in it:
 /// every column known to the source and of a compatible type, every `required`
 /// column present, no null timestamp or key; absent columns are null.
 fn conform(
     source: &str,
-    target: &SchemaRef,
+    shape: Shape<'_>,
     schema: &Schema,
-    required: &[String],
-    keys: &[String],
-    timestamp: &str,
     batches: Vec<RecordBatch>,
 ) -> Result<Vec<RecordBatch>> {
+    let Shape {
+        target,
+        required,
+        keys,
+        timestamp,
+        created,
+    } = shape;
     let bad = |m: String| Error::Invalid(format!("push to {source:?}: {m}"));
     for f in schema.fields() {
         let Ok(t) = target.field_with_name(f.name()) else {
@@ -262,6 +298,21 @@ fn conform(
                     "{what} column {:?} has {nulls} null values; every pushed row needs its {what}",
                     t.name()
                 )));
+            }
+            // What the online path will convert, checked before anything is written.
+            if t.name() == timestamp || created == Some(t.name()) {
+                crate::instant::timestamp_nanos(c)
+                    .map_err(|e| bad(format!("timestamp column {:?}: {e}", t.name())))?;
+            }
+            if keys.contains(t.name()) {
+                if let Some(kind) = KeyType::of(t.data_type()) {
+                    KeyColumn::new(c, kind).map_err(|e| {
+                        bad(format!(
+                            "join key {:?} cannot be read as {kind:?}: {e}",
+                            t.name()
+                        ))
+                    })?;
+                }
             }
             if nulls > 0 && !t.is_nullable() {
                 return Err(bad(format!(

@@ -437,6 +437,14 @@ async fn pushes_are_checked_whole_newer_only_and_visible_at_once() {
         cols[1] = Arc::new(TimestampMicrosecondArray::from(vec![None::<i64>]).with_timezone("UTC"));
         RecordBatch::try_new(good.schema(), cols).unwrap()
     };
+    // 2300-01-01 fits microseconds, not nanoseconds since 1970: refused before any write.
+    let far = {
+        let mut cols = good.columns().to_vec();
+        cols[1] = Arc::new(
+            TimestampMicrosecondArray::from(vec![10_413_792_000_000_000i64]).with_timezone("UTC"),
+        );
+        RecordBatch::try_new(good.schema(), cols).unwrap()
+    };
     let unknown = {
         let mut fields: Vec<Field> = good
             .schema()
@@ -459,6 +467,7 @@ async fn pushes_are_checked_whole_newer_only_and_visible_at_once() {
             "timestamp column \"ts\" has 1 null",
         ),
         (vec![unknown], "\"surprise\" is not a column of the source"),
+        (vec![far], "timestamp column \"ts\""),
     ] {
         let e = client
             .push("tx", batches, PushTo::OnlineAndOffline)

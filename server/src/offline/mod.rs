@@ -490,10 +490,13 @@ impl OfflineStore {
         let now = chrono::Utc::now();
         for body in bodies {
             let seq = PUSH_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Time, process, sequence and a random part: two servers writing one
+            // prefix (containers all with pid 1) never pick the same name.
             let name = format!(
-                "push-{}-{}-{seq:06}.parquet",
+                "push-{}-{}-{seq:06}-{:08x}.parquet",
                 now.format("%Y%m%dT%H%M%S%.9fZ"),
-                std::process::id()
+                std::process::id(),
+                rand::random::<u32>()
             );
             let path = folder.clone().join(name.as_str());
             self.store

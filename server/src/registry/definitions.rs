@@ -279,13 +279,15 @@ impl FeatureView {
         if !self.is_aggregation() {
             return;
         }
-        self.features = (self.aggregations.iter().enumerate())
-            .map(|(i, a)| Feature {
+        // Declared features stay, so validation can refuse them by name.
+        self.features.retain(|f| f.aggregation.is_none());
+        self.features.extend(
+            (self.aggregations.iter().enumerate()).map(|(i, a)| Feature {
                 name: a.output_name(),
                 dtype: a.fixed_dtype().unwrap_or(Dtype::Float64),
                 aggregation: Some(i),
-            })
-            .collect();
+            }),
+        );
     }
 }
 

@@ -203,3 +203,29 @@ fn created_cutoff_prune_and_bytes() {
     assert_eq!(p.len(), 1);
     assert_eq!(ev.after(2 * MIN).len(), 0);
 }
+
+#[test]
+fn declared_features_beside_aggregations_are_refused() {
+    let defs = r#"
+entities: [{ name: card, join_keys: [cc] }]
+sources: [{ name: tx, path: tx/, timestamp_field: ts }]
+feature_views:
+  - name: w
+    entities: [card]
+    source: tx
+    features: [{ name: amt, dtype: float64 }]
+    aggregations: [{ column: amt, function: count, window: 5m }]
+"#;
+    let e = Registry::from_files("t", [("f.yaml", defs)]).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("declares both features and aggregations"),
+        "{e}"
+    );
+    let ttl = defs.replace(
+        "    features: [{ name: amt, dtype: float64 }]\n",
+        "    ttl: 1d\n",
+    );
+    let e = Registry::from_files("t", [("f.yaml", ttl.as_str())]).unwrap_err();
+    assert!(e.to_string().contains("has no ttl"), "{e}");
+}

@@ -52,6 +52,8 @@ pub struct Scorer {
     /// Columns sent to the server (join keys, then request fields), typed as the
     /// service expects, named as the feature repo names them.
     send_fields: Vec<Field>,
+    /// The service's join keys (rows without one are not pushed).
+    join_keys: Vec<String>,
 }
 
 /// Whether a failed lookup is worth retrying: anything but the server refusing
@@ -129,6 +131,7 @@ impl Scorer {
             client,
             model,
             send_fields,
+            join_keys: desc.join_keys.clone(),
         })
     }
 
@@ -373,7 +376,22 @@ impl Scorer {
             fields.push(f.as_ref().clone().with_name(name));
             columns.push(c.clone());
         }
-        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+        let rows = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+            .map_err(|e| Error::Input(format!("cannot build the rows to push: {e}")))?;
+        // A transaction without its time or a join key is scored (its lookup finds
+        // nothing) but not pushed: no window could hold it, and the server would
+        // refuse the whole push.
+        let ts_name = (t.timestamp.as_ref()).map(|n| t.rename.get(n).unwrap_or(n).clone());
+        let needed: Vec<&ArrayRef> = (ts_name.iter().chain(&self.join_keys))
+            .filter_map(|n| rows.column_by_name(n))
+            .collect();
+        if needed.iter().all(|c| c.null_count() == 0) {
+            return Ok(rows);
+        }
+        let keep = arrow::array::BooleanArray::from_iter(
+            (0..rows.num_rows()).map(|i| Some(needed.iter().all(|c| c.is_valid(i)))),
+        );
+        arrow::compute::filter_record_batch(&rows, &keep)
             .map_err(|e| Error::Input(format!("cannot build the rows to push: {e}")))
     }
 
