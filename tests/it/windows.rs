@@ -699,7 +699,9 @@ async fn readers_see_whole_pushes_or_none() {
     let dir = tempfile::tempdir().unwrap();
     let initial = events(1, 1, 9);
     let repo = repo(dir.path(), &initial).await;
-    let store = FeatureStore::open(&repo, Clock::Fixed(NOW_US * 1000)).await.unwrap();
+    let store = FeatureStore::open(&repo, Clock::Fixed(NOW_US * 1000))
+        .await
+        .unwrap();
     let server = Server::serve(store).await;
     let url = server.url();
     // Pushes of 20,000 events of one card at one instant, offline only; a reader
@@ -711,10 +713,18 @@ async fn readers_see_whole_pushes_or_none() {
         tokio::spawn(async move {
             let mut client = QuiverClient::connect(url).await.unwrap();
             let rows: Vec<Event> = (0..ROWS)
-                .map(|_| Event { card: 7, ts: at, amt: Some(1.0), merchant: Some(1) })
+                .map(|_| Event {
+                    card: 7,
+                    ts: at,
+                    amt: Some(1.0),
+                    merchant: Some(1),
+                })
                 .collect();
             for _ in 0..12 {
-                client.push("tx", vec![batch(&rows)], PushTo::Offline).await.unwrap();
+                client
+                    .push("tx", vec![batch(&rows)], PushTo::Offline)
+                    .await
+                    .unwrap();
             }
         })
     };
@@ -722,14 +732,27 @@ async fn readers_see_whole_pushes_or_none() {
     let mut seen = Vec::new();
     while !writer.is_finished() {
         let b = offline_at(&mut client, &["card_txn_windows:txn_count_5m"], &[7], &[at]).await;
-        seen.push(b.column_by_name("txn_count_5m").unwrap().as_primitive::<Int64Type>().value(0));
+        seen.push(
+            b.column_by_name("txn_count_5m")
+                .unwrap()
+                .as_primitive::<Int64Type>()
+                .value(0),
+        );
     }
     writer.await.unwrap();
     let b = offline_at(&mut client, &["card_txn_windows:txn_count_5m"], &[7], &[at]).await;
-    seen.push(b.column_by_name("txn_count_5m").unwrap().as_primitive::<Int64Type>().value(0));
-    assert!(seen.len() > 2, "the reader ran while pushes landed: {seen:?}");
+    seen.push(
+        b.column_by_name("txn_count_5m")
+            .unwrap()
+            .as_primitive::<Int64Type>()
+            .value(0),
+    );
     assert!(
-        seen.iter().all(|n| *n as usize % ROWS == 0),
+        seen.len() > 2,
+        "the reader ran while pushes landed: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|n| (*n as usize).is_multiple_of(ROWS)),
         "a reader saw part of a pushed file: {seen:?}"
     );
     assert!(seen.windows(2).all(|w| w[0] <= w[1]), "{seen:?}");
