@@ -310,14 +310,19 @@ impl OnlineStore {
             .cf_handle(DEFAULT_CF)
             .expect("opened with the default column family");
         let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(8192) {
-            for v in self
+        // RocksDB reads sorted keys faster: read in key order, answer in the caller's.
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_unstable_by_key(|&i| keys[i]);
+        let mut got: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
+        for chunk in order.chunks(8192) {
+            let values = self
                 .db
-                .batched_multi_get_cf(&cf, chunk.iter().copied(), false)
-            {
-                out.push(v?.map(|v| v.to_vec()));
+                .batched_multi_get_cf(&cf, chunk.iter().map(|&i| keys[i]), true);
+            for (&i, v) in chunk.iter().zip(values) {
+                got[i] = v?.map(|v| v.to_vec());
             }
         }
+        out.extend(got);
         Ok(out)
     }
 
@@ -330,6 +335,9 @@ impl OnlineStore {
         entries: Entries,
         replace: bool,
     ) -> Result<(Entries, u64)> {
+        // Read in key order: RocksDB's batched multi-get is faster on sorted keys.
+        let mut entries = entries;
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
         let mut keep = Vec::with_capacity(entries.len());
         let mut new_keys = 0u64;
         let mut opts = ReadOptions::default();
@@ -342,7 +350,7 @@ impl OnlineStore {
             let stored = self.db.batched_multi_get_cf_opt(
                 &cf,
                 chunk.iter().map(|(k, _)| k.as_slice()),
-                false,
+                true,
                 &opts,
             );
             for ((k, v), old) in chunk.iter().zip(stored) {
@@ -407,7 +415,7 @@ impl OnlineStore {
         mut entries: Entries,
         state: &ViewState,
     ) -> Result<()> {
-        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
         entries.dedup_by(|a, b| a.0 == b.0);
         let staging = self.path.join(STAGING_DIR);
         std::fs::create_dir_all(&staging).map_err(|source| Error::Io {
