@@ -204,6 +204,38 @@ pub(crate) fn view_layouts(catalog: &Catalog) -> Result<BTreeMap<String, Arc<Vie
 /// The newest row per entity seen so far: its (event, created) and encoded value.
 pub(crate) type Winners = HashMap<Box<[u8]>, ((i64, i64), Vec<u8>)>;
 
+/// A scanned batch's key and time columns, normalized for encoding.
+struct Scanned {
+    keys: Vec<KeyColumn>,
+    event: arrow::array::Int64Array,
+    created: Option<arrow::array::Int64Array>,
+}
+
+fn scanned_column(batch: &RecordBatch, name: &str) -> Result<arrow::array::ArrayRef> {
+    (batch.column_by_name(name).cloned())
+        .ok_or_else(|| Error::Worker(format!("scan lost column {name:?}")))
+}
+
+impl Scanned {
+    fn of(layout: &ViewLayout, columns: &WindowColumns, batch: &RecordBatch) -> Result<Self> {
+        let keys = (layout.join_keys.iter())
+            .map(|(k, t)| {
+                Ok(KeyColumn::new(&scanned_column(batch, k)?, *t).map_err(online::Error::from)?)
+            })
+            .collect::<Result<_>>()?;
+        let event = timestamp_nanos(&scanned_column(batch, &columns.timestamp)?)?;
+        let created = match &columns.created {
+            Some(c) => Some(timestamp_nanos(&scanned_column(batch, c)?)?),
+            None => None,
+        };
+        Ok(Self {
+            keys,
+            event,
+            created,
+        })
+    }
+}
+
 /// Folds one batch of a window scan into `winners`.
 pub(crate) fn fold_batch(
     layout: &ViewLayout,
@@ -211,23 +243,13 @@ pub(crate) fn fold_batch(
     batch: &RecordBatch,
     winners: &mut Winners,
 ) -> Result<()> {
-    let col = |name: &str| {
-        batch
-            .column_by_name(name)
-            .cloned()
-            .ok_or_else(|| Error::Worker(format!("scan lost column {name:?}")))
-    };
-    let keys: Vec<KeyColumn> = layout
-        .join_keys
-        .iter()
-        .map(|(k, t)| Ok(KeyColumn::new(&col(k)?, *t).map_err(online::Error::from)?))
-        .collect::<Result<_>>()?;
+    let col = |name: &str| scanned_column(batch, name);
+    let Scanned {
+        keys,
+        event,
+        created,
+    } = Scanned::of(layout, columns, batch)?;
     let key_refs: Vec<&KeyColumn> = keys.iter().collect();
-    let event = timestamp_nanos(&col(&columns.timestamp)?)?;
-    let created = match &columns.created {
-        Some(c) => Some(timestamp_nanos(&col(c)?)?),
-        None => None,
-    };
     // A value stored under the wrong type would fail every lookup of its key: check.
     let features: Vec<FeatureColumn> = (columns.features.iter().zip(&layout.features))
         .map(|(f, (name, expected))| {
@@ -298,23 +320,13 @@ pub(crate) fn fold_events(
     horizon: Option<i64>,
 ) -> Result<u64> {
     let spec = layout.windows.as_ref().expect("aggregation view");
-    let col = |name: &str| {
-        batch
-            .column_by_name(name)
-            .cloned()
-            .ok_or_else(|| Error::Worker(format!("scan lost column {name:?}")))
-    };
-    let keys: Vec<KeyColumn> = layout
-        .join_keys
-        .iter()
-        .map(|(k, t)| Ok(KeyColumn::new(&col(k)?, *t).map_err(online::Error::from)?))
-        .collect::<Result<_>>()?;
+    let col = |name: &str| scanned_column(batch, name);
+    let Scanned {
+        keys,
+        event,
+        created,
+    } = Scanned::of(layout, columns, batch)?;
     let key_refs: Vec<&KeyColumn> = keys.iter().collect();
-    let event = timestamp_nanos(&col(&columns.timestamp)?)?;
-    let created = match &columns.created {
-        Some(c) => Some(timestamp_nanos(&col(c)?)?),
-        None => None,
-    };
     let values: Vec<arrow::array::ArrayRef> = (spec.columns.iter())
         .map(|(name, kind)| {
             let c = col(name)?;

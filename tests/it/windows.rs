@@ -259,6 +259,11 @@ fn as_f64(c: &ArrayRef, i: usize) -> Option<f64> {
     })
 }
 
+/// Row 0 of a numeric column, as f64.
+fn value(batch: &RecordBatch, name: &str) -> Option<f64> {
+    as_f64(batch.column_by_name(name).unwrap(), 0)
+}
+
 fn close(a: Option<f64>, b: Option<f64>) -> bool {
     match (a, b) {
         (Some(x), Some(y)) => (x - y).abs() <= 1e-9 * x.abs().max(y.abs()).max(1.0),
@@ -484,14 +489,7 @@ async fn pushes_are_checked_whole_newer_only_and_visible_at_once() {
     assert!(e.to_string().contains("no source named \"nope\""), "{e}");
     assert_eq!(files("data/tx"), before, "refused pushes wrote no file");
     let answer = client.get_online_features(&lookup(vec![5])).await.unwrap();
-    assert_eq!(
-        answer
-            .column_by_name("txn_count_5m")
-            .unwrap()
-            .as_primitive::<Int64Type>()
-            .value(0),
-        0
-    );
+    assert_eq!(value(&answer, "txn_count_5m"), Some(0.0));
     assert!(
         answer.column_by_name("amt").unwrap().is_null(0),
         "refused pushes wrote nothing online"
@@ -507,22 +505,8 @@ async fn pushes_are_checked_whole_newer_only_and_visible_at_once() {
         .await
         .unwrap();
     let answer = client.get_online_features(&lookup(vec![5])).await.unwrap();
-    assert_eq!(
-        answer
-            .column_by_name("txn_count_5m")
-            .unwrap()
-            .as_primitive::<Int64Type>()
-            .value(0),
-        1
-    );
-    assert_eq!(
-        answer
-            .column_by_name("amt")
-            .unwrap()
-            .as_primitive::<Float64Type>()
-            .value(0),
-        2.5
-    );
+    assert_eq!(value(&answer, "txn_count_5m"), Some(1.0));
+    assert_eq!(value(&answer, "amt"), Some(2.5));
     client
         .push(
             "tx",
@@ -533,31 +517,16 @@ async fn pushes_are_checked_whole_newer_only_and_visible_at_once() {
         .unwrap();
     let answer = client.get_online_features(&lookup(vec![5])).await.unwrap();
     assert_eq!(
-        answer
-            .column_by_name("amt")
-            .unwrap()
-            .as_primitive::<Float64Type>()
-            .value(0),
-        2.5,
+        value(&answer, "amt"),
+        Some(2.5),
         "an older row never overwrites a newer one"
     );
     assert_eq!(
-        answer
-            .column_by_name("txn_count_5m")
-            .unwrap()
-            .as_primitive::<Int64Type>()
-            .value(0),
-        2,
+        value(&answer, "txn_count_5m"),
+        Some(2.0),
         "but it counts in its windows"
     );
-    assert_eq!(
-        answer
-            .column_by_name("amt_sum_1h")
-            .unwrap()
-            .as_primitive::<Float64Type>()
-            .value(0),
-        9.5
-    );
+    assert_eq!(value(&answer, "amt_sum_1h"), Some(9.5));
     // Too old for every window: kept offline only, changes nothing online.
     let r = client
         .push(
@@ -569,14 +538,7 @@ async fn pushes_are_checked_whole_newer_only_and_visible_at_once() {
         .unwrap();
     assert_eq!(r.offline_files.len(), 1);
     let answer = client.get_online_features(&lookup(vec![5])).await.unwrap();
-    assert_eq!(
-        answer
-            .column_by_name("amt_sum_1h")
-            .unwrap()
-            .as_primitive::<Float64Type>()
-            .value(0),
-        9.5
-    );
+    assert_eq!(value(&answer, "amt_sum_1h"), Some(9.5));
     // The pushed files are read by the next training set (the online-only row is not).
     let rows = offline_at(
         &mut client,
@@ -585,13 +547,7 @@ async fn pushes_are_checked_whole_newer_only_and_visible_at_once() {
         &[NOW_US],
     )
     .await;
-    assert_eq!(
-        rows.column_by_name("txn_count_5m")
-            .unwrap()
-            .as_primitive::<Int64Type>()
-            .value(0),
-        1
-    );
+    assert_eq!(value(&rows, "txn_count_5m"), Some(1.0));
     let after = files("data/tx");
     assert_eq!(after.len(), before.len() + 2);
     assert!(
@@ -732,21 +688,11 @@ async fn readers_see_whole_pushes_or_none() {
     let mut seen = Vec::new();
     while !writer.is_finished() {
         let b = offline_at(&mut client, &["card_txn_windows:txn_count_5m"], &[7], &[at]).await;
-        seen.push(
-            b.column_by_name("txn_count_5m")
-                .unwrap()
-                .as_primitive::<Int64Type>()
-                .value(0),
-        );
+        seen.push(value(&b, "txn_count_5m").unwrap() as i64);
     }
     writer.await.unwrap();
     let b = offline_at(&mut client, &["card_txn_windows:txn_count_5m"], &[7], &[at]).await;
-    seen.push(
-        b.column_by_name("txn_count_5m")
-            .unwrap()
-            .as_primitive::<Int64Type>()
-            .value(0),
-    );
+    seen.push(value(&b, "txn_count_5m").unwrap() as i64);
     assert!(
         seen.len() > 2,
         "the reader ran while pushes landed: {seen:?}"

@@ -25,20 +25,9 @@ pub const MODEL_FEATURES: [&str; 11] = [
     "amt_over_merchant_avg",
 ];
 
-/// The features a model over `fraud_v4` uses: those of [`MODEL_FEATURES`], then
-/// the card's rolling windows and the request-time features over them.
-pub const MODEL_FEATURES_V4: [&str; 19] = [
-    "amt",
-    "avg_amt_1d",
-    "txn_count_1d",
-    "max_amt_1d",
-    "credit_limit",
-    "merchant_avg_amt_1d",
-    "distance_from_home_km",
-    "amt_over_avg_1d",
-    "amt_over_max_1d",
-    "amt_over_limit",
-    "amt_over_merchant_avg",
+/// The card's rolling windows (`card_txn_windows`) and the request-time features
+/// over them (`window_context`): what `fraud_v4` adds to `fraud_v3`.
+pub const WINDOW_FEATURES: [&str; 8] = [
     "txn_count_5m",
     "amt_sum_1h",
     "amt_avg_1d",
@@ -48,6 +37,22 @@ pub const MODEL_FEATURES_V4: [&str; 19] = [
     "amt_over_avg_1d_window",
     "spend_1h_over_avg_1d",
 ];
+
+/// The features a model over `fraud_v4` uses: [`MODEL_FEATURES`], then
+/// [`WINDOW_FEATURES`].
+pub const MODEL_FEATURES_V4: [&str; 19] = {
+    let mut out = [""; 19];
+    let mut i = 0;
+    while i < out.len() {
+        out[i] = if i < MODEL_FEATURES.len() {
+            MODEL_FEATURES[i]
+        } else {
+            WINDOW_FEATURES[i - MODEL_FEATURES.len()]
+        };
+        i += 1;
+    }
+    out
+};
 
 /// Writes the example repo's files into `dir` (created if needed), replacing any
 /// `quiver.yaml` and `features.yaml` there.

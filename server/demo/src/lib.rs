@@ -512,16 +512,7 @@ async fn skew(client: &mut QuiverClient, log: &Path) -> Result<Skew> {
         .get_historical_features(&request, vec![spine])
         .await?;
     let offline = arrow::compute::concat_batches(&offline[0].schema(), &offline)?;
-    let windows = [
-        "txn_count_5m",
-        "amt_sum_1h",
-        "amt_avg_1d",
-        "amt_max_1d",
-        "amt_min_1h",
-        "merchants_1h",
-        "amt_over_avg_1d_window",
-        "spend_1h_over_avg_1d",
-    ];
+    let windows = example::WINDOW_FEATURES;
     let mut out = Skew {
         transactions: logged.num_rows(),
         values: 0,
