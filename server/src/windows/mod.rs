@@ -275,55 +275,44 @@ fn aggregate(
             }
         }
         (Min | Max, Values::Int(v)) => {
-            let it = rows.filter_map(|i| v[i]);
-            let m = if agg.function == Min {
-                it.min()
-            } else {
-                it.max()
-            };
-            match m {
+            match extreme(agg.function, rows.filter_map(|i| v[i]), Ord::cmp) {
                 Some(x) => out.append_int(i128::from(x)),
                 None => out.append_null(),
             }
         }
         (Min | Max, Values::Float(v)) => {
-            let it = rows.filter_map(|i| v[i]);
-            let m = if agg.function == Min {
-                it.min_by(|a, b| a.total_cmp(b))
-            } else {
-                it.max_by(|a, b| a.total_cmp(b))
-            };
-            match m {
+            match extreme(agg.function, rows.filter_map(|i| v[i]), f64::total_cmp) {
                 Some(x) => out.append_float(x),
                 None => out.append_null(),
             }
         }
         (Min | Max, Values::Str(v)) => {
-            let it = rows.filter_map(|i| v[i].as_deref());
-            let m = if agg.function == Min {
-                it.min()
-            } else {
-                it.max()
-            };
-            match m {
+            match extreme(agg.function, rows.filter_map(|i| v[i].as_deref()), Ord::cmp) {
                 Some(x) => out.append_str(x),
                 None => out.append_null(),
             }
         }
         (Min | Max, Values::Bool(v)) => {
-            let it = rows.filter_map(|i| v[i]);
-            let m = if agg.function == Min {
-                it.min()
-            } else {
-                it.max()
-            };
-            match m {
+            match extreme(agg.function, rows.filter_map(|i| v[i]), Ord::cmp) {
                 Some(x) => out.append_bool(x),
                 None => out.append_null(),
             }
         }
         // Refused by `WindowSpec::compile`.
         (Sum | Avg, Values::Str(_) | Values::Bool(_)) => out.append_null(),
+    }
+}
+
+/// The smallest (`min`) or largest (`max`) of `values` by `cmp`.
+fn extreme<T>(
+    function: AggFunction,
+    values: impl Iterator<Item = T>,
+    cmp: impl Fn(&T, &T) -> std::cmp::Ordering,
+) -> Option<T> {
+    if function == AggFunction::Min {
+        values.min_by(cmp)
+    } else {
+        values.max_by(cmp)
     }
 }
 
