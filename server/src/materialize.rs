@@ -36,7 +36,7 @@ use crate::online::encoding::{
     encode_key, encode_value, FeatureColumn, KeyColumn, KeyType, NO_CREATED,
 };
 use crate::online::{self, Entries, OnlineStore, ViewLayout, ViewState};
-use crate::windows::Events;
+use crate::windows::{merge_encoded, Events};
 
 /// Errors of a materialization.
 #[derive(Debug, thiserror::Error)]
@@ -202,7 +202,7 @@ pub(crate) fn view_layouts(catalog: &Catalog) -> Result<BTreeMap<String, Arc<Vie
 }
 
 /// The newest row per entity seen so far: its (event, created) and encoded value.
-pub(crate) type Winners = HashMap<Box<[u8]>, ((i64, i64), Vec<u8>)>;
+pub(crate) type Winners = HashMap<Box<[u8]>, ((i64, i64), Vec<u8>), foldhash::fast::RandomState>;
 
 /// A scanned batch's key and time columns, normalized for encoding.
 struct Scanned {
@@ -307,7 +307,7 @@ pub(crate) fn horizon(at: i64, longest: i64) -> i64 {
 }
 
 /// Events per entity key (encoded data key) of an aggregation view.
-pub(crate) type EventLogs = HashMap<Box<[u8]>, Events>;
+pub(crate) type EventLogs = HashMap<Box<[u8]>, Events, foldhash::fast::RandomState>;
 
 /// Folds one batch of source rows into per-entity events. Rows with a null time
 /// or key are skipped; with `horizon`, so are events at or before it (outside
@@ -385,22 +385,34 @@ pub(crate) fn merge_event_logs(
     let stored = online.get_many(&keys)?;
     let mut entries = Vec::with_capacity(logs.len());
     let mut delta = 0i64;
+    let corrupt = |e: crate::columns::CorruptValue| online::Error::Corrupt {
+        view: layout.name.clone(),
+        message: e.to_string(),
+    };
     for ((key, mut ev), old) in logs.into_iter().zip(stored) {
-        if let Some(old) = &old {
-            let old = Events::decode(old, &kinds).map_err(|e| online::Error::Corrupt {
-                view: layout.name.clone(),
-                message: e.to_string(),
-            })?;
-            match replace_until {
-                Some(end) => ev.extend(&old.after(end)),
-                None => ev.extend(&old),
-            }
-        }
         ev.canonicalize();
-        ev.prune(horizon);
         let mut value = Vec::new();
-        if ev.len() > 0 {
-            ev.encode(&mut value);
+        // A push merges its events into the stored bytes as they are.
+        let merged = match (&old, replace_until) {
+            (Some(old), None) => {
+                merge_encoded(old, &ev, &kinds, horizon, &mut value).map_err(corrupt)?
+            }
+            _ => false,
+        };
+        if !merged {
+            if let Some(old) = &old {
+                let old = Events::decode(old, &kinds).map_err(corrupt)?;
+                match replace_until {
+                    Some(end) => ev.extend(&old.after(end)),
+                    None => ev.extend(&old),
+                }
+                ev.canonicalize();
+            }
+            ev.prune(horizon);
+            value.clear();
+            if ev.len() > 0 {
+                ev.encode(&mut value);
+            }
         }
         delta += match (old.is_some(), value.is_empty()) {
             (false, false) => 1,
@@ -649,7 +661,7 @@ impl Materializer {
             .map(|mut stream| {
                 let (layout, columns, rows) = (layout.clone(), columns.clone(), rows.clone());
                 tokio::spawn(async move {
-                    let mut logs = EventLogs::new();
+                    let mut logs = EventLogs::default();
                     while let Some(batch) = stream.next().await {
                         let batch = batch.map_err(offline::Error::from)?;
                         fold_events(&layout, &columns, &batch, &mut logs, None)?;
@@ -659,7 +671,7 @@ impl Materializer {
                 })
             })
             .collect();
-        let mut logs = EventLogs::new();
+        let mut logs = EventLogs::default();
         for part in futures::future::join_all(tasks).await {
             for (k, ev) in part.map_err(|e| Error::Worker(e.to_string()))?? {
                 match logs.get_mut(&k) {
@@ -726,7 +738,7 @@ impl Materializer {
         for mut stream in streams {
             let (layout, columns, rows) = (layout.clone(), columns.clone(), rows.clone());
             tasks.push(tokio::spawn(async move {
-                let mut winners = Winners::new();
+                let mut winners = Winners::default();
                 while let Some(batch) = stream.next().await {
                     let batch = batch.map_err(offline::Error::from)?;
                     fold_batch(&layout, &columns, &batch, &mut winners)?;

@@ -23,7 +23,7 @@ use arrow::array::{new_null_array, Array, ArrayRef, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use quiver_client::protocol::{PushResult, PushTo};
-use tracing::info;
+use tracing::{debug, info};
 
 use crate::catalog::column_list;
 use crate::keys::KeyType;
@@ -34,6 +34,10 @@ use crate::materialize::{
 use crate::offline::window::WindowColumns;
 use crate::online::encoding::KeyColumn;
 use crate::online::{OnlineStore, ViewLayout, ViewState};
+
+/// Pushes of fewer rows write their views one after the other: starting a thread
+/// costs more than it saves.
+const PARALLEL_MIN_ROWS: usize = 1000;
 
 impl Materializer {
     /// Pushes `batches` (of `schema`) into `source`: see the module docs.
@@ -90,6 +94,7 @@ impl Materializer {
             timestamp: &src.timestamp_field,
             created: src.created_timestamp_field.as_ref(),
         };
+        let started = std::time::Instant::now();
         let batches = conform(source, shape, schema, batches)?;
         let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
         let mut result = PushResult {
@@ -111,6 +116,7 @@ impl Materializer {
         if to.offline() {
             result.offline_files = self.offline().write_push(source, &batches).await?;
         }
+        let checked_ms = started.elapsed().as_secs_f64() * 1e3;
         if to.online() {
             result.online_keys = self.push_online(views, batches, guards).await?;
         }
@@ -119,6 +125,8 @@ impl Materializer {
             rows,
             online_keys = result.online_keys,
             files = result.offline_files.len(),
+            checked_ms,
+            ms = started.elapsed().as_secs_f64() * 1e3,
             "pushed"
         );
         Ok(result)
@@ -136,11 +144,35 @@ impl Materializer {
         let online = self.online().clone();
         tokio::task::spawn_blocking(move || -> Result<u64> {
             let _guards = guards;
-            let mut written = 0;
-            for (layout, columns) in &views {
-                written += push_view(&online, layout, columns, &batches)?;
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            if rows < PARALLEL_MIN_ROWS {
+                let mut written = 0;
+                for (layout, columns) in &views {
+                    written += push_view(&online, layout, columns, &batches)?;
+                }
+                return Ok(written);
             }
-            Ok(written)
+            // Views are independent (each its own keys and lock): one thread each.
+            std::thread::scope(|scope| {
+                let (online, batches) = (&online, &batches);
+                let mut views = views.iter();
+                let first = views.next();
+                let others: Vec<_> = views
+                    .map(|(layout, columns)| {
+                        scope.spawn(move || push_view(online, layout, columns, batches))
+                    })
+                    .collect();
+                let mut written = match first {
+                    Some((layout, columns)) => push_view(online, layout, columns, batches)?,
+                    None => 0,
+                };
+                for t in others {
+                    written += t
+                        .join()
+                        .map_err(|_| Error::Worker("a view's push panicked".into()))??;
+                }
+                Ok(written)
+            })
         })
         .await
         .map_err(|e| Error::Worker(e.to_string()))?
@@ -155,6 +187,7 @@ fn push_view(
     columns: &WindowColumns,
     batches: &[RecordBatch],
 ) -> Result<u64> {
+    let started = std::time::Instant::now();
     let state = online.view_state(layout)?.unwrap_or(ViewState {
         fingerprint: layout.fingerprint,
         ..Default::default()
@@ -162,14 +195,14 @@ fn push_view(
     let (entries, delta) = match &layout.windows {
         Some(spec) => {
             let horizon = horizon(online.now_nanos(), spec.longest);
-            let mut logs = EventLogs::new();
+            let mut logs = EventLogs::default();
             for b in batches {
                 fold_events(layout, columns, b, &mut logs, Some(horizon))?;
             }
             merge_event_logs(online, layout, logs, horizon, None)?
         }
         None => {
-            let mut winners = Winners::new();
+            let mut winners = Winners::default();
             for b in batches {
                 fold_batch(layout, columns, b, &mut winners)?;
             }
@@ -189,7 +222,15 @@ fn push_view(
         ..state
     };
     // No fsync per push: the WAL survives a killed process (see docs/push.md).
+    let merged_ms = started.elapsed().as_secs_f64() * 1e3;
     online.commit_batch(layout, &entries, &state, false)?;
+    debug!(
+        view = %layout.name,
+        keys = entries.len(),
+        merged_ms,
+        ms = started.elapsed().as_secs_f64() * 1e3,
+        "pushed into a view"
+    );
     Ok(entries.len() as u64)
 }
 

@@ -592,26 +592,35 @@ async fn sigkill_during_pushes_loses_no_acknowledged_row() {
             })
             .collect()
     };
-    let pushes: Vec<Vec<Event>> = (0..400).map(|_| make(&mut rng)).collect();
-    let task = tokio::spawn(async move {
-        let mut acked: Vec<Event> = Vec::new();
-        for p in pushes {
-            match client
-                .push("tx", vec![batch(&p)], PushTo::OnlineAndOffline)
-                .await
-            {
-                Ok(_) => acked.extend(p),
-                Err(_) => break,
+    const PUSHES: usize = 4000;
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let task = tokio::spawn({
+        let done = done.clone();
+        async move {
+            let mut acked: Vec<Event> = Vec::new();
+            for _ in 0..PUSHES {
+                let p = make(&mut rng);
+                match client
+                    .push("tx", vec![batch(&p)], PushTo::OnlineAndOffline)
+                    .await
+                {
+                    Ok(_) => acked.extend(p),
+                    Err(_) => break,
+                }
+                done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
+            acked
         }
-        acked
     });
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // Killed once some pushes are acknowledged, whatever the machine's speed.
+    while done.load(std::sync::atomic::Ordering::SeqCst) < 40 && !task.is_finished() {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let acked = task.await.unwrap();
     assert!(
-        !acked.is_empty() && acked.len() < 400 * 50,
+        !acked.is_empty() && acked.len() < PUSHES * 50,
         "the kill landed mid-stream: {} acknowledged",
         acked.len()
     );

@@ -15,6 +15,7 @@
 //! writes ([`OnlineStore`]); `lookup` owns the reads ([`LookupPlan`],
 //! [`OnlineStore::lookup`]); [`encoding`] owns the bytes of keys and values.
 
+mod cache;
 pub(crate) mod encoding;
 mod lookup;
 mod store;
@@ -180,6 +181,7 @@ mod fixture {
             dir,
             &OnlineOptions {
                 block_cache_bytes: 1 << 20,
+                state_cache_bytes: 1 << 20,
                 clock: Clock::Fixed(1000 * SEC),
             },
         )

@@ -17,6 +17,7 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
+use super::cache::StateCache;
 use super::encoding::{self, data_prefix, meta_key, value_version, width, KeyType, Width};
 use super::{Clock, Error, Result};
 use crate::windows::{ValueKind, WindowSpec};
@@ -116,12 +117,15 @@ pub(crate) struct OnlineOptions {
     pub block_cache_bytes: usize,
     /// What "now" is for ttl checks.
     pub clock: Clock,
+    /// Budget of the writers' [`StateCache`], in bytes (0 disables it).
+    pub state_cache_bytes: usize,
 }
 
 impl Default for OnlineOptions {
     fn default() -> Self {
         Self {
             block_cache_bytes: 256 << 20,
+            state_cache_bytes: 128 << 20,
             clock: Clock::System,
         }
     }
@@ -136,6 +140,8 @@ pub(crate) struct OnlineStore {
     /// What "now" is for ttl checks.
     pub(super) clock: Clock,
     view_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// What writers last read or wrote (see [`StateCache`]).
+    cache: StateCache,
 }
 
 impl std::fmt::Debug for OnlineStore {
@@ -204,6 +210,7 @@ impl OnlineStore {
             options: opts,
             clock: options.clock.clone(),
             view_locks: Mutex::new(HashMap::new()),
+            cache: StateCache::new(options.state_cache_bytes),
         })
     }
 
@@ -228,6 +235,7 @@ impl OnlineStore {
             options: opts,
             clock: Clock::System,
             view_locks: Mutex::new(HashMap::new()),
+            cache: StateCache::new(0),
         })
     }
 
@@ -303,70 +311,71 @@ impl OnlineStore {
         Ok(out)
     }
 
-    /// The stored values of `keys` (`None` where there is none), in order.
+    /// The stored values of `keys` (`None` where there is none), in order; for
+    /// writers holding the keys' view lock (what it reads is remembered in the
+    /// [`StateCache`]).
     pub(crate) fn get_many(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
+        self.read_many(keys, true)
+    }
+
+    /// [`Self::get_many`], filling RocksDB's block cache or not.
+    fn read_many(&self, keys: &[&[u8]], fill_block_cache: bool) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut got: Vec<Option<Vec<u8>>> = keys.iter().map(|k| self.cache.get(k)).collect();
+        // RocksDB reads sorted keys faster: read the misses in key order.
+        let mut misses: Vec<usize> = (0..keys.len()).filter(|&i| got[i].is_none()).collect();
+        misses.sort_unstable_by_key(|&i| keys[i]);
         let cf = self
             .db
             .cf_handle(DEFAULT_CF)
             .expect("opened with the default column family");
-        let mut out = Vec::with_capacity(keys.len());
-        // RocksDB reads sorted keys faster: read in key order, answer in the caller's.
-        let mut order: Vec<usize> = (0..keys.len()).collect();
-        order.sort_unstable_by_key(|&i| keys[i]);
-        let mut got: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
-        for chunk in order.chunks(8192) {
-            let values = self
-                .db
-                .batched_multi_get_cf(&cf, chunk.iter().map(|&i| keys[i]), true);
+        let mut opts = ReadOptions::default();
+        opts.fill_cache(fill_block_cache);
+        for chunk in misses.chunks(8192) {
+            let values = (self.db).batched_multi_get_cf_opt(
+                &cf,
+                chunk.iter().map(|&i| keys[i]),
+                true,
+                &opts,
+            );
             for (&i, v) in chunk.iter().zip(values) {
-                got[i] = v?.map(|v| v.to_vec());
+                if let Some(v) = v? {
+                    self.cache.put(keys[i], Some(&v));
+                    got[i] = Some(v.to_vec());
+                }
             }
         }
-        out.extend(got);
-        Ok(out)
+        Ok(got)
     }
 
     /// Keeps, of `entries` (sorted or not), those newer than what is stored, by
     /// (event, created) timestamp; with `replace`, all of them (an operator's
-    /// repair of keys holding bad values). Returns them and how many keys are new.
+    /// repair of keys holding bad values). Returns them, in key order, and how
+    /// many keys are new. For writers holding the view's lock.
     pub(crate) fn newer_only(
         &self,
         layout: &ViewLayout,
         entries: Entries,
         replace: bool,
     ) -> Result<(Entries, u64)> {
-        // Read in key order: RocksDB's batched multi-get is faster on sorted keys.
         let mut entries = entries;
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let keys: Vec<&[u8]> = entries.iter().map(|(k, _)| k.as_slice()).collect();
+        // Large materializations would flush the lookups' hot blocks: no block cache.
+        let stored = self.read_many(&keys, false)?;
         let mut keep = Vec::with_capacity(entries.len());
         let mut new_keys = 0u64;
-        let mut opts = ReadOptions::default();
-        opts.fill_cache(false);
-        for chunk in entries.chunks(8192) {
-            let cf = self
-                .db
-                .cf_handle(DEFAULT_CF)
-                .expect("opened with the default column family");
-            let stored = self.db.batched_multi_get_cf_opt(
-                &cf,
-                chunk.iter().map(|(k, _)| k.as_slice()),
-                true,
-                &opts,
-            );
-            for ((k, v), old) in chunk.iter().zip(stored) {
-                match old? {
-                    None => {
-                        new_keys += 1;
-                        keep.push((k.clone(), v.clone()));
-                    }
-                    Some(_) if replace => keep.push((k.clone(), v.clone())),
-                    Some(old) => {
-                        let old =
-                            value_version(&old).map_err(|e| Error::corrupt(&layout.name, e))?;
-                        let new = value_version(v).map_err(|e| Error::corrupt(&layout.name, e))?;
-                        if new > old {
-                            keep.push((k.clone(), v.clone()));
-                        }
+        for ((k, v), old) in entries.into_iter().zip(stored) {
+            match old {
+                None => {
+                    new_keys += 1;
+                    keep.push((k, v));
+                }
+                Some(_) if replace => keep.push((k, v)),
+                Some(old) => {
+                    let old = value_version(&old).map_err(|e| Error::corrupt(&layout.name, e))?;
+                    let new = value_version(&v).map_err(|e| Error::corrupt(&layout.name, e))?;
+                    if new > old {
+                        keep.push((k, v));
                     }
                 }
             }
@@ -388,8 +397,13 @@ impl OnlineStore {
         state: &ViewState,
         sync: bool,
     ) -> Result<()> {
+        // In key order: RocksDB's memtable inserts sorted keys much faster.
+        let mut sorted: Vec<&(Vec<u8>, Vec<u8>)> = entries.iter().collect();
+        if !entries.is_sorted_by(|a, b| a.0 <= b.0) {
+            sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        }
         let mut batch = WriteBatch::default();
-        for (k, v) in entries {
+        for (k, v) in &sorted {
             // An empty value deletes the key (an aggregation view's entity whose
             // events all left its windows).
             if v.is_empty() {
@@ -402,6 +416,9 @@ impl OnlineStore {
         let mut opts = WriteOptions::default();
         opts.set_sync(sync);
         self.db.write_opt(batch, &opts)?;
+        for (k, v) in sorted {
+            self.cache.put(k, (!v.is_empty()).then_some(v.as_slice()));
+        }
         debug!(view = %layout.name, keys = entries.len(), "committed write batch");
         Ok(())
     }
@@ -442,6 +459,7 @@ impl OnlineStore {
         let ingested = self.db.ingest_external_file_opts(&opts, vec![&file]);
         let _ = std::fs::remove_file(&file);
         ingested?;
+        self.cache.forget_prefix(&layout.prefix());
         info!(view = %layout.name, keys = entries.len(), "ingested SST");
         Ok(())
     }

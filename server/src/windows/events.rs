@@ -239,15 +239,7 @@ impl Events {
 
     /// Decodes stored bytes into events with columns of `kinds`.
     pub(crate) fn decode(bytes: &[u8], kinds: &[ValueKind]) -> Result<Self, CorruptValue> {
-        let mut r = Reader { bytes, at: 0 };
-        if r.take(1)?[0] != STATE_VERSION {
-            return Err(CorruptValue("window state: unknown version"));
-        }
-        let n = u32::from_le_bytes(r.take(4)?.try_into().expect("4")) as usize;
-        // Each event needs at least 16 bytes: refuse a count the bytes cannot hold.
-        if n > bytes.len() / 16 {
-            return Err(CorruptValue("window state: event count past the end"));
-        }
+        let (mut r, n) = Reader::open(bytes)?;
         let mut ev = Events::new(kinds.iter().copied());
         ev.time.reserve(n);
         ev.created.reserve(n);
@@ -269,7 +261,7 @@ impl Events {
                     Values::Str(v) => v.push(if null {
                         None
                     } else {
-                        let len = u32::from_le_bytes(r.take(4)?.try_into().expect("4")) as usize;
+                        let len = r.u32()? as usize;
                         let s = std::str::from_utf8(r.take(len)?)
                             .map_err(|_| CorruptValue("window state: string is not UTF-8"))?;
                         Some(s.into())
@@ -284,12 +276,127 @@ impl Events {
     }
 }
 
+/// One stored event's times and where its bytes are.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    time: i64,
+    created: i64,
+    start: usize,
+    end: usize,
+}
+
+/// The events of stored bytes, as spans (lengths checked, values not decoded).
+fn spans(bytes: &[u8], kinds: &[ValueKind]) -> Result<Vec<Span>, CorruptValue> {
+    let (mut r, n) = Reader::open(bytes)?;
+    let bitmap = kinds.len().div_ceil(8);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = r.at;
+        let (time, created) = (r.i64()?, r.i64()?);
+        let nulls = r.take(bitmap)?;
+        for (j, kind) in kinds.iter().enumerate() {
+            if nulls[j / 8] & (1 << (j % 8)) != 0 {
+                continue;
+            }
+            match kind {
+                ValueKind::Int | ValueKind::Float => drop(r.take(8)?),
+                ValueKind::Bool => drop(r.take(1)?),
+                ValueKind::Str => {
+                    let len = r.u32()? as usize;
+                    r.take(len)?;
+                }
+            }
+        }
+        out.push(Span {
+            time,
+            created,
+            start,
+            end: r.at,
+        });
+    }
+    if r.at != bytes.len() {
+        return Err(CorruptValue("window state: trailing bytes"));
+    }
+    Ok(out)
+}
+
+/// Merges `new` events (canonical order) into stored bytes `old` without decoding
+/// them, dropping events at or before `horizon`, and writes the result to `out`
+/// (empty when no event is left): the bytes that decoding, [`Events::extend`],
+/// [`Events::canonicalize`], [`Events::prune`] and [`Events::encode`] give.
+///
+/// Returns `Ok(false)`, with `out` unspecified, when an old and a new event share
+/// their (time, created): their order then depends on the values, which the
+/// caller settles by decoding.
+pub(crate) fn merge_encoded(
+    old: &[u8],
+    new: &Events,
+    kinds: &[ValueKind],
+    horizon: i64,
+    out: &mut Vec<u8>,
+) -> Result<bool, CorruptValue> {
+    let mut new_bytes = Vec::new();
+    new.encode(&mut new_bytes);
+    let (a, b) = (spans(old, kinds)?, spans(&new_bytes, kinds)?);
+    let (mut i, mut j) = (a.partition_point(|s| s.time <= horizon), 0);
+    while j < b.len() && b[j].time <= horizon {
+        j += 1;
+    }
+    out.clear();
+    out.push(STATE_VERSION);
+    out.extend_from_slice(&[0; 4]);
+    let mut n = 0u32;
+    while i < a.len() || j < b.len() {
+        let take_old = match (a.get(i), b.get(j)) {
+            (Some(x), Some(y)) => match (x.time, x.created).cmp(&(y.time, y.created)) {
+                Ordering::Less => true,
+                Ordering::Greater => false,
+                Ordering::Equal => return Ok(false),
+            },
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if take_old {
+            out.extend_from_slice(&old[a[i].start..a[i].end]);
+            i += 1;
+        } else {
+            out.extend_from_slice(&new_bytes[b[j].start..b[j].end]);
+            j += 1;
+        }
+        n += 1;
+    }
+    if n == 0 {
+        out.clear();
+    } else {
+        out[1..5].copy_from_slice(&n.to_le_bytes());
+    }
+    Ok(true)
+}
+
 struct Reader<'a> {
     bytes: &'a [u8],
     at: usize,
 }
 
 impl<'a> Reader<'a> {
+    /// A reader past the header of stored bytes, and their event count.
+    fn open(bytes: &'a [u8]) -> Result<(Self, usize), CorruptValue> {
+        let mut r = Reader { bytes, at: 0 };
+        if r.take(1)?[0] != STATE_VERSION {
+            return Err(CorruptValue("window state: unknown version"));
+        }
+        let n = r.u32()? as usize;
+        // Each event needs at least 16 bytes: refuse a count the bytes cannot hold.
+        if n > bytes.len() / 16 {
+            return Err(CorruptValue("window state: event count past the end"));
+        }
+        Ok((r, n))
+    }
+
+    fn u32(&mut self) -> Result<u32, CorruptValue> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+
     fn take(&mut self, n: usize) -> Result<&'a [u8], CorruptValue> {
         let s = (self.bytes.get(self.at..self.at.saturating_add(n)))
             .ok_or(CorruptValue("window state: truncated"))?;

@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Schema};
 
-pub(crate) use self::events::{Events, Values};
+pub(crate) use self::events::{merge_encoded, Events, Values};
 use crate::columns::ColumnBuilder;
 use crate::registry::{AggFunction, Dtype, FeatureView};
 

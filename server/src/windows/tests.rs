@@ -229,3 +229,51 @@ feature_views:
     let e = Registry::from_files("t", [("f.yaml", ttl.as_str())]).unwrap_err();
     assert!(e.to_string().contains("has no ttl"), "{e}");
 }
+
+#[test]
+fn merging_bytes_equals_decoding_sorting_and_encoding() {
+    use rand::{Rng, SeedableRng};
+    let (v, schema) = view_and_schema();
+    let spec = WindowSpec::compile(&v, &schema).unwrap();
+    let kinds: Vec<ValueKind> = spec.columns.iter().map(|c| c.1).collect();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let row = |rng: &mut rand::rngs::StdRng| -> Row<'static> {
+        (
+            rng.random_range(0..30),
+            rng.random_bool(0.8)
+                .then(|| rng.random_range(0..100) as f64 / 4.0),
+            [None, Some("a"), Some("bé")][rng.random_range(0..3)],
+            rng.random_bool(0.5).then(|| rng.random_range(-5..5)),
+        )
+    };
+    let (mut fast, mut ties) = (0, 0);
+    for _ in 0..500 {
+        let old_rows: Vec<_> = (0..rng.random_range(0..12))
+            .map(|_| row(&mut rng))
+            .collect();
+        let new_rows: Vec<_> = (0..rng.random_range(1..4)).map(|_| row(&mut rng)).collect();
+        let (old, new) = (events(&spec, &old_rows), events(&spec, &new_rows));
+        let horizon = rng.random_range(-1..20) * MIN;
+        let mut old_bytes = Vec::new();
+        old.encode(&mut old_bytes);
+        let mut want = old.clone();
+        want.extend(&new);
+        want.canonicalize();
+        want.prune(horizon);
+        let mut want_bytes = Vec::new();
+        if want.len() > 0 {
+            want.encode(&mut want_bytes);
+        }
+        let mut got = Vec::new();
+        if merge_encoded(&old_bytes, &new, &kinds, horizon, &mut got).unwrap() {
+            assert_eq!(got, want_bytes);
+            fast += 1;
+        } else {
+            ties += 1;
+        }
+    }
+    assert!(fast > 300 && ties > 0, "{fast} merged, {ties} ties");
+    let mut out = Vec::new();
+    let new = events(&spec, &[(1, Some(1.0), None, None)]);
+    assert!(merge_encoded(&[2, 1, 0], &new, &kinds, 0, &mut out).is_err());
+}
