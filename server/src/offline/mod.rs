@@ -17,6 +17,7 @@ pub(crate) mod entity_sql;
 pub(crate) mod historical;
 pub(crate) mod pit;
 pub(crate) mod window;
+mod window_join;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -23,6 +23,10 @@
 //! nullable), partitioned like the left input (left row order is *not* preserved;
 //! callers carry a row number and sort on it).
 //!
+//! Window mode ([`AsofSpec::windows`]) gives each left row an aggregation view's
+//! windows instead of one right row; it partitions both inputs the same way but
+//! sorts neither, and runs the hash-grouped evaluation of `window_join.rs`.
+//!
 //! The operator is a leaf of the server's layering: it knows nothing of Flight,
 //! the registry or the repo, only of column names and nanosecond times.
 
@@ -51,8 +55,7 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 
-use crate::columns::ColumnBuilder;
-use crate::windows::{Events, WindowSpec};
+use crate::windows::WindowSpec;
 
 /// Right batches the merge may hold before it flushes the output it has so far.
 pub(crate) const MAX_RETAINED_BATCHES: usize = 64;
@@ -84,17 +87,18 @@ pub(crate) struct AsofSpec {
     pub windows: Option<Arc<WindowSpec>>,
 }
 
+/// Column positions of an [`AsofSpec`] in the two inputs.
 #[derive(Debug, Clone)]
-struct Indices {
-    left_keys: Vec<usize>,
-    left_time: usize,
-    right_keys: Vec<usize>,
-    right_time: usize,
-    right_created: Option<usize>,
-    right_values: Vec<usize>,
-    key_fields: Vec<SortField>,
+pub(super) struct Indices {
+    pub left_keys: Vec<usize>,
+    pub left_time: usize,
+    pub right_keys: Vec<usize>,
+    pub right_time: usize,
+    pub right_created: Option<usize>,
+    pub right_values: Vec<usize>,
+    pub key_fields: Vec<SortField>,
     /// Window mode: the types right values are normalized to (one per value).
-    value_types: Vec<DataType>,
+    pub value_types: Vec<DataType>,
 }
 
 /// The as-of join operator; see the module docs.
@@ -215,8 +219,16 @@ impl AsofJoinExec {
         let mut rcols = idx.right_keys.clone();
         rcols.push(idx.right_time);
         rcols.extend(idx.right_created);
-        let left = sort(partition(left, &idx.left_keys)?, lcols)?;
-        let right = sort(partition(right, &idx.right_keys)?, rcols)?;
+        let (left, right) = (
+            partition(left, &idx.left_keys)?,
+            partition(right, &idx.right_keys)?,
+        );
+        // Window mode groups by hash and needs neither side sorted (window_join.rs).
+        if spec.windows.is_some() {
+            return Self::from_sorted(left, right, spec, idx);
+        }
+        let left = sort(left, lcols)?;
+        let right = sort(right, rcols)?;
         Self::from_sorted(left, right, spec, idx)
     }
 
@@ -329,7 +341,18 @@ impl ExecutionPlan for AsofJoinExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let left = self.left.execute(partition, context.clone())?;
-        let right = self.right.execute(partition, context)?;
+        let right = self.right.execute(partition, context.clone())?;
+        if self.spec.windows.is_some() {
+            return super::window_join::execute(
+                left,
+                right,
+                self.idx.clone(),
+                &self.spec,
+                self.schema.clone(),
+                partition,
+                context,
+            );
+        }
         let rs = self.right.schema();
         let nulls: Vec<ArrayRef> = (self.idx.right_values.iter())
             .map(|&v| new_null_array(rs.field(v).data_type(), 1))
@@ -354,9 +377,6 @@ impl ExecutionPlan for AsofJoinExec {
             group_key: None,
             group: Vec::new(),
             nulls,
-            events: (self.spec.windows.as_ref())
-                .map(|w| Events::new(w.columns.iter().map(|c| c.1))),
-            windows: self.spec.windows.clone(),
         };
         let stream = futures::stream::try_unfold(state, |mut st| async move {
             Ok(st.next_output().await?.map(|b| (b, st)))
@@ -418,9 +438,6 @@ struct Merge {
     group_key: Option<OwnedRow>,
     group: Vec<GroupRow>,
     nulls: Vec<ArrayRef>,
-    /// Window mode: the windows, and the current key's events.
-    windows: Option<Arc<WindowSpec>>,
-    events: Option<Events>,
 }
 
 impl RightCursor {
@@ -456,14 +473,9 @@ impl RightCursor {
                         created: idx
                             .right_created
                             .map(|c| b.column(c).as_primitive::<Int64Type>().clone()),
-                        values: (idx.right_values.iter().enumerate())
-                            .map(|(j, &i)| match idx.value_types.get(j) {
-                                Some(t) if b.column(i).data_type() != t => {
-                                    arrow::compute::cast(b.column(i), t)
-                                }
-                                _ => Ok(b.column(i).clone()),
-                            })
-                            .collect::<std::result::Result<_, _>>()?,
+                        values: (idx.right_values.iter())
+                            .map(|&i| b.column(i).clone())
+                            .collect(),
                     };
                     self.batches.insert(self.next_id, batch);
                     self.next_id += 1;
@@ -504,11 +516,7 @@ impl Merge {
                 }
             }
             let left = self.current.take().expect("set above");
-            let (out, left) = if self.windows.is_some() {
-                self.window_some(left).await?
-            } else {
-                self.join_some(left).await?
-            };
+            let (out, left) = self.join_some(left).await?;
             if left.pos < left.batch.num_rows() {
                 self.current = Some(left);
             }
@@ -592,46 +600,6 @@ impl Merge {
         Ok((out, left))
     }
 
-    /// Window mode: evaluates the windows of every left row of the batch at its
-    /// own time over its key's events ([`WindowSpec::evaluate`]).
-    async fn window_some(&mut self, mut left: LeftBatch) -> Result<(RecordBatch, LeftBatch)> {
-        let spec = self.windows.clone().expect("window mode");
-        let n = left.batch.num_rows();
-        let time = left
-            .batch
-            .column(self.idx.left_time)
-            .as_primitive::<Int64Type>()
-            .clone();
-        let key_cols: Vec<ArrayRef> = (self.idx.left_keys.iter())
-            .map(|&i| left.batch.column(i).clone())
-            .collect();
-        let mut builders: Vec<ColumnBuilder> = (spec.aggs.iter())
-            .map(|a| ColumnBuilder::new(&a.output_type, n))
-            .collect();
-        let wanted: Vec<Option<usize>> = (0..spec.aggs.len()).map(Some).collect();
-        let empty = Events::new(spec.columns.iter().map(|c| c.1));
-        for i in 0..n {
-            // A null key or time has no events: count 0, the rest null.
-            if time.is_null(i) || key_cols.iter().any(|c| c.is_null(i)) {
-                spec.evaluate(&empty, 0, false, &wanted, &mut builders);
-                continue;
-            }
-            let key = left.keys.row(i);
-            if self.group_key.as_ref().map(|g| g.row()) != Some(key) {
-                self.load_group(&left.keys, i).await?;
-            }
-            let events = self.events.as_ref().expect("window mode");
-            spec.evaluate(events, time.value(i), self.cutoff, &wanted, &mut builders);
-        }
-        left.pos = n;
-        let mut columns: Vec<ArrayRef> = left.batch.columns().to_vec();
-        for (b, a) in builders.iter_mut().zip(&spec.aggs) {
-            columns.push(b.finish(&a.output_type)?);
-        }
-        let out = RecordBatch::try_new(self.schema.clone(), columns)?;
-        Ok((out, left))
-    }
-
     /// Skips right rows with keys below `keys[i]` and collects those equal to it.
     async fn load_group(&mut self, keys: &Rows, i: usize) -> Result<()> {
         let key = keys.row(i);
@@ -665,20 +633,6 @@ impl Merge {
             self.right.cur_row += 1;
         }
         self.group_key = Some(key.owned());
-        if let Some(w) = &self.windows {
-            // Window mode: copy the key's events out, so no right batch stays held.
-            let mut ev = Events::new(w.columns.iter().map(|c| c.1));
-            for g in &self.group {
-                let b = &self.right.batches[&g.batch];
-                ev.push(g.time, Some(g.created), &b.values, g.row);
-            }
-            ev.canonicalize();
-            self.events = Some(ev);
-            self.group.clear();
-            self.right.last_ref = None;
-            let cur = self.right.cur_id;
-            self.right.release_before(cur);
-        }
         Ok(())
     }
 }
