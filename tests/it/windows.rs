@@ -714,3 +714,60 @@ async fn readers_see_whole_pushes_or_none() {
     assert_eq!(*seen.last().unwrap() as usize, 12 * ROWS);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_beyond_the_memory_limit_fail_clearly_and_the_server_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    // 600,000 events of one card in the last hour: ~20 MB once kept for its spine
+    // row, over a 12 MiB limit (which a query's final sort still fits in).
+    let many: Vec<Event> = (0..600_000)
+        .map(|i| Event {
+            card: 1,
+            ts: NOW_US - 1 - i,
+            amt: Some(1.0),
+            merchant: Some(i % 7),
+        })
+        .collect();
+    repo(dir.path(), &many).await;
+    std::fs::write(
+        dir.path().join("quiver.yaml"),
+        "project: fresh\noffline_store: {url: ./data}\nonline_store: {path: ./online}\nserver: {memory_limit_mb: 12}\n",
+    )
+    .unwrap();
+    let repo = Repo::load(dir.path()).unwrap();
+    let store = FeatureStore::open(&repo, Clock::Fixed(NOW_US * 1000))
+        .await
+        .unwrap();
+    let server = Server::serve(store).await;
+    let mut client = QuiverClient::connect(server.url()).await.unwrap();
+    let spine = |card: i64| {
+        RecordBatch::try_from_iter([
+            ("cc_num", Arc::new(Int64Array::from(vec![card])) as ArrayRef),
+            (
+                "event_timestamp",
+                Arc::new(TimestampMicrosecondArray::from(vec![NOW_US]).with_timezone("UTC"))
+                    as ArrayRef,
+            ),
+        ])
+        .unwrap()
+    };
+    let request = HistoricalFeaturesRequest::for_features(["card_txn_windows:amt_sum_1h"]);
+    let e = client
+        .get_historical_features(&request, vec![spine(1)])
+        .await
+        .unwrap_err();
+    let status = e.to_string();
+    assert!(
+        status.contains("do not fit in the query memory") && status.contains("memory_limit_mb"),
+        "{status}"
+    );
+    // A card with no events needs nothing held: the same server answers it.
+    let b = concat(
+        &client
+            .get_historical_features(&request, vec![spine(2)])
+            .await
+            .unwrap(),
+    );
+    assert_eq!(b.num_rows(), 1);
+    server.stop().await;
+}

@@ -15,7 +15,8 @@
 //! longest window (`t - longest < ts <= t`): events of keys absent from the spine,
 //! and those no spine row can see, cost a hash probe and nothing else. The kept
 //! events are reserved in the query's memory pool; when they do not fit, the
-//! query fails with a clear error instead of spilling (docs/windows.md).
+//! query fails with a clear error (`UNAVAILABLE` at the Flight boundary) instead
+//! of spilling (docs/windows.md).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,7 +55,8 @@ fn event_bytes(kinds: &[ValueKind]) -> usize {
     16 + (kinds.iter())
         .map(|k| match k {
             ValueKind::Bool => 2,
-            ValueKind::Int | ValueKind::Float | ValueKind::Str => 16,
+            ValueKind::Int | ValueKind::Float => 9,
+            ValueKind::Str => 16,
         })
         .sum::<usize>()
 }

@@ -235,11 +235,11 @@ fn aggregate(
             out.append_int(n as i128);
         }
         (CountDistinct, Values::Int(v)) => {
-            let set: HashSet<i64> = rows.filter_map(|i| v[i]).collect();
+            let set: HashSet<i64> = rows.filter_map(|i| v.get(i)).collect();
             out.append_int(set.len() as i128);
         }
         (CountDistinct, Values::Float(v)) => {
-            let set: HashSet<u64> = rows.filter_map(|i| v[i]).map(float_key).collect();
+            let set: HashSet<u64> = rows.filter_map(|i| v.get(i)).map(float_key).collect();
             out.append_int(set.len() as i128);
         }
         (CountDistinct, Values::Str(v)) => {
@@ -247,12 +247,12 @@ fn aggregate(
             out.append_int(set.len() as i128);
         }
         (CountDistinct, Values::Bool(v)) => {
-            let set: HashSet<bool> = rows.filter_map(|i| v[i]).collect();
+            let set: HashSet<bool> = rows.filter_map(|i| v.get(i)).collect();
             out.append_int(set.len() as i128);
         }
         (Sum | Avg, Values::Int(v)) => {
             let (mut sum, mut n) = (0i128, 0u64);
-            for x in rows.filter_map(|i| v[i]) {
+            for x in rows.filter_map(|i| v.get(i)) {
                 sum += i128::from(x);
                 n += 1;
             }
@@ -264,7 +264,7 @@ fn aggregate(
         }
         (Sum | Avg, Values::Float(v)) => {
             let (mut sum, mut n) = (0f64, 0u64);
-            for x in rows.filter_map(|i| v[i]) {
+            for x in rows.filter_map(|i| v.get(i)) {
                 sum += x;
                 n += 1;
             }
@@ -275,13 +275,13 @@ fn aggregate(
             }
         }
         (Min | Max, Values::Int(v)) => {
-            match extreme(agg.function, rows.filter_map(|i| v[i]), Ord::cmp) {
+            match extreme(agg.function, rows.filter_map(|i| v.get(i)), Ord::cmp) {
                 Some(x) => out.append_int(i128::from(x)),
                 None => out.append_null(),
             }
         }
         (Min | Max, Values::Float(v)) => {
-            match extreme(agg.function, rows.filter_map(|i| v[i]), f64::total_cmp) {
+            match extreme(agg.function, rows.filter_map(|i| v.get(i)), f64::total_cmp) {
                 Some(x) => out.append_float(x),
                 None => out.append_null(),
             }
@@ -293,7 +293,7 @@ fn aggregate(
             }
         }
         (Min | Max, Values::Bool(v)) => {
-            match extreme(agg.function, rows.filter_map(|i| v[i]), Ord::cmp) {
+            match extreme(agg.function, rows.filter_map(|i| v.get(i)), Ord::cmp) {
                 Some(x) => out.append_bool(x),
                 None => out.append_null(),
             }
