@@ -51,14 +51,15 @@ struct Spine {
 }
 
 /// Bytes an event takes in [`Events`], roughly (for the memory pool).
-fn event_bytes(kinds: &[ValueKind]) -> usize {
-    16 + (kinds.iter())
-        .map(|k| match k {
-            ValueKind::Bool => 2,
-            ValueKind::Int | ValueKind::Float => 9,
-            ValueKind::Str => 16,
-        })
-        .sum::<usize>()
+fn event_bytes(kinds: &[ValueKind], created: bool) -> usize {
+    (if created { 16 } else { 8 })
+        + (kinds.iter())
+            .map(|k| match k {
+                ValueKind::Bool => 2,
+                ValueKind::Int | ValueKind::Float => 9,
+                ValueKind::Str => 16,
+            })
+            .sum::<usize>()
 }
 
 /// The window-mode stream of one partition; see the module docs.
@@ -173,7 +174,7 @@ impl Job {
         }
         let longest = self.spec.longest;
         let kinds: Vec<ValueKind> = self.spec.columns.iter().map(|c| c.1).collect();
-        let per_event = event_bytes(&kinds);
+        let per_event = event_bytes(&kinds, self.idx.right_created.is_some());
         while let Some(batch) = right.next().await.transpose()? {
             if batch.num_rows() == 0 {
                 continue;

@@ -154,8 +154,10 @@ impl Values {
 pub(crate) struct Events {
     /// Event times (ns).
     pub time: Vec<i64>,
-    /// Created times (ns; `i64::MIN` when the source has none).
-    pub created: Vec<i64>,
+    /// Created times (ns; `i64::MIN` for an event without one), or empty while
+    /// no event has one (sources without a created column): read it through
+    /// [`Events::created_at`].
+    created: Vec<i64>,
     /// One entry per [`super::WindowSpec::columns`].
     pub cols: Vec<Values>,
 }
@@ -175,6 +177,29 @@ impl Events {
         self.time.len()
     }
 
+    /// Event `i`'s created time (`i64::MIN` when it has none).
+    pub(crate) fn created_at(&self, i: usize) -> i64 {
+        self.created.get(i).copied().unwrap_or(NO_CREATED)
+    }
+
+    /// Makes `created` hold one entry per event (before one with a created time).
+    fn fill_created(&mut self) {
+        self.created.resize(self.time.len(), NO_CREATED);
+    }
+
+    /// Appends an event's times (its values are appended by the caller).
+    fn push_times(&mut self, time: i64, created: Option<i64>) {
+        match created.filter(|&c| c != NO_CREATED) {
+            Some(c) => {
+                self.fill_created();
+                self.created.push(c);
+            }
+            None if !self.created.is_empty() => self.created.push(NO_CREATED),
+            None => {}
+        }
+        self.time.push(time);
+    }
+
     /// Appends one event: its times and row `row` of each column (normalized to
     /// its kind's type: [`ValueKind::data_type`]).
     pub(crate) fn push(
@@ -184,8 +209,7 @@ impl Events {
         columns: &[ArrayRef],
         row: usize,
     ) {
-        self.time.push(time);
-        self.created.push(created.unwrap_or(NO_CREATED));
+        self.push_times(time, created);
         for (c, a) in self.cols.iter_mut().zip(columns) {
             c.push_from(a, row);
         }
@@ -193,8 +217,12 @@ impl Events {
 
     /// Appends all of `other`'s events (same columns).
     pub(crate) fn extend(&mut self, other: &Events) {
+        if !self.created.is_empty() || !other.created.is_empty() {
+            self.fill_created();
+            self.created
+                .extend((0..other.len()).map(|i| other.created_at(i)));
+        }
         self.time.extend_from_slice(&other.time);
-        self.created.extend_from_slice(&other.created);
         for (a, b) in self.cols.iter_mut().zip(&other.cols) {
             a.extend(b);
         }
@@ -211,7 +239,9 @@ impl Events {
         let mut order: Vec<usize> = (0..n).collect();
         order.sort_by(|&a, &b| self.cmp_rows(a, b));
         self.time = order.iter().map(|&i| self.time[i]).collect();
-        self.created = order.iter().map(|&i| self.created[i]).collect();
+        if !self.created.is_empty() {
+            self.created = order.iter().map(|&i| self.created[i]).collect();
+        }
         for c in &mut self.cols {
             c.permute(&order);
         }
@@ -220,7 +250,7 @@ impl Events {
     fn cmp_rows(&self, a: usize, b: usize) -> Ordering {
         self.time[a]
             .cmp(&self.time[b])
-            .then(self.created[a].cmp(&self.created[b]))
+            .then(self.created_at(a).cmp(&self.created_at(b)))
             .then_with(|| {
                 (self.cols.iter())
                     .map(|c| c.cmp_rows(a, b))
@@ -237,7 +267,9 @@ impl Events {
             return;
         }
         self.time.drain(..n);
-        self.created.drain(..n);
+        if !self.created.is_empty() {
+            self.created.drain(..n);
+        }
         for c in &mut self.cols {
             c.truncate_front(n);
         }
@@ -258,7 +290,7 @@ impl Events {
         let bitmap = self.cols.len().div_ceil(8);
         for i in 0..self.len() {
             out.extend_from_slice(&self.time[i].to_le_bytes());
-            out.extend_from_slice(&self.created[i].to_le_bytes());
+            out.extend_from_slice(&self.created_at(i).to_le_bytes());
             let at = out.len();
             out.resize(at + bitmap, 0);
             for (j, c) in self.cols.iter().enumerate() {
@@ -287,11 +319,10 @@ impl Events {
         let (mut r, n) = Reader::open(bytes)?;
         let mut ev = Events::new(kinds.iter().copied());
         ev.time.reserve(n);
-        ev.created.reserve(n);
         let bitmap = kinds.len().div_ceil(8);
         for _ in 0..n {
-            ev.time.push(r.i64()?);
-            ev.created.push(r.i64()?);
+            let (time, created) = (r.i64()?, r.i64()?);
+            ev.push_times(time, Some(created));
             let nulls = r.take(bitmap)?.to_vec();
             for (j, c) in ev.cols.iter_mut().enumerate() {
                 let null = nulls[j / 8] & (1 << (j % 8)) != 0;

@@ -207,7 +207,7 @@ impl WindowSpec {
             let Some(b) = *slot else { continue };
             let start = t.saturating_sub(agg.window);
             let lo = events.time[..hi].partition_point(|&x| x <= start);
-            let rows = (lo..hi).filter(|&i| !cutoff || events.created[i] <= t);
+            let rows = (lo..hi).filter(|&i| !cutoff || events.created_at(i) <= t);
             aggregate(agg, &events.cols[agg.column], rows, &mut builders[b]);
         }
     }
