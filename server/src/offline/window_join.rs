@@ -1,4 +1,4 @@
-//! Window mode of [`AsofJoinExec`](super::pit::AsofJoinExec): every spine row gets
+//! Window mode of the as-of join (`AsofJoinExec`, pit.rs): every spine row gets
 //! an aggregation view's windows as of its own time, computed from the source's
 //! events with [`WindowSpec::evaluate`] (the function lookups use online).
 //!
@@ -30,7 +30,7 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{StreamExt, TryStreamExt};
 
-use super::pit::{AsofSpec, Indices};
+use super::asof_spec::{AsofSpec, Indices};
 use crate::columns::ColumnBuilder;
 use crate::windows::{Events, ValueKind, WindowSpec};
 
