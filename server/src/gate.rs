@@ -254,7 +254,13 @@ impl Call {
             self.bytes.load(Ordering::Relaxed),
         );
         if code != Code::Ok && code != Code::Cancelled {
-            tracing::debug!(request = self.id, call = %label, ?code, seconds, "call failed");
+            tracing::debug!(
+                request = self.id,
+                call = %label,
+                ?code,
+                us = self.started.elapsed().as_micros() as u64,
+                "call failed"
+            );
         }
     }
 

@@ -116,7 +116,7 @@ impl Materializer {
         if to.offline() {
             result.offline_files = self.offline().write_push(source, &batches).await?;
         }
-        let checked_ms = started.elapsed().as_secs_f64() * 1e3;
+        let checked_us = started.elapsed().as_micros() as u64;
         if to.online() {
             result.online_keys = self.push_online(views, batches, guards).await?;
         }
@@ -125,8 +125,8 @@ impl Materializer {
             rows,
             online_keys = result.online_keys,
             files = result.offline_files.len(),
-            checked_ms,
-            ms = started.elapsed().as_secs_f64() * 1e3,
+            checked_us,
+            us = started.elapsed().as_micros() as u64,
             "pushed"
         );
         Ok(result)
@@ -222,13 +222,13 @@ fn push_view(
         ..state
     };
     // No fsync per push: the WAL survives a killed process (see docs/push.md).
-    let merged_ms = started.elapsed().as_secs_f64() * 1e3;
+    let merged_us = started.elapsed().as_micros() as u64;
     online.commit_batch(layout, &entries, &state, false)?;
     debug!(
         view = %layout.name,
         keys = entries.len(),
-        merged_ms,
-        ms = started.elapsed().as_secs_f64() * 1e3,
+        merged_us,
+        us = started.elapsed().as_micros() as u64,
         "pushed into a view"
     );
     Ok(entries.len() as u64)
