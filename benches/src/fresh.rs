@@ -285,7 +285,12 @@ pub(crate) async fn fresh(a: FreshArgs) -> Result<()> {
     if !a.no_duckdb {
         let script = dir.join("duckdb_windows.py");
         std::fs::write(&script, DUCKDB_WINDOWS)?;
-        let o = Command::new(&a.python).arg(&script).arg(&dir).output()?;
+        let o = (Command::new(&a.python).arg(&script).arg(&dir).output()).with_context(|| {
+            format!(
+                "running {} (set up by scripts/test.sh; or pass --python or --no-duckdb)",
+                a.python.display()
+            )
+        })?;
         if !o.status.success() {
             bail!("duckdb run failed: {}", String::from_utf8_lossy(&o.stderr));
         }
