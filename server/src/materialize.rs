@@ -36,7 +36,7 @@ use crate::online::encoding::{
     encode_key, encode_value, FeatureColumn, KeyColumn, KeyType, NO_CREATED,
 };
 use crate::online::{self, Entries, OnlineStore, ViewLayout, ViewState};
-use crate::windows::{merge_encoded, Events};
+use crate::windows::Events;
 
 /// Errors of a materialization.
 #[derive(Debug, thiserror::Error)]
@@ -366,53 +366,39 @@ pub(crate) fn fold_events(
     Ok(kept)
 }
 
-/// The new stored event logs of `logs`' entities: with `replace_until`, stored
-/// events after it plus the new ones (materialize rebuilds up to its end);
-/// without, stored events plus the new ones (a push). Events at or before
-/// `horizon` (outside every window from then on) are dropped; an entity left with
-/// none is deleted (an empty value).
-/// Returns the entries and the change in key count.
-pub(crate) fn merge_event_logs(
+/// The new stored event logs of `logs`' entities: their stored events after
+/// `end` plus the new ones (materialize rebuilds up to its end), without those at
+/// or before `horizon` (outside every window from then on); an entity left with
+/// none is deleted (an empty value). Returns the entries and the change in key
+/// count.
+pub(crate) fn rebuild_event_logs(
     online: &OnlineStore,
     layout: &ViewLayout,
     logs: EventLogs,
     horizon: i64,
-    replace_until: Option<i64>,
+    end: i64,
 ) -> Result<(Entries, i64)> {
     let kinds = layout.event_kinds();
     let logs: Vec<(Box<[u8]>, Events)> = logs.into_iter().collect();
     let keys: Vec<&[u8]> = logs.iter().map(|(k, _)| k.as_ref()).collect();
-    let stored = online.get_many(&keys)?;
+    let stored = online.get_logs(&keys)?;
     let mut entries = Vec::with_capacity(logs.len());
     let mut delta = 0i64;
-    let corrupt = |e: crate::columns::CorruptValue| online::Error::Corrupt {
-        view: layout.name.clone(),
-        message: e.to_string(),
-    };
     for ((key, mut ev), old) in logs.into_iter().zip(stored) {
+        // An empty stored log is an entity whose events all aged out: none.
+        let old = old.filter(|v| !v.is_empty());
+        if let Some(old) = &old {
+            let old = Events::decode(old, &kinds).map_err(|e| online::Error::Corrupt {
+                view: layout.name.clone(),
+                message: e.to_string(),
+            })?;
+            ev.extend(&old.after(end));
+        }
         ev.canonicalize();
+        ev.prune(horizon);
         let mut value = Vec::new();
-        // A push merges its events into the stored bytes as they are.
-        let merged = match (&old, replace_until) {
-            (Some(old), None) => {
-                merge_encoded(old, &ev, &kinds, horizon, &mut value).map_err(corrupt)?
-            }
-            _ => false,
-        };
-        if !merged {
-            if let Some(old) = &old {
-                let old = Events::decode(old, &kinds).map_err(corrupt)?;
-                match replace_until {
-                    Some(end) => ev.extend(&old.after(end)),
-                    None => ev.extend(&old),
-                }
-                ev.canonicalize();
-            }
-            ev.prune(horizon);
-            value.clear();
-            if ev.len() > 0 {
-                ev.encode(&mut value);
-            }
+        if ev.len() > 0 {
+            ev.encode(&mut value);
         }
         delta += match (old.is_some(), value.is_empty()) {
             (false, false) => 1,
@@ -690,7 +676,7 @@ impl Materializer {
         let report = tokio::task::spawn_blocking(move || -> Result<MaterializeReport> {
             let _guard = guard;
             // A run with an end in the past keeps what lookups as of that end need.
-            let (entries, new_keys) = merge_event_logs(&online, &layout2, logs, start, Some(end))?;
+            let (entries, new_keys) = rebuild_event_logs(&online, &layout2, logs, start, end)?;
             let mut report = MaterializeReport {
                 view: layout2.name.clone(),
                 start: Some(format_instant(start)),

@@ -7,8 +7,9 @@
 //!   ├─ offline: OfflineStore::write_push (whole files: put, or temp + rename)
 //!   └─ online, per view over the source, under the view's lock:
 //!        plain view:        newest row per entity, newer-only (as materialize)
-//!        aggregation view:  events appended to each entity's event log; events
-//!                           outside every window at now are offline only
+//!        aggregation view:  events appended to each entity's event log as RocksDB
+//!                           merge operands, nothing read (online::log_merge);
+//!                           events outside every window at now are offline only
 //! ```
 //!
 //! Nothing is written until every batch has passed the checks, so a refused push
@@ -28,12 +29,11 @@ use tracing::{debug, info};
 use crate::catalog::column_list;
 use crate::keys::KeyType;
 use crate::materialize::{
-    fold_batch, fold_events, horizon, merge_event_logs, Error, EventLogs, Materializer, Result,
-    Winners,
+    fold_batch, fold_events, horizon, Error, EventLogs, Materializer, Result, Winners,
 };
 use crate::offline::window::WindowColumns;
 use crate::online::encoding::KeyColumn;
-use crate::online::{OnlineStore, ViewLayout, ViewState};
+use crate::online::{log_operand, Entries, OnlineStore, ViewLayout, ViewState};
 
 /// Pushes of fewer rows write their views one after the other: starting a thread
 /// costs more than it saves.
@@ -192,14 +192,21 @@ fn push_view(
         fingerprint: layout.fingerprint,
         ..Default::default()
     });
-    let (entries, delta) = match &layout.windows {
+    let (keys, folded_us) = match &layout.windows {
         Some(spec) => {
             let horizon = horizon(online.now_nanos(), spec.longest);
             let mut logs = EventLogs::default();
             for b in batches {
                 fold_events(layout, columns, b, &mut logs, Some(horizon))?;
             }
-            merge_event_logs(online, layout, logs, horizon, None)?
+            let operands = append_operands(layout, logs, horizon);
+            let folded_us = started.elapsed().as_micros() as u64;
+            // Entities new to the view are not counted: that would take a read
+            // per key, which appending avoids (docs/push.md).
+            if !operands.is_empty() {
+                online.commit_appends(layout, &operands, &state)?;
+            }
+            (operands.len(), folded_us)
         }
         None => {
             let mut winners = Winners::default();
@@ -211,27 +218,44 @@ fn push_view(
                 .map(|(k, (_, v))| (k.into_vec(), v))
                 .collect();
             let (keep, new_keys) = online.newer_only(layout, entries, false)?;
-            (keep, new_keys as i64)
+            let folded_us = started.elapsed().as_micros() as u64;
+            // No fsync per push: the WAL survives a killed process (see docs/push.md).
+            if !keep.is_empty() {
+                let state = ViewState {
+                    key_count: state.key_count + new_keys,
+                    ..state
+                };
+                online.commit_batch(layout, &keep, &state, false)?;
+            }
+            (keep.len(), folded_us)
         }
     };
-    if entries.is_empty() {
-        return Ok(0);
-    }
-    let state = ViewState {
-        key_count: (state.key_count as i64 + delta).max(0) as u64,
-        ..state
-    };
-    // No fsync per push: the WAL survives a killed process (see docs/push.md).
-    let merged_us = started.elapsed().as_micros() as u64;
-    online.commit_batch(layout, &entries, &state, false)?;
     debug!(
         view = %layout.name,
-        keys = entries.len(),
-        merged_us,
+        keys,
+        folded_us,
         us = started.elapsed().as_micros() as u64,
         "pushed into a view"
     );
-    Ok(entries.len() as u64)
+    Ok(keys as u64)
+}
+
+/// The merge operands appending each entity's pushed events to its stored log
+/// (nothing is read: RocksDB merges them, see `online::log_merge`), in key
+/// order.
+fn append_operands(layout: &ViewLayout, logs: EventLogs, horizon: i64) -> Entries {
+    let kinds = layout.event_kinds();
+    let mut operands: Entries = logs
+        .into_iter()
+        .map(|(key, mut events)| {
+            events.canonicalize();
+            let mut op = Vec::new();
+            log_operand(horizon, &kinds, &events, &mut op);
+            (key.into_vec(), op)
+        })
+        .collect();
+    operands.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    operands
 }
 
 /// Whether a pushed column of type `from` may be stored as `to` (when its values

@@ -1,12 +1,14 @@
-//! [`StateCache`]: the values writers last read or wrote, kept in memory so that a
-//! push does not read RocksDB for every entity it updates.
+//! [`StateCache`]: the plain views' values writers last read or wrote, kept in
+//! memory so that a push does not read RocksDB for every entity it updates.
 //!
-//! A push is a read-modify-write per entity: the event log of an aggregation view
-//! (append, prune, write back) or the version of a plain view's row (newer-only).
-//! Reading those from RocksDB, through the memtables, every level-0 file's bloom
-//! filter and the block cache, costs more than the rest of the push together. The
-//! cache holds the bytes of the data keys writers touched, up to a byte budget
-//! (`online_store.state_cache_mb`), in shards with their own locks.
+//! A push into a plain view is a read-modify-write per entity: the stored row's
+//! version decides whether the pushed row is newer. Reading it from RocksDB,
+//! through the memtables, every level-0 file's bloom filter and the block cache,
+//! costs more than the rest of the push together. The cache holds the bytes of
+//! the data keys writers touched, up to a byte budget
+//! (`online_store.state_cache_mb`), in shards with their own locks. Aggregation
+//! views never use it: their pushes append merge operands without reading
+//! (`super::log_merge`), which the cache would not see.
 //!
 //! Coherence: only writers fill it, and every write of a view happens under that
 //! view's lock; [`OnlineStore::commit_batch`](super::OnlineStore::commit_batch)

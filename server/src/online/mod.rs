@@ -17,6 +17,7 @@
 
 mod cache;
 pub(crate) mod encoding;
+mod log_merge;
 mod lookup;
 mod store;
 
@@ -24,6 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use self::encoding::CorruptValue;
+pub(crate) use self::log_merge::operand as log_operand;
 pub(crate) use self::lookup::LookupPlan;
 pub(crate) use self::store::{Entries, OnlineOptions, OnlineStore, ViewLayout, ViewState};
 use crate::error::ErrorKind;

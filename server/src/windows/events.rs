@@ -8,6 +8,8 @@
 //!                | null bitmap (1 bit per column, 1 = null)
 //!                | each non-null column: int/float 8 bytes LE, bool 1 byte, string u32 LE length + UTF-8
 //! ```
+//!
+//! Empty bytes are no events (what a merge leaves when every event has aged out).
 
 use std::cmp::Ordering;
 
@@ -316,8 +318,11 @@ impl Events {
 
     /// Decodes stored bytes into events with columns of `kinds`.
     pub(crate) fn decode(bytes: &[u8], kinds: &[ValueKind]) -> Result<Self, CorruptValue> {
-        let (mut r, n) = Reader::open(bytes)?;
         let mut ev = Events::new(kinds.iter().copied());
+        if bytes.is_empty() {
+            return Ok(ev);
+        }
+        let (mut r, n) = Reader::open(bytes)?;
         ev.time.reserve(n);
         let bitmap = kinds.len().div_ceil(8);
         for _ in 0..n {
@@ -363,6 +368,9 @@ struct Span {
 
 /// The events of stored bytes, as spans (lengths checked, values not decoded).
 fn spans(bytes: &[u8], kinds: &[ValueKind]) -> Result<Vec<Span>, CorruptValue> {
+    if bytes.is_empty() {
+        return Ok(Vec::new());
+    }
     let (mut r, n) = Reader::open(bytes)?;
     let bitmap = kinds.len().div_ceil(8);
     let mut out = Vec::with_capacity(n);
@@ -396,28 +404,48 @@ fn spans(bytes: &[u8], kinds: &[ValueKind]) -> Result<Vec<Span>, CorruptValue> {
     Ok(out)
 }
 
-/// Merges `new` events (canonical order) into stored bytes `old` without decoding
-/// them, dropping events at or before `horizon`, and writes the result to `out`
-/// (empty when no event is left): the bytes that decoding, [`Events::extend`],
-/// [`Events::canonicalize`], [`Events::prune`] and [`Events::encode`] give.
-///
-/// Returns `Ok(false)`, with `out` unspecified, when an old and a new event share
-/// their (time, created): their order then depends on the values, which the
-/// caller settles by decoding.
+/// Merges two stored logs (`old` and `new`, each in canonical order), dropping
+/// events at or before `horizon`, into `out` (empty when no event is left): the
+/// bytes that decoding both, [`Events::extend`], [`Events::canonicalize`],
+/// [`Events::prune`] and [`Events::encode`] give, whichever log is `old`.
+pub(crate) fn merge_logs(
+    old: &[u8],
+    new: &[u8],
+    kinds: &[ValueKind],
+    horizon: i64,
+    out: &mut Vec<u8>,
+) -> Result<(), CorruptValue> {
+    if merge_encoded(old, new, kinds, horizon, out)? {
+        return Ok(());
+    }
+    // Two events share their (time, created): the values settle their order.
+    let mut ev = Events::decode(old, kinds)?;
+    ev.extend(&Events::decode(new, kinds)?);
+    ev.canonicalize();
+    ev.prune(horizon);
+    out.clear();
+    if ev.len() > 0 {
+        ev.encode(out);
+    }
+    Ok(())
+}
+
+/// [`merge_logs`] without decoding: copies each event's bytes in (time,
+/// created) order. Returns `Ok(false)`, with `out` unspecified, when an old and
+/// a new event share their (time, created): their order then depends on the
+/// values, which only decoding settles.
 pub(crate) fn merge_encoded(
     old: &[u8],
-    new: &Events,
+    new: &[u8],
     kinds: &[ValueKind],
     horizon: i64,
     out: &mut Vec<u8>,
 ) -> Result<bool, CorruptValue> {
-    let mut new_bytes = Vec::new();
-    new.encode(&mut new_bytes);
-    let (a, b) = (spans(old, kinds)?, spans(&new_bytes, kinds)?);
-    let (mut i, mut j) = (a.partition_point(|s| s.time <= horizon), 0);
-    while j < b.len() && b[j].time <= horizon {
-        j += 1;
-    }
+    let (a, b) = (spans(old, kinds)?, spans(new, kinds)?);
+    let (mut i, mut j) = (
+        a.partition_point(|s| s.time <= horizon),
+        b.partition_point(|s| s.time <= horizon),
+    );
     out.clear();
     out.push(STATE_VERSION);
     out.extend_from_slice(&[0; 4]);
@@ -436,7 +464,7 @@ pub(crate) fn merge_encoded(
             out.extend_from_slice(&old[a[i].start..a[i].end]);
             i += 1;
         } else {
-            out.extend_from_slice(&new_bytes[b[j].start..b[j].end]);
+            out.extend_from_slice(&new[b[j].start..b[j].end]);
             j += 1;
         }
         n += 1;

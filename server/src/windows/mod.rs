@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Schema};
 
-pub(crate) use self::events::{merge_encoded, Events, Values};
+pub(crate) use self::events::{merge_logs, Events, Values};
 use crate::columns::ColumnBuilder;
 use crate::registry::{AggFunction, Dtype, FeatureView};
 
@@ -58,6 +58,28 @@ impl ValueKind {
             DataType::Boolean => Some(ValueKind::Bool),
             _ => None,
         }
+    }
+
+    /// The kind's byte in stored merge operands.
+    pub(crate) fn tag(self) -> u8 {
+        match self {
+            ValueKind::Int => 0,
+            ValueKind::Float => 1,
+            ValueKind::Str => 2,
+            ValueKind::Bool => 3,
+        }
+    }
+
+    /// The kind of a [`Self::tag`] byte.
+    pub(crate) fn from_tag(tag: u8) -> Option<Self> {
+        [
+            ValueKind::Int,
+            ValueKind::Float,
+            ValueKind::Str,
+            ValueKind::Bool,
+        ]
+        .get(tag as usize)
+        .copied()
     }
 
     /// The Arrow type a column of this kind is normalized to before reading.

@@ -3,6 +3,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Float64Type, Int64Type, Schema};
 
+use super::events::merge_encoded;
 use super::*;
 use crate::columns::ColumnBuilder;
 use crate::registry::Registry;
@@ -192,7 +193,9 @@ fn created_cutoff_prune_and_bytes() {
     ev.encode(&mut bytes);
     let kinds: Vec<ValueKind> = spec.columns.iter().map(|c| c.1).collect();
     assert_eq!(Events::decode(&bytes, &kinds).unwrap(), ev);
-    for cut in 0..bytes.len() {
+    // Empty bytes are no events; every other cut is refused.
+    assert_eq!(Events::decode(&[], &kinds).unwrap().len(), 0);
+    for cut in 1..bytes.len() {
         assert!(
             Events::decode(&bytes[..cut], &kinds).is_err(),
             "cut at {cut}"
@@ -255,7 +258,12 @@ fn merging_bytes_equals_decoding_sorting_and_encoding() {
         let (old, new) = (events(&spec, &old_rows), events(&spec, &new_rows));
         let horizon = rng.random_range(-1..20) * MIN;
         let mut old_bytes = Vec::new();
-        old.encode(&mut old_bytes);
+        // No events are stored as empty bytes or as a log of none: both read.
+        if old.len() > 0 || rng.random_bool(0.5) {
+            old.encode(&mut old_bytes);
+        }
+        let mut new_bytes = Vec::new();
+        new.encode(&mut new_bytes);
         let mut want = old.clone();
         want.extend(&new);
         want.canonicalize();
@@ -265,15 +273,22 @@ fn merging_bytes_equals_decoding_sorting_and_encoding() {
             want.encode(&mut want_bytes);
         }
         let mut got = Vec::new();
-        if merge_encoded(&old_bytes, &new, &kinds, horizon, &mut got).unwrap() {
+        if merge_encoded(&old_bytes, &new_bytes, &kinds, horizon, &mut got).unwrap() {
             assert_eq!(got, want_bytes);
             fast += 1;
         } else {
             ties += 1;
         }
+        // With its fallback, in either order, the merge always gives those bytes.
+        merge_logs(&old_bytes, &new_bytes, &kinds, horizon, &mut got).unwrap();
+        assert_eq!(got, want_bytes);
+        merge_logs(&new_bytes, &old_bytes, &kinds, horizon, &mut got).unwrap();
+        assert_eq!(got, want_bytes);
     }
     assert!(fast > 300 && ties > 0, "{fast} merged, {ties} ties");
     let mut out = Vec::new();
-    let new = events(&spec, &[(1, Some(1.0), None, None)]);
-    assert!(merge_encoded(&[2, 1, 0], &new, &kinds, 0, &mut out).is_err());
+    let mut new_bytes = Vec::new();
+    events(&spec, &[(1, Some(1.0), None, None)]).encode(&mut new_bytes);
+    assert!(merge_encoded(&[2, 1, 0], &new_bytes, &kinds, 0, &mut out).is_err());
+    assert!(merge_logs(&new_bytes, &[2, 9, 0, 0, 0], &kinds, 0, &mut out).is_err());
 }

@@ -1,0 +1,258 @@
+//! The RocksDB merge operator of aggregation views: a push appends its events to
+//! each entity's event log as a merge operand, without reading the log, and
+//! RocksDB folds the operands into the stored log when the key is read, flushed
+//! or compacted.
+//!
+//! ```text
+//! operand  tag (u8 = 0xE1) | horizon ns (i64 LE) | columns (u8) | kind per column (u8)
+//!          | the pushed events, as a state value (crate::windows::Events)
+//! ```
+//!
+//! The full merge gives a state value: the stored log's events and every
+//! operand's, in canonical order, without those at or before the largest horizon
+//! (outside every window from then on). A partial merge gives the same as one
+//! operand. Both are pure functions of their inputs (no clock): the union of
+//! events is the same in any grouping or order, so RocksDB may merge operands in
+//! whatever steps it likes and every reader sees the same bytes.
+
+use rocksdb::MergeOperands;
+
+use crate::columns::CorruptValue;
+use crate::windows::{merge_logs, Events, ValueKind};
+
+/// The operator's name, checked by RocksDB against the one a database was
+/// written with.
+pub(super) const NAME: &str = "quiver.event_logs.v1";
+
+const TAG: u8 = 0xE1;
+
+/// The merge operand appending `events` (canonical order) to a log whose columns
+/// are `kinds`, with the horizon at or before which events can be dropped.
+pub(crate) fn operand(horizon: i64, kinds: &[ValueKind], events: &Events, out: &mut Vec<u8>) {
+    let mut log = Vec::new();
+    events.encode(&mut log);
+    operand_of_log(horizon, kinds, &log, out);
+}
+
+/// [`operand`] of events already encoded as a state value.
+fn operand_of_log(horizon: i64, kinds: &[ValueKind], log: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    out.reserve(10 + kinds.len() + log.len());
+    out.push(TAG);
+    out.extend_from_slice(&horizon.to_le_bytes());
+    out.push(kinds.len() as u8);
+    out.extend(kinds.iter().map(|k| k.tag()));
+    out.extend_from_slice(log);
+}
+
+/// An operand's parts: horizon, column kinds and the events' state value.
+fn parse(op: &[u8]) -> Result<(i64, Vec<ValueKind>, &[u8]), CorruptValue> {
+    const BAD: CorruptValue = CorruptValue("event log operand: malformed");
+    if op.len() < 10 || op[0] != TAG {
+        return Err(BAD);
+    }
+    let horizon = i64::from_le_bytes(op[1..9].try_into().map_err(|_| BAD)?);
+    let n = op[9] as usize;
+    let kinds = (op.get(10..10 + n).ok_or(BAD)?.iter())
+        .map(|&t| ValueKind::from_tag(t).ok_or(BAD))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((horizon, kinds, &op[10 + n..]))
+}
+
+/// What [`merge_all`] gives: the largest horizon, the operands' column kinds
+/// (`None` when no operand parsed) and the merged state value.
+type Merged = (i64, Option<Vec<ValueKind>>, Vec<u8>);
+
+/// Merges `base` (a state value) and the operands into one state value, with the
+/// largest horizon and the operands' kinds (`None` when no operand parsed). Operands that do not parse, or
+/// disagree on kinds, are skipped and logged: they were not written by this
+/// operator's [`operand`].
+fn merge_all<'a>(
+    key: &[u8],
+    base: Option<&[u8]>,
+    ops: impl Iterator<Item = &'a [u8]>,
+) -> Result<Merged, CorruptValue> {
+    let mut acc = base.unwrap_or_default().to_vec();
+    let mut next = Vec::with_capacity(acc.len() + 64);
+    let mut horizon = i64::MIN;
+    let mut kinds: Option<Vec<ValueKind>> = None;
+    for op in ops {
+        let (h, k, log) = match parse(op) {
+            Ok(parts) => parts,
+            Err(e) => {
+                tracing::error!(key = ?KeyHex(key), "skipped an event log operand: {e}");
+                continue;
+            }
+        };
+        if kinds.as_ref().is_some_and(|known| *known != k) {
+            tracing::error!(key = ?KeyHex(key), "skipped an event log operand of other columns");
+            continue;
+        }
+        horizon = horizon.max(h);
+        merge_logs(&acc, log, &k, horizon, &mut next)?;
+        std::mem::swap(&mut acc, &mut next);
+        kinds = Some(k);
+    }
+    Ok((horizon, kinds, acc))
+}
+
+/// RocksDB's full merge: the stored log (if any) with every operand, as a state
+/// value. A stored log that does not decode is kept as it is (its lookups report
+/// it corrupt), so a bad value cannot stop compactions.
+pub(super) fn full_merge(
+    key: &[u8],
+    existing: Option<&[u8]>,
+    ops: &MergeOperands,
+) -> Option<Vec<u8>> {
+    let merged = std::panic::catch_unwind(|| merge_all(key, existing, ops.iter()));
+    match merged {
+        Ok(Ok((_, _, log))) => Some(log),
+        Ok(Err(e)) => {
+            tracing::error!(key = ?KeyHex(key), "kept a stored event log that does not merge: {e}");
+            Some(existing.unwrap_or_default().to_vec())
+        }
+        Err(_) => {
+            tracing::error!(key = ?KeyHex(key), "an event log merge panicked");
+            None
+        }
+    }
+}
+
+/// RocksDB's partial merge: operands into one. `None` (RocksDB then keeps them
+/// apart) when they do not merge.
+pub(super) fn partial_merge(
+    key: &[u8],
+    _existing: Option<&[u8]>,
+    ops: &MergeOperands,
+) -> Option<Vec<u8>> {
+    let merged = std::panic::catch_unwind(|| merge_all(key, None, ops.iter())).ok()?;
+    let (horizon, kinds, log) = merged.ok()?;
+    let kinds = kinds?; // no operand parsed
+    let mut out = Vec::new();
+    operand_of_log(horizon, &kinds, &log, &mut out);
+    Some(out)
+}
+
+/// A key's view prefix in hex, for logs: the rest holds entity values, which
+/// logs never carry.
+struct KeyHex<'a>(&'a [u8]);
+
+impl std::fmt::Debug for KeyHex<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for b in self.0.iter().take(9) {
+            write!(f, "{b:02x}")?;
+        }
+        write!(f, "…")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::Arc;
+
+    use arrow::array::{ArrayRef, Float64Array, StringArray};
+    use rand::{Rng, SeedableRng};
+
+    use super::super::fixture::{layout, store};
+    use super::super::ViewState;
+    use super::*;
+
+    const KINDS: [ValueKind; 2] = [ValueKind::Float, ValueKind::Str];
+
+    /// (time, x, s)
+    type Event = (i64, Option<f64>, Option<&'static str>);
+
+    fn events(rows: &[Event]) -> Events {
+        let x: ArrayRef = Arc::new(Float64Array::from_iter(rows.iter().map(|r| r.1)));
+        let s: ArrayRef = Arc::new(StringArray::from_iter(rows.iter().map(|r| r.2)));
+        let mut ev = Events::new(KINDS);
+        for (i, r) in rows.iter().enumerate() {
+            ev.push(r.0, None, &[x.clone(), s.clone()], i);
+        }
+        ev.canonicalize();
+        ev
+    }
+
+    #[test]
+    fn appended_operands_read_as_one_rebuilt_log_through_flushes_and_compactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let l = layout();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        let mut all: BTreeMap<Vec<u8>, Vec<Event>> = BTreeMap::new();
+        let mut horizon = i64::MIN;
+        for push in 0..300 {
+            let mut by_key: BTreeMap<Vec<u8>, Vec<Event>> = BTreeMap::new();
+            for _ in 0..rng.random_range(1..8) {
+                let key = vec![7, rng.random_range(0..12u8)];
+                let e = (
+                    rng.random_range(0..60i64),
+                    rng.random_bool(0.8)
+                        .then(|| rng.random_range(0..8) as f64 / 2.0),
+                    [None, Some("a"), Some("b")][rng.random_range(0..3)],
+                );
+                by_key.entry(key.clone()).or_default().push(e);
+                all.entry(key).or_default().push(e);
+            }
+            horizon = horizon.max(push / 10 - 5);
+            let operands: Vec<(Vec<u8>, Vec<u8>)> = (by_key.iter())
+                .map(|(k, rows)| {
+                    let mut op = Vec::new();
+                    operand(horizon, &KINDS, &events(rows), &mut op);
+                    (k.clone(), op)
+                })
+                .collect();
+            s.commit_appends(&l, &operands, &ViewState::default())
+                .unwrap();
+            // Merges happen at reads, flushes (partial merges of operands) and
+            // compactions (onto the stored log).
+            match push % 50 {
+                17 => s.db.flush().unwrap(),
+                41 => s.db.compact_range::<&[u8], &[u8]>(None, None),
+                _ => {}
+            }
+        }
+        for (key, rows) in &all {
+            let mut want = events(rows);
+            want.prune(horizon);
+            let mut want_bytes = Vec::new();
+            if want.len() > 0 {
+                want.encode(&mut want_bytes);
+            }
+            let got = s.db.get(key).unwrap().expect("every key was written");
+            assert_eq!(got, want_bytes, "key {key:?}");
+            let read = s.get_logs(&[key.as_slice()]).unwrap();
+            assert_eq!(read[0].as_deref(), Some(want_bytes.as_slice()));
+        }
+    }
+
+    #[test]
+    fn bad_operands_are_skipped_and_a_stored_log_is_replaced_by_a_put() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let l = layout();
+        let mut good = Vec::new();
+        operand(0, &KINDS, &events(&[(5, Some(1.0), None)]), &mut good);
+        let mut other_kinds = Vec::new();
+        let ints = Events::new([ValueKind::Int]);
+        operand(0, &[ValueKind::Int], &ints, &mut other_kinds);
+        let ops = vec![
+            (vec![1], good.clone()),
+            (vec![1], vec![TAG, 1, 2]),
+            (vec![1], other_kinds),
+            (vec![1], good.clone()),
+        ];
+        s.commit_appends(&l, &ops, &ViewState::default()).unwrap();
+        let mut want = Vec::new();
+        events(&[(5, Some(1.0), None), (5, Some(1.0), None)]).encode(&mut want);
+        assert_eq!(s.db.get([1]).unwrap(), Some(want));
+        // A put (materialize's rebuild) replaces the log and its operands.
+        s.db.put([1], []).unwrap();
+        s.commit_appends(&l, &[(vec![1], good)], &ViewState::default())
+            .unwrap();
+        let mut want = Vec::new();
+        events(&[(5, Some(1.0), None)]).encode(&mut want);
+        assert_eq!(s.db.get([1]).unwrap(), Some(want));
+    }
+}
