@@ -8,7 +8,6 @@
 //!   path: ./data/online      # RocksDB folder
 //!   block_cache_mb: 256      # RocksDB block cache
 //!   bulk_min_keys: 50000     # empty views receiving this many keys are loaded as one SST
-//!   state_cache_mb: 128      # values pushes last read or wrote (no RocksDB read per push)
 //! server:
 //!   addr: 127.0.0.1:8815
 //! ```
@@ -136,14 +135,6 @@ pub struct OnlineStoreConfig {
     /// them as one ingested SST file instead of a write batch.
     #[serde(default = "default_bulk_min_keys")]
     pub bulk_min_keys: usize,
-    /// Memory for the values pushes and materializations last read or wrote, in
-    /// MiB (0 disables it): a push then updates an entity without reading RocksDB.
-    #[serde(default = "default_state_cache_mb")]
-    pub state_cache_mb: usize,
-}
-
-fn default_state_cache_mb() -> usize {
-    128
 }
 
 fn default_bulk_min_keys() -> usize {
@@ -164,7 +155,6 @@ impl Default for OnlineStoreConfig {
             path: default_online_path(),
             block_cache_mb: default_block_cache_mb(),
             bulk_min_keys: default_bulk_min_keys(),
-            state_cache_mb: default_state_cache_mb(),
         }
     }
 }

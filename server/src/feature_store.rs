@@ -142,7 +142,6 @@ impl FeatureStore {
             &repo.online_path(),
             &OnlineOptions {
                 block_cache_bytes: repo.config.online_store.block_cache_mb << 20,
-                state_cache_bytes: repo.config.online_store.state_cache_mb << 20,
                 clock,
             },
         )?;

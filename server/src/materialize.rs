@@ -309,16 +309,39 @@ pub(crate) fn horizon(at: i64, longest: i64) -> i64 {
 /// Events per entity key (encoded data key) of an aggregation view.
 pub(crate) type EventLogs = HashMap<Box<[u8]>, Events, foldhash::fast::RandomState>;
 
-/// Folds one batch of source rows into per-entity events. Rows with a null time
-/// or key are skipped; with `horizon`, so are events at or before it (outside
-/// every window from now on).
-pub(crate) fn fold_events(
+/// One batch's events as an aggregation view reads them: the aggregated
+/// columns (normalized to their kinds' types) and, per kept row, its data key,
+/// times and row number.
+pub(crate) struct BatchEvents {
+    /// The aggregated columns, in [`crate::windows::WindowSpec::columns`] order.
+    pub values: Vec<arrow::array::ArrayRef>,
+    /// The kept rows' data keys, one after the other.
+    keys: Vec<u8>,
+    /// Per kept row: where its key ends in `keys`, event and created time, row.
+    rows: Vec<(usize, i64, Option<i64>, usize)>,
+}
+
+impl BatchEvents {
+    /// The kept rows: (data key, event time, created time, row).
+    pub(crate) fn rows(&self) -> impl Iterator<Item = (&[u8], i64, Option<i64>, usize)> + '_ {
+        let mut start = 0;
+        self.rows.iter().map(move |&(end, t, c, row)| {
+            let key = &self.keys[start..end];
+            start = end;
+            (key, t, c, row)
+        })
+    }
+}
+
+/// Reads one batch of source rows as events. Rows with a null time or key are
+/// skipped; with `horizon`, so are events at or before it (outside every window
+/// from now on).
+pub(crate) fn scan_events(
     layout: &ViewLayout,
     columns: &WindowColumns,
     batch: &RecordBatch,
-    logs: &mut EventLogs,
     horizon: Option<i64>,
-) -> Result<u64> {
+) -> Result<BatchEvents> {
     let spec = layout.windows.as_ref().expect("aggregation view");
     let col = |name: &str| scanned_column(batch, name);
     let Scanned {
@@ -341,7 +364,11 @@ pub(crate) fn fold_events(
         .collect::<Result<_>>()?;
     let prefix = layout.prefix();
     let mut key = Vec::with_capacity(32);
-    let mut kept = 0;
+    let mut out = BatchEvents {
+        values,
+        keys: Vec::with_capacity(batch.num_rows() * 17),
+        rows: Vec::with_capacity(batch.num_rows()),
+    };
     for row in 0..batch.num_rows() {
         if event.is_null(row) || !encode_key(&prefix, &key_refs, row, &mut key) {
             continue;
@@ -354,13 +381,30 @@ pub(crate) fn fold_events(
             .as_ref()
             .filter(|c| c.is_valid(row))
             .map(|c| c.value(row));
-        let log = match logs.get_mut(key.as_slice()) {
+        out.keys.extend_from_slice(&key);
+        out.rows.push((out.keys.len(), t, c, row));
+    }
+    Ok(out)
+}
+
+/// Folds one batch of source rows into per-entity events ([`scan_events`]).
+pub(crate) fn fold_events(
+    layout: &ViewLayout,
+    columns: &WindowColumns,
+    batch: &RecordBatch,
+    logs: &mut EventLogs,
+) -> Result<u64> {
+    let kinds = layout.event_kinds();
+    let scanned = scan_events(layout, columns, batch, None)?;
+    let mut kept = 0;
+    for (key, t, c, row) in scanned.rows() {
+        let log = match logs.get_mut(key) {
             Some(log) => log,
             None => logs
-                .entry(key.as_slice().into())
-                .or_insert_with(|| Events::new(spec.columns.iter().map(|c| c.1))),
+                .entry(key.into())
+                .or_insert_with(|| Events::new(kinds.iter().copied())),
         };
-        log.push(t, c, &values, row);
+        log.push(t, c, &scanned.values, row);
         kept += 1;
     }
     Ok(kept)
@@ -650,7 +694,7 @@ impl Materializer {
                     let mut logs = EventLogs::default();
                     while let Some(batch) = stream.next().await {
                         let batch = batch.map_err(offline::Error::from)?;
-                        fold_events(&layout, &columns, &batch, &mut logs, None)?;
+                        fold_events(&layout, &columns, &batch, &mut logs)?;
                         rows.fetch_add(batch.num_rows() as u64, Ordering::Relaxed);
                     }
                     Ok::<_, Error>(logs)

@@ -29,11 +29,12 @@ use tracing::{debug, info};
 use crate::catalog::column_list;
 use crate::keys::KeyType;
 use crate::materialize::{
-    fold_batch, fold_events, horizon, Error, EventLogs, Materializer, Result, Winners,
+    fold_batch, horizon, scan_events, BatchEvents, Error, Materializer, Result, Winners,
 };
 use crate::offline::window::WindowColumns;
 use crate::online::encoding::KeyColumn;
-use crate::online::{log_operand, Entries, OnlineStore, ViewLayout, ViewState};
+use crate::online::{log_merge, Entries, OnlineStore, ViewLayout};
+use crate::windows::Events;
 
 /// Pushes of fewer rows write their views one after the other: starting a thread
 /// costs more than it saves.
@@ -188,23 +189,13 @@ fn push_view(
     batches: &[RecordBatch],
 ) -> Result<u64> {
     let started = std::time::Instant::now();
-    let state = online.view_state(layout)?.unwrap_or(ViewState {
-        fingerprint: layout.fingerprint,
-        ..Default::default()
-    });
     let (keys, folded_us) = match &layout.windows {
         Some(spec) => {
             let horizon = horizon(online.now_nanos(), spec.longest);
-            let mut logs = EventLogs::default();
-            for b in batches {
-                fold_events(layout, columns, b, &mut logs, Some(horizon))?;
-            }
-            let operands = append_operands(layout, logs, horizon);
+            let operands = append_operands(layout, columns, batches, horizon)?;
             let folded_us = started.elapsed().as_micros() as u64;
-            // Entities new to the view are not counted: that would take a read
-            // per key, which appending avoids (docs/push.md).
             if !operands.is_empty() {
-                online.commit_appends(layout, &operands, &state)?;
+                online.commit_appends(&operands)?;
             }
             (operands.len(), folded_us)
         }
@@ -213,21 +204,18 @@ fn push_view(
             for b in batches {
                 fold_batch(layout, columns, b, &mut winners)?;
             }
-            let entries = winners
+            // Newer-only without a read: RocksDB keeps the newest of the stored
+            // row and the operands (online::log_merge).
+            let mut operands: Entries = winners
                 .into_iter()
-                .map(|(k, (_, v))| (k.into_vec(), v))
+                .map(|(k, (_, v))| (k.into_vec(), log_merge::row_operand(&v)))
                 .collect();
-            let (keep, new_keys) = online.newer_only(layout, entries, false)?;
+            operands.sort_unstable_by(|a, b| a.0.cmp(&b.0));
             let folded_us = started.elapsed().as_micros() as u64;
-            // No fsync per push: the WAL survives a killed process (see docs/push.md).
-            if !keep.is_empty() {
-                let state = ViewState {
-                    key_count: state.key_count + new_keys,
-                    ..state
-                };
-                online.commit_batch(layout, &keep, &state, false)?;
+            if !operands.is_empty() {
+                online.commit_appends(&operands)?;
             }
-            (keep.len(), folded_us)
+            (operands.len(), folded_us)
         }
     };
     debug!(
@@ -240,22 +228,40 @@ fn push_view(
     Ok(keys as u64)
 }
 
-/// The merge operands appending each entity's pushed events to its stored log
-/// (nothing is read: RocksDB merges them, see `online::log_merge`), in key
-/// order.
-fn append_operands(layout: &ViewLayout, logs: EventLogs, horizon: i64) -> Entries {
+/// The merge operands appending each entity's pushed events (those after
+/// `horizon`) to its stored log, in key order: nothing is read, RocksDB merges
+/// them (see `online::log_merge`). The rows are sorted by key, and each key's
+/// events gathered into one reused [`Events`].
+fn append_operands(
+    layout: &ViewLayout,
+    columns: &WindowColumns,
+    batches: &[RecordBatch],
+    horizon: i64,
+) -> Result<Entries> {
     let kinds = layout.event_kinds();
-    let mut operands: Entries = logs
-        .into_iter()
-        .map(|(key, mut events)| {
-            events.canonicalize();
-            let mut op = Vec::new();
-            log_operand(horizon, &kinds, &events, &mut op);
-            (key.into_vec(), op)
-        })
+    let scanned: Vec<BatchEvents> = batches
+        .iter()
+        .map(|b| scan_events(layout, columns, b, Some(horizon)))
+        .collect::<Result<_>>()?;
+    // (key, batch, row in the batch, event time, created time)
+    type Kept<'a> = (&'a [u8], usize, usize, i64, Option<i64>);
+    let mut rows: Vec<Kept<'_>> = (scanned.iter().enumerate())
+        .flat_map(|(i, s)| s.rows().map(move |(k, t, c, row)| (k, i, row, t, c)))
         .collect();
-    operands.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    operands
+    rows.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut operands = Vec::new();
+    let mut events = Events::new(kinds.iter().copied());
+    for group in rows.chunk_by(|a, b| a.0 == b.0) {
+        events.clear();
+        for &(_, i, row, t, c) in group {
+            events.push(t, c, &scanned[i].values, row);
+        }
+        events.canonicalize();
+        let mut op = Vec::new();
+        log_merge::operand(horizon, &kinds, &events, &mut op);
+        operands.push((group[0].0.to_vec(), op));
+    }
+    Ok(operands)
 }
 
 /// Whether a pushed column of type `from` may be stored as `to` (when its values

@@ -1,22 +1,27 @@
-//! The RocksDB merge operator of aggregation views: a push appends its events to
-//! each entity's event log as a merge operand, without reading the log, and
-//! RocksDB folds the operands into the stored log when the key is read, flushed
-//! or compacted.
+//! The RocksDB merge operator of pushes: a push writes each entity's update as
+//! a merge operand, without reading what is stored, and RocksDB folds the
+//! operands into the stored value when the key is read, flushed or compacted.
+//! Two kinds of operands, one per kind of view:
 //!
 //! ```text
-//! operand  tag (u8 = 0xE1) | horizon ns (i64 LE) | columns (u8) | kind per column (u8)
-//!          | the pushed events, as a state value (crate::windows::Events)
+//! events operand  tag (u8 = 0xE1) | horizon ns (i64 LE) | columns (u8) | kind per column (u8)
+//!                 | the pushed events, as a state value (crate::windows::Events)
+//! row operand     tag (u8 = 0xE2) | a plain view's stored value (super::encoding)
 //! ```
 //!
-//! The full merge gives a state value: the stored log's events and every
-//! operand's, in canonical order, without those at or before the largest horizon
-//! (outside every window from then on). A partial merge gives the same as one
-//! operand. Both are pure functions of their inputs (no clock): the union of
-//! events is the same in any grouping or order, so RocksDB may merge operands in
-//! whatever steps it likes and every reader sees the same bytes.
+//! Events (aggregation views): the full merge gives a state value, the stored
+//! log's events and every operand's, in canonical order, without those at or
+//! before the largest horizon (outside every window from then on). Rows (plain
+//! views): the full merge gives the stored value or the first operand with the
+//! largest (event, created) version: newer-only, as materialize writes. A
+//! partial merge gives the same as one operand. Both are pure functions of their
+//! inputs (no clock) and associative, so RocksDB may merge operands in whatever
+//! steps it likes and every reader sees the bytes a read-modify-write per push
+//! would have stored.
 
 use rocksdb::MergeOperands;
 
+use super::encoding::value_version;
 use crate::columns::CorruptValue;
 use crate::windows::{merge_logs, Events, ValueKind};
 
@@ -25,24 +30,71 @@ use crate::windows::{merge_logs, Events, ValueKind};
 pub(super) const NAME: &str = "quiver.event_logs.v1";
 
 const TAG: u8 = 0xE1;
+const ROW_TAG: u8 = 0xE2;
+
+/// The merge operand storing `value` (a plain view's encoded row) unless what
+/// is stored is as new or newer.
+pub(crate) fn row_operand(value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + value.len());
+    out.push(ROW_TAG);
+    out.extend_from_slice(value);
+    out
+}
+
+/// Of `base` and the row operands, in order, the first with the largest
+/// version. Operands that do not parse are skipped and logged; a stored value
+/// that does not parse loses to any operand that does.
+fn newest_row<'a>(
+    key: &[u8],
+    base: Option<&'a [u8]>,
+    ops: impl Iterator<Item = &'a [u8]>,
+) -> Option<&'a [u8]> {
+    let mut best = base.and_then(|b| value_version(b).ok().map(|v| (v, b)));
+    let mut fallback = base;
+    for op in ops {
+        let row = match op.split_first() {
+            Some((&ROW_TAG, row)) => row,
+            _ => {
+                tracing::error!(key = ?KeyHex(key), "skipped a row operand: malformed");
+                continue;
+            }
+        };
+        let Ok(v) = value_version(row) else {
+            tracing::error!(key = ?KeyHex(key), "skipped a row operand: bad value");
+            continue;
+        };
+        if best.is_none_or(|(b, _)| v > b) {
+            best = Some((v, row));
+        }
+        fallback = None;
+    }
+    best.map(|(_, row)| row).or(fallback)
+}
+
+/// Whether the operands are rows (their first byte).
+fn rows(ops: &MergeOperands) -> bool {
+    ops.iter().next().and_then(|op| op.first()) == Some(&ROW_TAG)
+}
 
 /// The merge operand appending `events` (canonical order) to a log whose columns
 /// are `kinds`, with the horizon at or before which events can be dropped.
 pub(crate) fn operand(horizon: i64, kinds: &[ValueKind], events: &Events, out: &mut Vec<u8>) {
-    let mut log = Vec::new();
-    events.encode(&mut log);
-    operand_of_log(horizon, kinds, &log, out);
+    operand_header(horizon, kinds, out);
+    events.encode_onto(out);
 }
 
 /// [`operand`] of events already encoded as a state value.
 fn operand_of_log(horizon: i64, kinds: &[ValueKind], log: &[u8], out: &mut Vec<u8>) {
+    operand_header(horizon, kinds, out);
+    out.extend_from_slice(log);
+}
+
+fn operand_header(horizon: i64, kinds: &[ValueKind], out: &mut Vec<u8>) {
     out.clear();
-    out.reserve(10 + kinds.len() + log.len());
     out.push(TAG);
     out.extend_from_slice(&horizon.to_le_bytes());
     out.push(kinds.len() as u8);
     out.extend(kinds.iter().map(|k| k.tag()));
-    out.extend_from_slice(log);
 }
 
 /// An operand's parts: horizon, column kinds and the events' state value.
@@ -104,6 +156,10 @@ pub(super) fn full_merge(
     existing: Option<&[u8]>,
     ops: &MergeOperands,
 ) -> Option<Vec<u8>> {
+    if rows(ops) {
+        let newest = std::panic::catch_unwind(|| newest_row(key, existing, ops.iter()));
+        return newest.ok().flatten().map(<[u8]>::to_vec);
+    }
     let merged = std::panic::catch_unwind(|| merge_all(key, existing, ops.iter()));
     match merged {
         Ok(Ok((_, _, log))) => Some(log),
@@ -125,6 +181,10 @@ pub(super) fn partial_merge(
     _existing: Option<&[u8]>,
     ops: &MergeOperands,
 ) -> Option<Vec<u8>> {
+    if rows(ops) {
+        let newest = std::panic::catch_unwind(|| newest_row(key, None, ops.iter()));
+        return newest.ok().flatten().map(row_operand);
+    }
     let merged = std::panic::catch_unwind(|| merge_all(key, None, ops.iter())).ok()?;
     let (horizon, kinds, log) = merged.ok()?;
     let kinds = kinds?; // no operand parsed
@@ -154,11 +214,13 @@ mod tests {
     use arrow::array::{ArrayRef, Float64Array, StringArray};
     use rand::{Rng, SeedableRng};
 
-    use super::super::fixture::{layout, store};
-    use super::super::ViewState;
+    use super::super::fixture::{entries, layout, store, Row};
     use super::*;
 
     const KINDS: [ValueKind; 2] = [ValueKind::Float, ValueKind::Str];
+
+    /// (event, created) of a stored row.
+    type Version = (i64, i64);
 
     /// (time, x, s)
     type Event = (i64, Option<f64>, Option<&'static str>);
@@ -178,7 +240,6 @@ mod tests {
     fn appended_operands_read_as_one_rebuilt_log_through_flushes_and_compactions() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
-        let l = layout();
         let mut rng = rand::rngs::StdRng::seed_from_u64(11);
         let mut all: BTreeMap<Vec<u8>, Vec<Event>> = BTreeMap::new();
         let mut horizon = i64::MIN;
@@ -203,8 +264,7 @@ mod tests {
                     (k.clone(), op)
                 })
                 .collect();
-            s.commit_appends(&l, &operands, &ViewState::default())
-                .unwrap();
+            s.commit_appends(&operands).unwrap();
             // Merges happen at reads, flushes (partial merges of operands) and
             // compactions (onto the stored log).
             match push % 50 {
@@ -228,10 +288,56 @@ mod tests {
     }
 
     #[test]
-    fn bad_operands_are_skipped_and_a_stored_log_is_replaced_by_a_put() {
+    fn row_operands_keep_the_first_newest_row_as_newer_only_writes_would() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
         let l = layout();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        // What a read-compare-write per push would have stored, per key.
+        let mut want: BTreeMap<Vec<u8>, (Version, Vec<u8>)> = BTreeMap::new();
+        for push in 0..400 {
+            let rows: Vec<Row<'static>> = (0..rng.random_range(1..6))
+                .map(|_| {
+                    let key = rng.random_range(0..10);
+                    let event = rng.random_range(0..20);
+                    let created = rng.random_range(0..3);
+                    (key, event, created, Some(push as f64), None)
+                })
+                .collect();
+            let mut ops = Vec::new();
+            for (k, v) in entries(&l, &rows) {
+                let version = value_version(&v).unwrap();
+                if want.get(&k).is_none_or(|(w, _)| version > *w) {
+                    want.insert(k.clone(), (version, v.clone()));
+                }
+                ops.push((k, row_operand(&v)));
+            }
+            s.commit_appends(&ops).unwrap();
+            match push % 60 {
+                13 => s.db.flush().unwrap(),
+                37 => s.db.compact_range::<&[u8], &[u8]>(None, None),
+                _ => {}
+            }
+        }
+        for (k, (_, v)) in &want {
+            assert_eq!(s.db.get(k).unwrap().as_ref(), Some(v), "key {k:?}");
+        }
+        // Materialize's newer-only reads the merged rows.
+        let stored: Vec<_> = (want.iter())
+            .map(|(k, (_, v))| (k.clone(), v.clone()))
+            .collect();
+        let (keep, new) = s.newer_only(&l, stored, false).unwrap();
+        assert_eq!(
+            (keep.len(), new),
+            (0, 0),
+            "nothing stored is older than itself"
+        );
+    }
+
+    #[test]
+    fn bad_operands_are_skipped_and_a_stored_log_is_replaced_by_a_put() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
         let mut good = Vec::new();
         operand(0, &KINDS, &events(&[(5, Some(1.0), None)]), &mut good);
         let mut other_kinds = Vec::new();
@@ -243,14 +349,13 @@ mod tests {
             (vec![1], other_kinds),
             (vec![1], good.clone()),
         ];
-        s.commit_appends(&l, &ops, &ViewState::default()).unwrap();
+        s.commit_appends(&ops).unwrap();
         let mut want = Vec::new();
         events(&[(5, Some(1.0), None), (5, Some(1.0), None)]).encode(&mut want);
         assert_eq!(s.db.get([1]).unwrap(), Some(want));
         // A put (materialize's rebuild) replaces the log and its operands.
         s.db.put([1], []).unwrap();
-        s.commit_appends(&l, &[(vec![1], good)], &ViewState::default())
-            .unwrap();
+        s.commit_appends(&[(vec![1], good)]).unwrap();
         let mut want = Vec::new();
         events(&[(5, Some(1.0), None)]).encode(&mut want);
         assert_eq!(s.db.get([1]).unwrap(), Some(want));

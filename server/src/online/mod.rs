@@ -15,9 +15,8 @@
 //! writes ([`OnlineStore`]); `lookup` owns the reads ([`LookupPlan`],
 //! [`OnlineStore::lookup`]); [`encoding`] owns the bytes of keys and values.
 
-mod cache;
 pub(crate) mod encoding;
-mod log_merge;
+pub(crate) mod log_merge;
 mod lookup;
 mod store;
 
@@ -25,7 +24,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use self::encoding::CorruptValue;
-pub(crate) use self::log_merge::operand as log_operand;
 pub(crate) use self::lookup::LookupPlan;
 pub(crate) use self::store::{Entries, OnlineOptions, OnlineStore, ViewLayout, ViewState};
 use crate::error::ErrorKind;
@@ -183,7 +181,6 @@ mod fixture {
             dir,
             &OnlineOptions {
                 block_cache_bytes: 1 << 20,
-                state_cache_bytes: 1 << 20,
                 clock: Clock::Fixed(1000 * SEC),
             },
         )

@@ -18,7 +18,6 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
-use super::cache::StateCache;
 use super::encoding::{self, data_prefix, meta_key, value_version, width, KeyType, Width};
 use super::log_merge;
 use super::{Clock, Error, Result};
@@ -119,15 +118,12 @@ pub(crate) struct OnlineOptions {
     pub block_cache_bytes: usize,
     /// What "now" is for ttl checks.
     pub clock: Clock,
-    /// Budget of the writers' [`StateCache`], in bytes (0 disables it).
-    pub state_cache_bytes: usize,
 }
 
 impl Default for OnlineOptions {
     fn default() -> Self {
         Self {
             block_cache_bytes: 256 << 20,
-            state_cache_bytes: 128 << 20,
             clock: Clock::System,
         }
     }
@@ -142,8 +138,6 @@ pub(crate) struct OnlineStore {
     /// What "now" is for ttl checks.
     pub(super) clock: Clock,
     view_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    /// What writers last read or wrote (see [`StateCache`]).
-    cache: StateCache,
 }
 
 impl std::fmt::Debug for OnlineStore {
@@ -236,7 +230,6 @@ impl OnlineStore {
             options: opts,
             clock: options.clock.clone(),
             view_locks: Mutex::new(HashMap::new()),
-            cache: StateCache::new(options.state_cache_bytes),
         })
     }
 
@@ -260,7 +253,6 @@ impl OnlineStore {
             options: opts,
             clock: Clock::System,
             view_locks: Mutex::new(HashMap::new()),
-            cache: StateCache::new(0),
         })
     }
 
@@ -340,32 +332,22 @@ impl OnlineStore {
     /// none), in order, with every pushed event merged in; for writers holding
     /// the view's lock.
     pub(crate) fn get_logs(&self, keys: &[&[u8]]) -> Result<Vec<Option<Vec<u8>>>> {
-        self.read_many(keys, true, false)
+        self.read_many(keys, true)
     }
 
-    /// The stored values of `keys`, filling RocksDB's block cache or not, and
-    /// going through the [`StateCache`] or not. Aggregation views' keys never go
-    /// through it: their pushes write merge operands, unseen by the cache.
-    fn read_many(
-        &self,
-        keys: &[&[u8]],
-        fill_block_cache: bool,
-        state_cache: bool,
-    ) -> Result<Vec<Option<Vec<u8>>>> {
-        let mut got: Vec<Option<Vec<u8>>> = match state_cache {
-            true => keys.iter().map(|k| self.cache.get(k)).collect(),
-            false => vec![None; keys.len()],
-        };
-        // RocksDB reads sorted keys faster: read the misses in key order.
-        let mut misses: Vec<usize> = (0..keys.len()).filter(|&i| got[i].is_none()).collect();
-        misses.sort_unstable_by_key(|&i| keys[i]);
+    /// The stored values of `keys`, filling RocksDB's block cache or not.
+    fn read_many(&self, keys: &[&[u8]], fill_block_cache: bool) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut got: Vec<Option<Vec<u8>>> = vec![None; keys.len()];
+        // RocksDB reads sorted keys faster: read them in key order.
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_unstable_by_key(|&i| keys[i]);
         let cf = self
             .db
             .cf_handle(DEFAULT_CF)
             .expect("opened with the default column family");
         let mut opts = ReadOptions::default();
         opts.fill_cache(fill_block_cache);
-        for chunk in misses.chunks(8192) {
+        for chunk in order.chunks(8192) {
             let values = (self.db).batched_multi_get_cf_opt(
                 &cf,
                 chunk.iter().map(|&i| keys[i]),
@@ -373,12 +355,7 @@ impl OnlineStore {
                 &opts,
             );
             for (&i, v) in chunk.iter().zip(values) {
-                if let Some(v) = v? {
-                    if state_cache {
-                        self.cache.put(keys[i], Some(&v));
-                    }
-                    got[i] = Some(v.to_vec());
-                }
+                got[i] = v?.map(|v| v.to_vec());
             }
         }
         Ok(got)
@@ -398,7 +375,7 @@ impl OnlineStore {
         entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let keys: Vec<&[u8]> = entries.iter().map(|(k, _)| k.as_slice()).collect();
         // Large materializations would flush the lookups' hot blocks: no block cache.
-        let stored = self.read_many(&keys, false, true)?;
+        let stored = self.read_many(&keys, false)?;
         let mut keep = Vec::with_capacity(entries.len());
         let mut new_keys = 0u64;
         for ((k, v), old) in entries.into_iter().zip(stored) {
@@ -453,29 +430,19 @@ impl OnlineStore {
         let mut opts = sorted_write();
         opts.set_sync(sync);
         self.db.write_opt(batch, &opts)?;
-        if layout.windows.is_none() {
-            for (k, v) in sorted {
-                self.cache.put(k, (!v.is_empty()).then_some(v.as_slice()));
-            }
-        }
         debug!(view = %layout.name, keys = entries.len(), "committed write batch");
         Ok(())
     }
 
-    /// Appends events to an aggregation view's logs: `operands` (data key, merge
-    /// operand of [`log_merge::operand`]) and the view's new state in one write
-    /// batch, nothing read. Not synced (see [`Self::commit_batch`]).
-    pub(crate) fn commit_appends(
-        &self,
-        layout: &ViewLayout,
-        operands: &[(Vec<u8>, Vec<u8>)],
-        state: &ViewState,
-    ) -> Result<()> {
+    /// Writes pushed updates: `operands` (data key, merge operand of
+    /// [`log_merge`]) in one write batch, nothing read. Not synced (see
+    /// [`Self::commit_batch`]). The view's state is untouched: a push does not
+    /// know which entities are new, nor move the watermark.
+    pub(crate) fn commit_appends(&self, operands: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
         let mut batch = WriteBatch::default();
         for (k, op) in operands {
             batch.merge(k, op);
         }
-        batch.put(meta_key(&layout.name), encode_state(state));
         self.db.write_opt(batch, &sorted_write())?;
         Ok(())
     }
@@ -516,7 +483,6 @@ impl OnlineStore {
         let ingested = self.db.ingest_external_file_opts(&opts, vec![&file]);
         let _ = std::fs::remove_file(&file);
         ingested?;
-        self.cache.forget_prefix(&layout.prefix());
         info!(view = %layout.name, keys = entries.len(), "ingested SST");
         Ok(())
     }

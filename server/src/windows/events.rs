@@ -62,6 +62,11 @@ impl<T: Copy + Default> Col<T> {
         self.values.drain(..n);
         self.valid.drain(..n);
     }
+
+    fn clear(&mut self) {
+        self.values.clear();
+        self.valid.clear();
+    }
 }
 
 impl<T: Copy + Default> FromIterator<Option<T>> for Col<T> {
@@ -217,6 +222,20 @@ impl Events {
         }
     }
 
+    /// Drops every event, keeping the columns and their capacity.
+    pub(crate) fn clear(&mut self) {
+        self.time.clear();
+        self.created.clear();
+        for c in &mut self.cols {
+            match c {
+                Values::Int(v) => v.clear(),
+                Values::Float(v) => v.clear(),
+                Values::Str(v) => v.clear(),
+                Values::Bool(v) => v.clear(),
+            }
+        }
+    }
+
     /// Appends all of `other`'s events (same columns).
     pub(crate) fn extend(&mut self, other: &Events) {
         if !self.created.is_empty() || !other.created.is_empty() {
@@ -287,6 +306,11 @@ impl Events {
     /// The stored bytes of these events.
     pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         out.clear();
+        self.encode_onto(out);
+    }
+
+    /// [`Self::encode`], appending to `out`.
+    pub(crate) fn encode_onto(&self, out: &mut Vec<u8>) {
         out.push(STATE_VERSION);
         out.extend_from_slice(&(self.len() as u32).to_le_bytes());
         let bitmap = self.cols.len().div_ceil(8);
