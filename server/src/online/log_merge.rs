@@ -25,8 +25,9 @@ use super::encoding::value_version;
 use crate::columns::CorruptValue;
 use crate::windows::{merge_logs, Events, ValueKind};
 
-/// The operator's name, checked by RocksDB against the one a database was
-/// written with.
+/// The operator's name. RocksDB does not check it on open: a binary without
+/// this operator cannot read keys with pending operands (no downgrade to a
+/// quiver before merges without a full compaction; docs/operations.md).
 pub(super) const NAME: &str = "quiver.event_logs.v1";
 
 const TAG: u8 = 0xE1;
@@ -140,38 +141,57 @@ fn merge_all<'a>(
             tracing::error!(key = ?KeyHex(key), "skipped an event log operand of other columns");
             continue;
         }
+        if let Err(e) = merge_logs(&acc, log, &k, horizon.max(h), &mut next) {
+            // Whose bytes are bad? An operand that does not read alone is
+            // skipped; otherwise the stored log is (the caller decides).
+            if merge_logs(&[], log, &k, i64::MIN, &mut next).is_err() {
+                tracing::error!(key = ?KeyHex(key), "skipped an event log operand: {e}");
+                continue;
+            }
+            return Err(e);
+        }
         horizon = horizon.max(h);
-        merge_logs(&acc, log, &k, horizon, &mut next)?;
         std::mem::swap(&mut acc, &mut next);
         kinds = Some(k);
     }
     Ok((horizon, kinds, acc))
 }
 
-/// RocksDB's full merge: the stored log (if any) with every operand, as a state
-/// value. A stored log that does not decode is kept as it is (its lookups report
-/// it corrupt), so a bad value cannot stop compactions.
+/// RocksDB's full merge: the stored value (if any) with every operand. It never
+/// fails: a failed merge would fail the flush or compaction running it and stop
+/// every write to the store. A stored log that does not decode is kept as it is
+/// (its lookups report it corrupt); when nothing can be merged (no operand
+/// parses, or a bug panics) the stored value is kept, or an empty one (no
+/// events; a row lookups report corrupt) left.
 pub(super) fn full_merge(
     key: &[u8],
     existing: Option<&[u8]>,
     ops: &MergeOperands,
 ) -> Option<Vec<u8>> {
+    let keep = || existing.unwrap_or_default().to_vec();
     if rows(ops) {
         let newest = std::panic::catch_unwind(|| newest_row(key, existing, ops.iter()));
-        return newest.ok().flatten().map(<[u8]>::to_vec);
+        return Some(match newest {
+            Ok(Some(row)) => row.to_vec(),
+            Ok(None) => keep(),
+            Err(_) => {
+                tracing::error!(key = ?KeyHex(key), "a row merge panicked");
+                keep()
+            }
+        });
     }
     let merged = std::panic::catch_unwind(|| merge_all(key, existing, ops.iter()));
-    match merged {
-        Ok(Ok((_, _, log))) => Some(log),
+    Some(match merged {
+        Ok(Ok((_, _, log))) => log,
         Ok(Err(e)) => {
             tracing::error!(key = ?KeyHex(key), "kept a stored event log that does not merge: {e}");
-            Some(existing.unwrap_or_default().to_vec())
+            keep()
         }
         Err(_) => {
             tracing::error!(key = ?KeyHex(key), "an event log merge panicked");
-            None
+            keep()
         }
-    }
+    })
 }
 
 /// RocksDB's partial merge: operands into one. `None` (RocksDB then keeps them
@@ -343,10 +363,13 @@ mod tests {
         let mut other_kinds = Vec::new();
         let ints = Events::new([ValueKind::Int]);
         operand(0, &[ValueKind::Int], &ints, &mut other_kinds);
+        // A good header over events cut short.
+        let cut_log = good[..good.len() - 3].to_vec();
         let ops = vec![
             (vec![1], good.clone()),
             (vec![1], vec![TAG, 1, 2]),
             (vec![1], other_kinds),
+            (vec![1], cut_log),
             (vec![1], good.clone()),
         ];
         s.commit_appends(&ops).unwrap();
@@ -355,9 +378,22 @@ mod tests {
         assert_eq!(s.db.get([1]).unwrap(), Some(want));
         // A put (materialize's rebuild) replaces the log and its operands.
         s.db.put([1], []).unwrap();
-        s.commit_appends(&[(vec![1], good)]).unwrap();
+        s.commit_appends(&[(vec![1], good.clone())]).unwrap();
         let mut want = Vec::new();
         events(&[(5, Some(1.0), None)]).encode(&mut want);
         assert_eq!(s.db.get([1]).unwrap(), Some(want));
+        // A corrupt stored log is kept as it is; reads and compactions go on.
+        s.db.put([2], [2, 9, 9]).unwrap();
+        s.commit_appends(&[(vec![2], good)]).unwrap();
+        assert_eq!(s.db.get([2]).unwrap(), Some(vec![2, 9, 9]));
+        // Rows that do not parse leave nothing to serve, and fail nothing.
+        s.commit_appends(&[(vec![3], vec![ROW_TAG, 1])]).unwrap();
+        assert_eq!(s.db.get([3]).unwrap(), Some(vec![]));
+        // The merge's empty result is written by one compaction and dropped by
+        // the compaction filter in the next (filters see values, not merges).
+        s.db.compact_range::<&[u8], &[u8]>(None, None);
+        s.db.compact_range::<&[u8], &[u8]>(None, None);
+        assert_eq!(s.db.get([2]).unwrap(), Some(vec![2, 9, 9]));
+        assert_eq!(s.db.get([3]).unwrap(), None, "the empty value is dropped");
     }
 }
