@@ -393,10 +393,9 @@ pub(crate) fn fold_events(
     columns: &WindowColumns,
     batch: &RecordBatch,
     logs: &mut EventLogs,
-) -> Result<u64> {
+) -> Result<()> {
     let kinds = layout.event_kinds();
     let scanned = scan_events(layout, columns, batch, None)?;
-    let mut kept = 0;
     for (key, t, c, row) in scanned.rows() {
         let log = match logs.get_mut(key) {
             Some(log) => log,
@@ -405,9 +404,8 @@ pub(crate) fn fold_events(
                 .or_insert_with(|| Events::new(kinds.iter().copied())),
         };
         log.push(t, c, &scanned.values, row);
-        kept += 1;
     }
-    Ok(kept)
+    Ok(())
 }
 
 /// The new stored event logs of `logs`' entities: their stored events after

@@ -6,10 +6,11 @@
 //! batches ──conform (columns, types, null times and keys)──> source-shaped batches
 //!   ├─ offline: OfflineStore::write_push (whole files: put, or temp + rename)
 //!   └─ online, per view over the source, under the view's lock:
-//!        plain view:        newest row per entity, newer-only (as materialize)
-//!        aggregation view:  events appended to each entity's event log as RocksDB
-//!                           merge operands, nothing read (online::log_merge);
-//!                           events outside every window at now are offline only
+//!        each entity's update is a RocksDB merge operand, nothing read
+//!        (online::push_merge):
+//!        plain view:        its newest row, kept if newer (as materialize)
+//!        aggregation view:  its events, appended to its event log; events
+//!                           outside every window at now are offline only
 //! ```
 //!
 //! Nothing is written until every batch has passed the checks, so a refused push
@@ -33,7 +34,7 @@ use crate::materialize::{
 };
 use crate::offline::window::WindowColumns;
 use crate::online::encoding::KeyColumn;
-use crate::online::{log_merge, Entries, OnlineStore, ViewLayout};
+use crate::online::{push_merge, Entries, OnlineStore, ViewLayout};
 use crate::windows::Events;
 
 /// Pushes of fewer rows write their views one after the other: starting a thread
@@ -189,15 +190,10 @@ fn push_view(
     batches: &[RecordBatch],
 ) -> Result<u64> {
     let started = std::time::Instant::now();
-    let (keys, folded_us) = match &layout.windows {
+    let operands = match &layout.windows {
         Some(spec) => {
             let horizon = horizon(online.now_nanos(), spec.longest);
-            let operands = append_operands(layout, columns, batches, horizon)?;
-            let folded_us = started.elapsed().as_micros() as u64;
-            if !operands.is_empty() {
-                online.commit_appends(&operands)?;
-            }
-            (operands.len(), folded_us)
+            append_operands(layout, columns, batches, horizon)?
         }
         None => {
             let mut winners = Winners::default();
@@ -205,32 +201,32 @@ fn push_view(
                 fold_batch(layout, columns, b, &mut winners)?;
             }
             // Newer-only without a read: RocksDB keeps the newest of the stored
-            // row and the operands (online::log_merge).
+            // row and the operands (online::push_merge).
             let mut operands: Entries = winners
                 .into_iter()
-                .map(|(k, (_, v))| (k.into_vec(), log_merge::row_operand(&v)))
+                .map(|(k, (_, v))| (k.into_vec(), push_merge::row_operand(&v)))
                 .collect();
             operands.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            let folded_us = started.elapsed().as_micros() as u64;
-            if !operands.is_empty() {
-                online.commit_appends(&operands)?;
-            }
-            (operands.len(), folded_us)
+            operands
         }
     };
+    let folded_us = started.elapsed().as_micros() as u64;
+    if !operands.is_empty() {
+        online.commit_appends(&operands)?;
+    }
     debug!(
         view = %layout.name,
-        keys,
+        keys = operands.len(),
         folded_us,
         us = started.elapsed().as_micros() as u64,
         "pushed into a view"
     );
-    Ok(keys as u64)
+    Ok(operands.len() as u64)
 }
 
 /// The merge operands appending each entity's pushed events (those after
 /// `horizon`) to its stored log, in key order: nothing is read, RocksDB merges
-/// them (see `online::log_merge`). The rows are sorted by key, and each key's
+/// them (see `online::push_merge`). The rows are sorted by key, and each key's
 /// events gathered into one reused [`Events`].
 fn append_operands(
     layout: &ViewLayout,
@@ -258,7 +254,7 @@ fn append_operands(
         }
         events.canonicalize();
         let mut op = Vec::new();
-        log_merge::operand(horizon, &kinds, &events, &mut op);
+        push_merge::operand(horizon, &kinds, &events, &mut op);
         operands.push((group[0].0.to_vec(), op));
     }
     Ok(operands)

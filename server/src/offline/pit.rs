@@ -176,25 +176,24 @@ impl AsofJoinExec {
                     as Arc<dyn ExecutionPlan>,
             )
         };
-        let mut lcols = idx.left_keys.clone();
-        lcols.push(idx.left_time);
-        let mut rcols = idx.right_keys.clone();
-        rcols.push(idx.right_time);
-        rcols.extend(idx.right_created);
-        let (left, right) = (
-            partition(left, &idx.left_keys)?,
-            partition(right, &idx.right_keys)?,
-        );
+        let mut left = partition(left, &idx.left_keys)?;
+        let mut right = partition(right, &idx.right_keys)?;
         // Window mode groups by hash and needs neither side sorted (window_join.rs).
-        if spec.windows.is_some() {
-            return Self::from_sorted(left, right, spec, idx);
+        if spec.windows.is_none() {
+            let mut lcols = idx.left_keys.clone();
+            lcols.push(idx.left_time);
+            let mut rcols = idx.right_keys.clone();
+            rcols.push(idx.right_time);
+            rcols.extend(idx.right_created);
+            left = sort(left, lcols)?;
+            right = sort(right, rcols)?;
         }
-        let left = sort(left, lcols)?;
-        let right = sort(right, rcols)?;
-        Self::from_sorted(left, right, spec, idx)
+        Self::from_inputs(left, right, spec, idx)
     }
 
-    fn from_sorted(
+    /// The operator over inputs already partitioned (and, outside window mode,
+    /// sorted) by key.
+    fn from_inputs(
         left: Arc<dyn ExecutionPlan>,
         right: Arc<dyn ExecutionPlan>,
         spec: AsofSpec,
@@ -276,7 +275,7 @@ impl ExecutionPlan for AsofJoinExec {
             Ok(c) => c,
             Err(_) => return plan_err!("AsofJoinExec has exactly two children"),
         };
-        Ok(Arc::new(Self::from_sorted(
+        Ok(Arc::new(Self::from_inputs(
             left,
             right,
             self.spec.clone(),

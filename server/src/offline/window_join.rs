@@ -192,6 +192,10 @@ impl Job {
                     c => Ok(c.clone()),
                 })
                 .collect::<std::result::Result<_, _>>()?;
+            let texts: Vec<_> = values
+                .iter()
+                .filter_map(|v| v.as_string_opt::<i32>())
+                .collect();
             let mut kept = 0usize;
             let mut text = 0usize;
             for r in 0..batch.num_rows() {
@@ -212,10 +216,8 @@ impl Job {
                 let c = created.filter(|c| c.is_valid(r)).map(|c| c.value(r));
                 group.events.push(ts, c, &values, r);
                 kept += 1;
-                for v in &values {
-                    if let Some(s) = v.as_string_opt::<i32>() {
-                        text += s.value_length(r) as usize;
-                    }
+                for s in &texts {
+                    text += s.value_length(r) as usize;
                 }
             }
             self.grow(kept * per_event + text)?;

@@ -16,8 +16,8 @@
 //! [`OnlineStore::lookup`]); [`encoding`] owns the bytes of keys and values.
 
 pub(crate) mod encoding;
-pub(crate) mod log_merge;
 mod lookup;
+pub(crate) mod push_merge;
 mod store;
 
 use std::path::PathBuf;

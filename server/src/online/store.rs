@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
 
 use super::encoding::{self, data_prefix, meta_key, value_version, width, KeyType, Width};
-use super::log_merge;
+use super::push_merge;
 use super::{Clock, Error, Result};
 use crate::windows::{ValueKind, WindowSpec};
 use quiver_client::protocol::MaterializeReport;
@@ -176,12 +176,12 @@ fn db_options(block_cache_bytes: usize) -> Options {
     // keeps each insert to fewer cache misses (quiver-bench fresh, one run
     // each: 115k rows/s pushed online at 16 MiB, 92k at the default 64 MiB).
     opts.set_write_buffer_size(16 << 20);
-    // Pushes append events to aggregation views' logs as merge operands; an
-    // entity whose events all aged out is left an empty log, dropped here.
+    // Pushes write merge operands (plain views' rows, aggregation views' events);
+    // an entity whose events all aged out is left an empty log, dropped here.
     opts.set_merge_operator(
-        log_merge::NAME,
-        log_merge::full_merge,
-        log_merge::partial_merge,
+        push_merge::NAME,
+        push_merge::full_merge,
+        push_merge::partial_merge,
     );
     opts.set_compaction_filter("quiver.drop_empty_logs", |_, _, value: &[u8]| {
         if value.is_empty() {
@@ -427,7 +427,7 @@ impl OnlineStore {
             }
         }
         batch.put(meta_key(&layout.name), encode_state(state));
-        let mut opts = sorted_write();
+        let mut opts = WriteOptions::default();
         opts.set_sync(sync);
         self.db.write_opt(batch, &opts)?;
         debug!(view = %layout.name, keys = entries.len(), "committed write batch");
@@ -435,7 +435,7 @@ impl OnlineStore {
     }
 
     /// Writes pushed updates: `operands` (data key, merge operand of
-    /// [`log_merge`]) in one write batch, nothing read. Not synced (see
+    /// [`push_merge`]) in one write batch, nothing read. Not synced (see
     /// [`Self::commit_batch`]). The view's state is untouched: a push does not
     /// know which entities are new, nor move the watermark.
     pub(crate) fn commit_appends(&self, operands: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
@@ -443,7 +443,7 @@ impl OnlineStore {
         for (k, op) in operands {
             batch.merge(k, op);
         }
-        self.db.write_opt(batch, &sorted_write())?;
+        self.db.write(batch)?;
         Ok(())
     }
 
@@ -486,15 +486,6 @@ impl OnlineStore {
         info!(view = %layout.name, keys = entries.len(), "ingested SST");
         Ok(())
     }
-}
-
-/// Options of a write batch whose keys are in order: each insert into the
-/// memtable starts where the previous one ended, instead of at the top of the
-/// skip list (cache misses all the way down, in a memtable of a million entries).
-fn sorted_write() -> WriteOptions {
-    let mut opts = WriteOptions::default();
-    opts.set_memtable_insert_hint_per_batch(true);
-    opts
 }
 
 fn encode_state(state: &ViewState) -> Vec<u8> {

@@ -28,9 +28,9 @@ use crate::windows::{merge_logs, Events, ValueKind};
 /// The operator's name. RocksDB does not check it on open: a binary without
 /// this operator cannot read keys with pending operands (no downgrade to a
 /// quiver before merges without a full compaction; docs/operations.md).
-pub(super) const NAME: &str = "quiver.event_logs.v1";
+pub(super) const NAME: &str = "quiver.push_merge.v1";
 
-const TAG: u8 = 0xE1;
+const EVENTS_TAG: u8 = 0xE1;
 const ROW_TAG: u8 = 0xE2;
 
 /// The merge operand storing `value` (a plain view's encoded row) unless what
@@ -92,7 +92,7 @@ fn operand_of_log(horizon: i64, kinds: &[ValueKind], log: &[u8], out: &mut Vec<u
 
 fn operand_header(horizon: i64, kinds: &[ValueKind], out: &mut Vec<u8>) {
     out.clear();
-    out.push(TAG);
+    out.push(EVENTS_TAG);
     out.extend_from_slice(&horizon.to_le_bytes());
     out.push(kinds.len() as u8);
     out.extend(kinds.iter().map(|k| k.tag()));
@@ -101,7 +101,7 @@ fn operand_header(horizon: i64, kinds: &[ValueKind], out: &mut Vec<u8>) {
 /// An operand's parts: horizon, column kinds and the events' state value.
 fn parse(op: &[u8]) -> Result<(i64, Vec<ValueKind>, &[u8]), CorruptValue> {
     const BAD: CorruptValue = CorruptValue("event log operand: malformed");
-    if op.len() < 10 || op[0] != TAG {
+    if op.len() < 10 || op[0] != EVENTS_TAG {
         return Err(BAD);
     }
     let horizon = i64::from_le_bytes(op[1..9].try_into().map_err(|_| BAD)?);
@@ -117,9 +117,9 @@ fn parse(op: &[u8]) -> Result<(i64, Vec<ValueKind>, &[u8]), CorruptValue> {
 type Merged = (i64, Option<Vec<ValueKind>>, Vec<u8>);
 
 /// Merges `base` (a state value) and the operands into one state value, with the
-/// largest horizon and the operands' kinds (`None` when no operand parsed). Operands that do not parse, or
-/// disagree on kinds, are skipped and logged: they were not written by this
-/// operator's [`operand`].
+/// largest horizon and the operands' kinds (`None` when no operand parsed).
+/// Operands that do not parse, or disagree on kinds, are skipped and logged:
+/// they were not written by this operator's [`operand`].
 fn merge_all<'a>(
     key: &[u8],
     base: Option<&[u8]>,
@@ -367,7 +367,7 @@ mod tests {
         let cut_log = good[..good.len() - 3].to_vec();
         let ops = vec![
             (vec![1], good.clone()),
-            (vec![1], vec![TAG, 1, 2]),
+            (vec![1], vec![EVENTS_TAG, 1, 2]),
             (vec![1], other_kinds),
             (vec![1], cut_log),
             (vec![1], good.clone()),
