@@ -10,15 +10,20 @@
 //! ```
 //!
 //! Neither side is sorted. A partition's spine rows are held (the spine is the
-//! small side), grouped by key in a hash table; the events then stream through
-//! once, and an event is kept only when a spine row of its key has it in its
-//! longest window (`t - longest < ts <= t`): events of keys absent from the spine,
-//! and those no spine row can see, cost a hash probe and nothing else. The kept
-//! events are reserved in the query's memory pool; when they do not fit, the
-//! query fails with a clear error (`UNAVAILABLE` at the Flight boundary) instead
-//! of spilling (docs/windows.md).
+//! small side), grouped by key in a hash table whose short keys sit in the table
+//! itself; the events then stream through once, and an event is kept only when a
+//! spine row of its key has it in its longest window (`t - longest < ts <= t`):
+//! events of keys absent from the spine, and those no spine row can see, cost a
+//! hash probe and nothing else. Kept events are appended to one column-wise
+//! buffer in arrival order (no per-key allocation), then grouped by key with a
+//! counting sort and put in canonical order key by key. The kept events are
+//! reserved in the query's memory pool; when they do not fit, the query fails
+//! with a clear error (`UNAVAILABLE` at the Flight boundary) instead of spilling
+//! (docs/windows.md).
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
@@ -37,17 +42,99 @@ use crate::windows::{Events, ValueKind, WindowSpec};
 /// Marks a spine row that belongs to no group (a null key or time).
 const NO_GROUP: u32 = u32::MAX;
 
-/// One key of the spine partition: its spine times (sorted) and the events kept.
-struct Group {
-    times: Vec<i64>,
-    events: Events,
+/// Key bytes up to this long are kept in the hash table itself.
+const INLINE_KEY: usize = 22;
+
+/// A key in arrow's row format (a single 64-bit key takes 9 bytes). Short keys
+/// are stored inline, so a probe compares bytes already in the table's slot
+/// instead of following a pointer per event; it hashes and compares as its bytes.
+#[derive(Clone)]
+enum GroupKey {
+    Inline(u8, [u8; INLINE_KEY]),
+    Heap(Box<[u8]>),
 }
 
-/// The spine partition, held: its batches and each row's group.
+impl GroupKey {
+    fn new(bytes: &[u8]) -> Self {
+        if bytes.len() > INLINE_KEY {
+            return GroupKey::Heap(bytes.into());
+        }
+        let mut inline = [0; INLINE_KEY];
+        inline[..bytes.len()].copy_from_slice(bytes);
+        GroupKey::Inline(bytes.len() as u8, inline)
+    }
+}
+
+impl Borrow<[u8]> for GroupKey {
+    fn borrow(&self) -> &[u8] {
+        match self {
+            GroupKey::Inline(n, bytes) => &bytes[..*n as usize],
+            GroupKey::Heap(bytes) => bytes,
+        }
+    }
+}
+
+impl Hash for GroupKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        Borrow::<[u8]>::borrow(self).hash(state)
+    }
+}
+
+impl PartialEq for GroupKey {
+    fn eq(&self, other: &Self) -> bool {
+        Borrow::<[u8]>::borrow(self) == Borrow::<[u8]>::borrow(other)
+    }
+}
+
+impl Eq for GroupKey {}
+
+/// The spine partition, held: its batches with each row's group, and each
+/// group's spine times.
 struct Spine {
     batches: Vec<(RecordBatch, Vec<u32>)>,
-    groups: Vec<Group>,
-    index: HashMap<Box<[u8]>, u32, foldhash::fast::RandomState>,
+    index: HashMap<GroupKey, u32, foldhash::fast::RandomState>,
+    /// Group `g`'s spine times, sorted, are `times[at[g]..at[g + 1]]`.
+    times: Vec<i64>,
+    at: Vec<u32>,
+}
+
+impl Spine {
+    fn times(&self, g: u32) -> &[i64] {
+        &self.times[self.at[g as usize] as usize..self.at[g as usize + 1] as usize]
+    }
+}
+
+/// The kept events of a partition, grouped by key: group `g`'s are
+/// `events[at[g]..at[g + 1]]`, in canonical order.
+struct Kept {
+    events: Events,
+    at: Vec<u32>,
+}
+
+/// Where each group's items start once grouped (`groups` holds `n` groups' ids,
+/// one per item), with the total at the end.
+fn group_offsets(n: usize, groups: impl Iterator<Item = u32>) -> Vec<u32> {
+    let mut at = vec![0u32; n + 1];
+    for g in groups {
+        at[g as usize + 1] += 1;
+    }
+    for g in 0..n {
+        at[g + 1] += at[g];
+    }
+    at
+}
+
+/// Counting sort: the items placed by group (`at` from [`group_offsets`]),
+/// keeping their order within a group.
+fn scatter<T: Copy + Default>(at: &[u32], items: impl Iterator<Item = (u32, T)>) -> Vec<T> {
+    let mut next = at[..at.len() - 1].to_vec();
+    let mut out = vec![T::default(); *at.last().unwrap_or(&0) as usize];
+    for (g, item) in items {
+        let slot = &mut next[g as usize];
+        out[*slot as usize] = item;
+        *slot += 1;
+    }
+    out
 }
 
 /// Bytes an event takes in [`Events`], roughly (for the memory pool).
@@ -86,8 +173,11 @@ pub(super) fn execute(
             reservation,
         };
         let spine = job.build(left).await?;
-        let spine = job.probe(spine, right).await?;
-        Ok::<_, DataFusionError>(futures::stream::iter(evaluate(spine, job, cutoff, schema)))
+        let kept = job.probe(&spine, right).await?;
+        let batches = spine.batches;
+        Ok::<_, DataFusionError>(futures::stream::iter(evaluate(
+            batches, kept, job, cutoff, schema,
+        )))
     })
     .try_flatten();
     Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, batches)))
@@ -117,18 +207,15 @@ impl Job {
 
     /// Holds the spine partition and groups its rows by key.
     async fn build(&mut self, mut left: SendableRecordBatchStream) -> Result<Spine> {
-        let mut spine = Spine {
-            batches: Vec::new(),
-            groups: Vec::new(),
-            index: HashMap::default(),
-        };
-        let kinds: Vec<ValueKind> = self.spec.columns.iter().map(|c| c.1).collect();
+        let mut batches = Vec::new();
+        let mut index = HashMap::default();
+        let (mut groups, mut held) = (0u32, 0usize);
         while let Some(batch) = left.next().await.transpose()? {
             if batch.num_rows() == 0 {
                 continue;
             }
             let keys = self.keys(&batch, &self.idx.left_keys)?;
-            self.grow(batch.get_array_memory_size() + keys.size() + 4 * batch.num_rows())?;
+            self.grow(batch.get_array_memory_size() + keys.size() + 12 * batch.num_rows())?;
             let time = batch.column(self.idx.left_time).as_primitive::<Int64Type>();
             let key_cols: Vec<&ArrayRef> = (self.idx.left_keys.iter())
                 .map(|&i| batch.column(i))
@@ -140,41 +227,60 @@ impl Job {
                     continue;
                 }
                 let key = keys.row(i);
-                let g = match spine.index.get(key.as_ref()) {
+                let g = match index.get(key.as_ref()) {
                     Some(&g) => g,
                     None => {
-                        let g = spine.groups.len() as u32;
-                        spine.index.insert(key.as_ref().into(), g);
-                        spine.groups.push(Group {
-                            times: Vec::new(),
-                            events: Events::new(kinds.iter().copied()),
-                        });
-                        g
+                        index.insert(GroupKey::new(key.as_ref()), groups);
+                        groups += 1;
+                        groups - 1
                     }
                 };
-                spine.groups[g as usize].times.push(time.value(i));
                 rows.push(g);
             }
-            spine.batches.push((batch, rows));
+            held += rows.len();
+            spine_rows_fit(held)?;
+            batches.push((batch, rows));
         }
-        for g in &mut spine.groups {
-            g.times.sort_unstable();
+        let grouped = || batches.iter().flat_map(|(_, rows)| rows.iter().copied());
+        let at = group_offsets(groups as usize, grouped().filter(|&g| g != NO_GROUP));
+        let times = scatter(
+            &at,
+            batches.iter().flat_map(|(batch, rows)| {
+                let time = batch.column(self.idx.left_time).as_primitive::<Int64Type>();
+                (rows.iter().enumerate())
+                    .filter(|(_, &g)| g != NO_GROUP)
+                    .map(move |(i, &g)| (g, time.value(i)))
+            }),
+        );
+        let mut spine = Spine {
+            batches,
+            index,
+            times,
+            at,
+        };
+        for g in 0..groups as usize {
+            let (a, b) = (spine.at[g] as usize, spine.at[g + 1] as usize);
+            spine.times[a..b].sort_unstable();
         }
         Ok(spine)
     }
 
-    /// Streams the events once, keeping those a spine row of their key can see.
-    async fn probe(
-        &mut self,
-        mut spine: Spine,
-        mut right: SendableRecordBatchStream,
-    ) -> Result<Spine> {
-        if spine.groups.is_empty() {
-            return Ok(spine);
+    /// Streams the events once, keeping those a spine row of their key can see,
+    /// grouped by key.
+    async fn probe(&mut self, spine: &Spine, mut right: SendableRecordBatchStream) -> Result<Kept> {
+        let kinds: Vec<ValueKind> = self.spec.columns.iter().map(|c| c.1).collect();
+        let mut events = Events::new(kinds.iter().copied());
+        let mut groups: Vec<u32> = Vec::new();
+        let n_groups = spine.at.len() - 1;
+        if n_groups == 0 {
+            return Ok(Kept {
+                events,
+                at: vec![0],
+            });
         }
         let longest = self.spec.longest;
-        let kinds: Vec<ValueKind> = self.spec.columns.iter().map(|c| c.1).collect();
-        let per_event = event_bytes(&kinds, self.idx.right_created.is_some());
+        let per_event = event_bytes(&kinds, self.idx.right_created.is_some()) + 4;
+        let mut rows: Vec<u32> = Vec::new();
         while let Some(batch) = right.next().await.transpose()? {
             if batch.num_rows() == 0 {
                 continue;
@@ -192,12 +298,7 @@ impl Job {
                     c => Ok(c.clone()),
                 })
                 .collect::<std::result::Result<_, _>>()?;
-            let texts: Vec<_> = values
-                .iter()
-                .filter_map(|v| v.as_string_opt::<i32>())
-                .collect();
-            let mut kept = 0usize;
-            let mut text = 0usize;
+            rows.clear();
             for r in 0..batch.num_rows() {
                 if time.is_null(r) {
                     continue;
@@ -205,44 +306,62 @@ impl Job {
                 let Some(&g) = spine.index.get(keys.row(r).as_ref()) else {
                     continue;
                 };
-                let group = &mut spine.groups[g as usize];
                 let ts = time.value(r);
                 // The first spine time at or after the event: it sees the event
                 // when the event is inside its longest window.
-                let p = group.times.partition_point(|&t| t < ts);
-                if p == group.times.len() || group.times[p].saturating_sub(longest) >= ts {
+                let times = spine.times(g);
+                let p = times.partition_point(|&t| t < ts);
+                if p == times.len() || times[p].saturating_sub(longest) >= ts {
                     continue;
                 }
-                let c = created.filter(|c| c.is_valid(r)).map(|c| c.value(r));
-                group.events.push(ts, c, &values, r);
-                kept += 1;
-                for s in &texts {
-                    text += s.value_length(r) as usize;
-                }
+                rows.push(r as u32);
+                groups.push(g);
             }
-            self.grow(kept * per_event + text)?;
+            let text: usize = (values.iter())
+                .filter_map(|v| v.as_string_opt::<i32>())
+                .map(|s| {
+                    rows.iter()
+                        .map(|&r| s.value_length(r as usize) as usize)
+                        .sum::<usize>()
+                })
+                .sum();
+            self.grow(rows.len() * per_event + text)?;
+            spine_rows_fit(groups.len())?;
+            events.push_rows(time, created, &values, &rows);
         }
-        for g in &mut spine.groups {
-            g.events.canonicalize();
+        // Group the kept events by key, each key's in canonical order.
+        self.grow(4 * groups.len())?;
+        let at = group_offsets(n_groups, groups.iter().copied());
+        let mut order = scatter(&at, groups.into_iter().zip(0u32..));
+        for g in 0..n_groups {
+            events.sort_canonical(&mut order[at[g] as usize..at[g + 1] as usize]);
         }
-        Ok(spine)
+        events.permute(&order);
+        Ok(Kept { events, at })
     }
+}
+
+/// Refuses a partition of more rows than its `u32` row numbers can hold.
+fn spine_rows_fit(n: usize) -> Result<()> {
+    if n >= NO_GROUP as usize {
+        return Err(DataFusionError::ResourcesExhausted(format!(
+            "{n} rows in one partition of a window join; split the spine by time"
+        )));
+    }
+    Ok(())
 }
 
 /// Each spine batch with its rows' windows appended, in the order received,
 /// evaluated as the consumer asks for them. The reservation lives as long as the
 /// held spine and events.
 fn evaluate(
-    spine: Spine,
+    batches: Vec<(RecordBatch, Vec<u32>)>,
+    kept: Kept,
     job: Job,
     cutoff: bool,
     schema: SchemaRef,
 ) -> impl Iterator<Item = Result<RecordBatch>> + Send {
-    let Spine {
-        batches, groups, ..
-    } = spine;
     let wanted: Vec<Option<usize>> = (0..job.spec.aggs.len()).map(Some).collect();
-    let empty = Events::new(job.spec.columns.iter().map(|c| c.1));
     batches.into_iter().map(move |(batch, rows)| {
         let spec = &job.spec;
         let n = batch.num_rows();
@@ -252,16 +371,15 @@ fn evaluate(
             .collect();
         for (i, &g) in rows.iter().enumerate() {
             // A null key or time has no events: count 0, the rest null.
-            match g {
-                NO_GROUP => spec.evaluate(&empty, 0, false, &wanted, &mut builders),
-                g => spec.evaluate(
-                    &groups[g as usize].events,
-                    time.value(i),
-                    cutoff,
-                    &wanted,
-                    &mut builders,
-                ),
-            }
+            let (range, t) = match g {
+                NO_GROUP => (0..0, 0),
+                g => {
+                    let g = g as usize;
+                    let range = kept.at[g] as usize..kept.at[g + 1] as usize;
+                    (range, time.value(i))
+                }
+            };
+            spec.evaluate_range(&kept.events, range, t, cutoff, &wanted, &mut builders);
         }
         let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
         for (b, a) in builders.iter_mut().zip(&spec.aggs) {

@@ -13,7 +13,7 @@
 
 use std::cmp::Ordering;
 
-use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::array::{Array, ArrayRef, AsArray, Int64Array};
 use arrow::datatypes::{Float64Type, Int64Type};
 
 use super::ValueKind;
@@ -127,12 +127,36 @@ impl Values {
         }
     }
 
-    fn permute(&mut self, order: &[usize]) {
+    fn permute(&mut self, order: &[u32]) {
         match self {
-            Values::Int(v) => *v = order.iter().map(|&i| v.get(i)).collect(),
-            Values::Float(v) => *v = order.iter().map(|&i| v.get(i)).collect(),
-            Values::Str(v) => *v = order.iter().map(|&i| v[i].clone()).collect(),
-            Values::Bool(v) => *v = order.iter().map(|&i| v.get(i)).collect(),
+            Values::Int(v) => *v = order.iter().map(|&i| v.get(i as usize)).collect(),
+            Values::Float(v) => *v = order.iter().map(|&i| v.get(i as usize)).collect(),
+            Values::Str(v) => *v = order.iter().map(|&i| v[i as usize].take()).collect(),
+            Values::Bool(v) => *v = order.iter().map(|&i| v.get(i as usize)).collect(),
+        }
+    }
+
+    /// Appends rows `rows` of `array` (normalized to the kind's type), casting
+    /// the array once.
+    fn extend_rows(&mut self, array: &ArrayRef, rows: &[u32]) {
+        let rows = rows.iter().map(|&r| r as usize);
+        match self {
+            Values::Int(v) => {
+                let a = array.as_primitive::<Int64Type>();
+                rows.for_each(|r| v.push(a.is_valid(r).then(|| a.value(r))));
+            }
+            Values::Float(v) => {
+                let a = array.as_primitive::<Float64Type>();
+                rows.for_each(|r| v.push(a.is_valid(r).then(|| a.value(r))));
+            }
+            Values::Str(v) => {
+                let a = array.as_string::<i32>();
+                v.extend(rows.map(|r| a.is_valid(r).then(|| a.value(r).into())));
+            }
+            Values::Bool(v) => {
+                let a = array.as_boolean();
+                rows.for_each(|r| v.push(a.is_valid(r).then(|| a.value(r))));
+            }
         }
     }
 
@@ -222,6 +246,26 @@ impl Events {
         }
     }
 
+    /// Appends rows `rows` of a batch as events: `time` and `created` are its
+    /// time columns (nanoseconds), `columns` its aggregated columns as for
+    /// [`Self::push`]. Each column is cast once, not once per row.
+    pub(crate) fn push_rows(
+        &mut self,
+        time: &Int64Array,
+        created: Option<&Int64Array>,
+        columns: &[ArrayRef],
+        rows: &[u32],
+    ) {
+        for &r in rows {
+            let r = r as usize;
+            let c = created.filter(|c| c.is_valid(r)).map(|c| c.value(r));
+            self.push_times(time.value(r), c);
+        }
+        for (c, a) in self.cols.iter_mut().zip(columns) {
+            c.extend_rows(a, rows);
+        }
+    }
+
     /// Drops every event, keeping the columns and their capacity.
     pub(crate) fn clear(&mut self) {
         self.time.clear();
@@ -252,19 +296,33 @@ impl Events {
     /// Sorts the events by (time, created, values): the one order in which both
     /// sides read them, so float sums are the same bits online and offline.
     pub(crate) fn canonicalize(&mut self) {
-        let n = self.len();
-        let sorted = (1..n).all(|i| self.cmp_rows(i - 1, i) != Ordering::Greater);
-        if sorted {
-            return;
+        let mut order: Vec<u32> = (0..self.len() as u32).collect();
+        if self.sort_canonical(&mut order) {
+            self.permute(&order);
         }
-        let mut order: Vec<usize> = (0..n).collect();
-        order.sort_by(|&a, &b| self.cmp_rows(a, b));
-        self.time = order.iter().map(|&i| self.time[i]).collect();
+    }
+
+    /// Sorts `order`, indices of some of these events, into canonical order
+    /// (see [`Self::canonicalize`]). Returns whether anything moved.
+    pub(crate) fn sort_canonical(&self, order: &mut [u32]) -> bool {
+        let cmp = |a: &u32, b: &u32| self.cmp_rows(*a as usize, *b as usize);
+        if order.is_sorted_by(|a, b| cmp(a, b) != Ordering::Greater) {
+            return false;
+        }
+        order.sort_by(cmp);
+        true
+    }
+
+    /// Reorders the events: event `i` becomes the one at `order[i]`, where
+    /// `order` is a permutation of `0..len`.
+    pub(crate) fn permute(&mut self, order: &[u32]) {
+        debug_assert_eq!(order.len(), self.len());
+        self.time = order.iter().map(|&i| self.time[i as usize]).collect();
         if !self.created.is_empty() {
-            self.created = order.iter().map(|&i| self.created[i]).collect();
+            self.created = order.iter().map(|&i| self.created[i as usize]).collect();
         }
         for c in &mut self.cols {
-            c.permute(&order);
+            c.permute(order);
         }
     }
 

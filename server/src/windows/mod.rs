@@ -224,12 +224,29 @@ impl WindowSpec {
         wanted: &[Option<usize>],
         builders: &mut [ColumnBuilder],
     ) {
-        let hi = events.time.partition_point(|&x| x <= t);
+        self.evaluate_range(events, 0..events.len(), t, cutoff, wanted, builders)
+    }
+
+    /// [`Self::evaluate`] over the events `range` of `events` only (one
+    /// entity's, when `events` holds many entities' events one after another,
+    /// each in canonical order).
+    pub(crate) fn evaluate_range(
+        &self,
+        events: &Events,
+        range: std::ops::Range<usize>,
+        t: i64,
+        cutoff: bool,
+        wanted: &[Option<usize>],
+        builders: &mut [ColumnBuilder],
+    ) {
+        let times = &events.time[range.clone()];
+        let hi = times.partition_point(|&x| x <= t);
         for (agg, slot) in self.aggs.iter().zip(wanted) {
             let Some(b) = *slot else { continue };
             let start = t.saturating_sub(agg.window);
-            let lo = events.time[..hi].partition_point(|&x| x <= start);
-            let rows = (lo..hi).filter(|&i| !cutoff || events.created_at(i) <= t);
+            let lo = times[..hi].partition_point(|&x| x <= start);
+            let rows = (range.start + lo..range.start + hi)
+                .filter(|&i| !cutoff || events.created_at(i) <= t);
             aggregate(agg, &events.cols[agg.column], rows, &mut builders[b]);
         }
     }
