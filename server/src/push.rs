@@ -5,7 +5,7 @@
 //! ```text
 //! batches ──conform (columns, types, null times and keys)──> source-shaped batches
 //!   ├─ offline: OfflineStore::write_push (whole files: put, or temp + rename)
-//!   └─ online, per view over the source, under the view's lock:
+//!   └─ online, every view over the source under its lock, in ONE write batch:
 //!        each entity's update is a RocksDB merge operand, nothing read
 //!        (online::push_merge):
 //!        plain view:        its newest row, kept if newer (as materialize)
@@ -136,7 +136,10 @@ impl Materializer {
 
     /// Writes pushed rows into every view's online state, in one blocking task
     /// that owns the views' locks (a dropped call cannot free them while it
-    /// writes); returns the keys written.
+    /// writes); returns the keys written. The views' operands are built in
+    /// parallel, then written in one write batch: a push is online in every view
+    /// or in none, and one writer inserts into the memtable in key order (two
+    /// concurrent writers would each search the memtable from the top per key).
     async fn push_online(
         &self,
         views: Vec<(Arc<ViewLayout>, WindowColumns)>,
@@ -146,49 +149,56 @@ impl Materializer {
         let online = self.online().clone();
         tokio::task::spawn_blocking(move || -> Result<u64> {
             let _guards = guards;
+            let started = std::time::Instant::now();
             let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-            if rows < PARALLEL_MIN_ROWS {
-                let mut written = 0;
-                for (layout, columns) in &views {
-                    written += push_view(&online, layout, columns, &batches)?;
-                }
-                return Ok(written);
+            let mut per_view: Vec<Entries> = if rows < PARALLEL_MIN_ROWS {
+                (views.iter())
+                    .map(|(layout, columns)| view_operands(&online, layout, columns, &batches))
+                    .collect::<Result<_>>()?
+            } else {
+                // Views are independent (each its own keys): one thread each.
+                std::thread::scope(|scope| {
+                    let (online, batches) = (&online, &batches);
+                    let threads: Vec<_> = (views.iter())
+                        .map(|(layout, columns)| {
+                            scope.spawn(move || view_operands(online, layout, columns, batches))
+                        })
+                        .collect();
+                    (threads.into_iter())
+                        .map(|t| {
+                            t.join()
+                                .map_err(|_| Error::Worker("a view's push panicked".into()))?
+                        })
+                        .collect::<Result<Vec<_>>>()
+                })?
+            };
+            // Each view's keys are sorted and share its prefix: views in key
+            // order make the whole batch sorted.
+            per_view.sort_by(|a, b| a.first().map(|e| &e.0).cmp(&b.first().map(|e| &e.0)));
+            let operands: Entries = per_view.into_iter().flatten().collect();
+            if !operands.is_empty() {
+                online.commit_appends(&operands)?;
             }
-            // Views are independent (each its own keys and lock): one thread each.
-            std::thread::scope(|scope| {
-                let (online, batches) = (&online, &batches);
-                let mut views = views.iter();
-                let first = views.next();
-                let others: Vec<_> = views
-                    .map(|(layout, columns)| {
-                        scope.spawn(move || push_view(online, layout, columns, batches))
-                    })
-                    .collect();
-                let mut written = match first {
-                    Some((layout, columns)) => push_view(online, layout, columns, batches)?,
-                    None => 0,
-                };
-                for t in others {
-                    written += t
-                        .join()
-                        .map_err(|_| Error::Worker("a view's push panicked".into()))??;
-                }
-                Ok(written)
-            })
+            debug!(
+                keys = operands.len(),
+                us = started.elapsed().as_micros() as u64,
+                "pushed online"
+            );
+            Ok(operands.len() as u64)
         })
         .await
         .map_err(|e| Error::Worker(e.to_string()))?
     }
 }
 
-/// Writes pushed rows into one view's online state (its lock held by the caller);
-/// returns the keys written.
-fn push_view(
+/// One view's merge operands for pushed rows (its lock held by the caller), in
+/// key order.
+fn view_operands(
     online: &OnlineStore,
     layout: &ViewLayout,
     columns: &WindowColumns,
     batches: &[RecordBatch],
-) -> Result<u64> {
+) -> Result<Entries> {
     let started = std::time::Instant::now();
     let operands = match &layout.windows {
         Some(spec) => {
@@ -210,18 +220,13 @@ fn push_view(
             operands
         }
     };
-    let folded_us = started.elapsed().as_micros() as u64;
-    if !operands.is_empty() {
-        online.commit_appends(&operands)?;
-    }
     debug!(
         view = %layout.name,
         keys = operands.len(),
-        folded_us,
-        us = started.elapsed().as_micros() as u64,
-        "pushed into a view"
+        folded_us = started.elapsed().as_micros() as u64,
+        "folded a push for a view"
     );
-    Ok(operands.len() as u64)
+    Ok(operands)
 }
 
 /// The merge operands appending each entity's pushed events (those after
