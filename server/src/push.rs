@@ -37,8 +37,8 @@ use crate::online::encoding::KeyColumn;
 use crate::online::{push_merge, Entries, OnlineStore, ViewLayout};
 use crate::windows::Events;
 
-/// Pushes of fewer rows write their views one after the other: starting a thread
-/// costs more than it saves.
+/// Pushes of fewer rows build their views' operands one after the other:
+/// starting a thread costs more than it saves.
 const PARALLEL_MIN_ROWS: usize = 1000;
 
 impl Materializer {
@@ -151,7 +151,7 @@ impl Materializer {
             let _guards = guards;
             let started = std::time::Instant::now();
             let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-            let mut per_view: Vec<Entries> = if rows < PARALLEL_MIN_ROWS {
+            let mut per_view: Vec<Entries> = if rows < PARALLEL_MIN_ROWS || views.len() < 2 {
                 (views.iter())
                     .map(|(layout, columns)| view_operands(&online, layout, columns, &batches))
                     .collect::<Result<_>>()?

@@ -1,6 +1,7 @@
 //! Window mode of the as-of join (`AsofJoinExec`, pit.rs): every spine row gets
 //! an aggregation view's windows as of its own time, computed from the source's
-//! events with [`WindowSpec::evaluate`] (the function lookups use online).
+//! events with [`WindowSpec::evaluate_range`] (what lookups use online, over one
+//! key's slice of the events).
 //!
 //! ```text
 //!  spine  --RepartitionExec(hash keys)--> build: key -> group (its spine times)
@@ -16,7 +17,8 @@
 //! events of keys absent from the spine, and those no spine row can see, cost a
 //! hash probe and nothing else. Kept events are appended to one column-wise
 //! buffer in arrival order (no per-key allocation), then grouped by key with a
-//! counting sort and put in canonical order key by key. The kept events are
+//! counting sort and put in canonical order key by key. The spine, its index and
+//! the kept events are
 //! reserved in the query's memory pool; when they do not fit, the query fails
 //! with a clear error (`UNAVAILABLE` at the Flight boundary) instead of spilling
 //! (docs/windows.md).
@@ -210,6 +212,8 @@ impl Job {
         let mut batches = Vec::new();
         let mut index = HashMap::default();
         let (mut groups, mut held) = (0u32, 0usize);
+        // A group's hash slot (inline key and id) and its two offsets.
+        const GROUP_BYTES: usize = 40;
         while let Some(batch) = left.next().await.transpose()? {
             if batch.num_rows() == 0 {
                 continue;
@@ -221,6 +225,7 @@ impl Job {
                 .map(|&i| batch.column(i))
                 .collect();
             let mut rows = Vec::with_capacity(batch.num_rows());
+            let index_len = groups as usize;
             for i in 0..batch.num_rows() {
                 if time.is_null(i) || key_cols.iter().any(|c| c.is_null(i)) {
                     rows.push(NO_GROUP);
@@ -238,7 +243,8 @@ impl Job {
                 rows.push(g);
             }
             held += rows.len();
-            spine_rows_fit(held)?;
+            rows_fit(held, "spine rows")?;
+            self.grow(GROUP_BYTES * (groups as usize - index_len))?;
             batches.push((batch, rows));
         }
         let grouped = || batches.iter().flat_map(|(_, rows)| rows.iter().copied());
@@ -326,26 +332,31 @@ impl Job {
                 })
                 .sum();
             self.grow(rows.len() * per_event + text)?;
-            spine_rows_fit(groups.len())?;
+            rows_fit(groups.len(), "kept events")?;
             events.push_rows(time, created, &values, &rows);
         }
-        // Group the kept events by key, each key's in canonical order.
-        self.grow(4 * groups.len())?;
+        // Group the kept events by key, each key's in canonical order. The
+        // group ids, the order and one column's copy in `permute` (16 bytes per
+        // event at most) are reserved while they live.
+        let n = groups.len();
+        self.grow(4 * n + 16 * n)?;
         let at = group_offsets(n_groups, groups.iter().copied());
         let mut order = scatter(&at, groups.into_iter().zip(0u32..));
         for g in 0..n_groups {
             events.sort_canonical(&mut order[at[g] as usize..at[g + 1] as usize]);
         }
         events.permute(&order);
+        self.reservation.shrink(8 * n + 16 * n);
         Ok(Kept { events, at })
     }
 }
 
-/// Refuses a partition of more rows than its `u32` row numbers can hold.
-fn spine_rows_fit(n: usize) -> Result<()> {
+/// Refuses a partition of more rows (spine rows, or kept events) than `u32`
+/// row numbers can hold.
+fn rows_fit(n: usize, what: &str) -> Result<()> {
     if n >= NO_GROUP as usize {
         return Err(DataFusionError::ResourcesExhausted(format!(
-            "{n} rows in one partition of a window join; split the spine by time"
+            "{n} {what} in one partition of a window join; split the spine by time"
         )));
     }
     Ok(())
@@ -387,4 +398,47 @@ fn evaluate(
         }
         Ok(RecordBatch::try_new(schema.clone(), columns)?)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_keys_hash_and_compare_as_their_bytes_inline_or_not() {
+        let mut index: HashMap<GroupKey, u32, foldhash::fast::RandomState> = HashMap::default();
+        let keys: Vec<Vec<u8>> = [0usize, 1, 9, 21, 22, 23, 64]
+            .iter()
+            .map(|&n| (0..n).map(|i| i as u8 ^ 0x5a).collect())
+            .collect();
+        for (g, k) in keys.iter().enumerate() {
+            let key = GroupKey::new(k);
+            assert_eq!(matches!(key, GroupKey::Inline(..)), k.len() <= INLINE_KEY);
+            index.insert(key, g as u32);
+        }
+        for (g, k) in keys.iter().enumerate() {
+            assert_eq!(
+                index.get(k.as_slice()),
+                Some(&(g as u32)),
+                "key of {} bytes",
+                k.len()
+            );
+        }
+        // A prefix of a key, or the key with a trailing zero, is another key.
+        assert_eq!(index.get(&keys[3][..20]), None);
+        let mut padded = keys[3].clone();
+        padded.push(0);
+        assert_eq!(index.get(padded.as_slice()), None);
+    }
+
+    #[test]
+    fn counting_sort_groups_items_and_keeps_their_order() {
+        let groups = [2u32, 0, 2, 1, 2, 0];
+        let at = group_offsets(4, groups.iter().copied());
+        assert_eq!(at, [0, 2, 3, 6, 6]);
+        let placed = scatter(&at, groups.iter().copied().zip(10u32..));
+        assert_eq!(placed, [11, 15, 13, 10, 12, 14]);
+        assert_eq!(group_offsets(0, std::iter::empty()), [0]);
+        assert!(scatter::<u32>(&[0], std::iter::empty()).is_empty());
+    }
 }

@@ -248,7 +248,7 @@ impl Events {
 
     /// Appends rows `rows` of a batch as events: `time` and `created` are its
     /// time columns (nanoseconds), `columns` its aggregated columns as for
-    /// [`Self::push`]. Each column is cast once, not once per row.
+    /// [`Self::push`]. Each column is downcast once, not once per row.
     pub(crate) fn push_rows(
         &mut self,
         time: &Int64Array,

@@ -292,3 +292,70 @@ fn merging_bytes_equals_decoding_sorting_and_encoding() {
     assert!(merge_encoded(&[2, 1, 0], &new_bytes, &kinds, 0, &mut out).is_err());
     assert!(merge_logs(&new_bytes, &[2, 9, 0, 0, 0], &kinds, 0, &mut out).is_err());
 }
+
+#[test]
+fn flat_grouped_events_evaluate_as_each_key_alone() {
+    // What the window join does: rows of many keys appended in arrival order
+    // (some with a created time, some without), grouped by key, each key's put
+    // in canonical order, then evaluated over its slice.
+    let (v, schema) = view_and_schema();
+    let spec = WindowSpec::compile(&v, &schema).unwrap();
+    let n = 60usize;
+    let key = |i: usize| (i * 7 % 3) as u32;
+    let time = Int64Array::from_iter_values((0..n).map(|i| ((i * 13) % 9) as i64 * MIN));
+    let created = Int64Array::from_iter((0..n).map(|i| (i % 4 == 1).then_some(i as i64)));
+    let cols: Vec<ArrayRef> = vec![
+        Arc::new(Float64Array::from_iter(
+            (0..n).map(|i| (i % 5 != 0).then_some(0.1 * i as f64 + 1e-9)),
+        )),
+        Arc::new(StringArray::from_iter(
+            (0..n).map(|i| Some(["a", "b"][i % 2])),
+        )),
+        Arc::new(Int64Array::from_iter((0..n).map(|i| Some(i as i64)))),
+    ];
+    let kinds = || spec.columns.iter().map(|c| c.1);
+    // Two batches: rows 0..n/2 without created times, the rest with some.
+    let half: Vec<u32> = (0..n as u32 / 2).collect();
+    let rest: Vec<u32> = (n as u32 / 2..n as u32).collect();
+    let mut flat = Events::new(kinds());
+    flat.push_rows(&time, None, &cols, &half);
+    flat.push_rows(&time, Some(&created), &cols, &rest);
+    let groups: Vec<u32> = (0..n).map(key).collect();
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    order.sort_by_key(|&i| groups[i as usize]);
+    let mut at = vec![0usize];
+    for g in 0..3 {
+        let end = at[g] + groups.iter().filter(|&&x| x == g as u32).count();
+        flat.sort_canonical(&mut order[at[g]..end]);
+        at.push(end);
+    }
+    flat.permute(&order);
+    for g in 0..3usize {
+        let mut alone = Events::new(kinds());
+        for i in (0..n).filter(|&i| key(i) == g as u32) {
+            let c = (i >= n / 2 && created.is_valid(i)).then(|| created.value(i));
+            alone.push(time.value(i), c, &cols, i);
+        }
+        alone.canonicalize();
+        for t in [0, 3 * MIN, 8 * MIN, 20 * MIN] {
+            for cutoff in [false, true] {
+                let run = |ev: &Events, range: std::ops::Range<usize>| {
+                    let mut b: Vec<ColumnBuilder> = (spec.aggs.iter())
+                        .map(|a| ColumnBuilder::new(&a.output_type, 1))
+                        .collect();
+                    let wanted: Vec<Option<usize>> = (0..spec.aggs.len()).map(Some).collect();
+                    spec.evaluate_range(ev, range, t, cutoff, &wanted, &mut b);
+                    (b.iter_mut().zip(&spec.aggs))
+                        .map(|(b, a)| b.finish(&a.output_type).unwrap())
+                        .collect::<Vec<_>>()
+                };
+                let (x, y) = (run(&flat, at[g]..at[g + 1]), run(&alone, 0..alone.len()));
+                assert_eq!(x, y, "key {g} at {t} cutoff {cutoff}");
+            }
+        }
+        for i in 0..alone.len() {
+            assert_eq!(flat.time[at[g] + i], alone.time[i]);
+            assert_eq!(flat.created_at(at[g] + i), alone.created_at(i));
+        }
+    }
+}
