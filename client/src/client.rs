@@ -22,10 +22,10 @@ use tonic::transport::Channel;
 use crate::connection::{self, ConnectOptions};
 use crate::error::{Error, Result};
 use crate::protocol::{
-    Command, FeatureDescription, HistoricalFeaturesRequest, MaterializeIncrementalRequest,
-    MaterializeReport, MaterializeRequest, OnlineFeaturesRequest, PushRequest, PushResult, PushTo,
-    ViewStatus, ACTION_MATERIALIZE, ACTION_MATERIALIZE_INCREMENTAL, ACTION_STATUS,
-    MAX_MESSAGE_BYTES,
+    Command, FeatureDescription, HistoricalFeaturesRequest, IngestStatus,
+    MaterializeIncrementalRequest, MaterializeReport, MaterializeRequest, OnlineFeaturesRequest,
+    PushRequest, PushResult, PushTo, ViewStatus, ACTION_INGEST_STATUS, ACTION_MATERIALIZE,
+    ACTION_MATERIALIZE_INCREMENTAL, ACTION_STATUS, MAX_MESSAGE_BYTES,
 };
 use crate::session::OnlineSession;
 
@@ -153,6 +153,11 @@ impl QuiverClient {
     /// Every view's watermark, key count and last run in the server's online store.
     pub async fn status(&mut self) -> Result<Vec<ViewStatus>> {
         self.action(ACTION_STATUS, Vec::new()).await
+    }
+
+    /// The server's Kafka ingest jobs: state, rows, dead letters and lag per partition.
+    pub async fn ingest_status(&mut self) -> Result<Vec<IngestStatus>> {
+        self.action(ACTION_INGEST_STATUS, Vec::new()).await
     }
 
     async fn action<T: serde::de::DeserializeOwned>(

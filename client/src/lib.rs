@@ -37,8 +37,8 @@ pub use client::QuiverClient;
 pub use connection::ConnectOptions;
 pub use error::{Error, Result};
 pub use protocol::{
-    Command, FeatureDescription, HistoricalFeaturesRequest, MaterializeIncrementalRequest,
-    MaterializeReport, MaterializeRequest, OnlineFeaturesRequest, ProtocolError, PushRequest,
-    PushResult, PushTo, ViewStatus,
+    Command, FeatureDescription, HistoricalFeaturesRequest, IngestPartitionStatus, IngestStatus,
+    MaterializeIncrementalRequest, MaterializeReport, MaterializeRequest, OnlineFeaturesRequest,
+    ProtocolError, PushRequest, PushResult, PushTo, ViewStatus,
 };
 pub use session::OnlineSession;

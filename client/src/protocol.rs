@@ -365,6 +365,48 @@ pub const ACTION_MATERIALIZE: &str = "materialize";
 pub const ACTION_MATERIALIZE_INCREMENTAL: &str = "materialize_incremental";
 /// Name of the Flight action that reports the online store's status.
 pub const ACTION_STATUS: &str = "status";
+/// Name of the Flight action that reports the server's Kafka ingest jobs: one
+/// [`IngestStatus`] per job.
+pub const ACTION_INGEST_STATUS: &str = "ingest_status";
+
+/// One Kafka ingest job, as the `ingest_status` action reports it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IngestStatus {
+    /// The job (`ingest[].name` in quiver.yaml).
+    pub job: String,
+    /// The source its events go into.
+    pub source: String,
+    /// The topic it reads.
+    pub topic: String,
+    /// Its consumer group.
+    pub group: String,
+    /// `starting`, `running`, `stopped`, or `failed: REASON`.
+    pub state: String,
+    /// Events written (to every tier the job writes) since the job started.
+    pub rows: u64,
+    /// Events written per second over the last few seconds.
+    pub rows_per_sec: f64,
+    /// Messages sent to the dead-letter file or topic since the job started.
+    pub dead_letters: u64,
+    /// The partitions this process holds, in order.
+    pub partitions: Vec<IngestPartitionStatus>,
+}
+
+/// One partition of an ingest job.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct IngestPartitionStatus {
+    /// The partition.
+    pub partition: i32,
+    /// The next offset to ingest (the lowest of the tiers' stored offsets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_offset: Option<i64>,
+    /// The partition's high watermark, as the broker last reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub high_watermark: Option<i64>,
+    /// Messages behind: high watermark minus next offset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<i64>,
+}
 
 /// Body of the `materialize` action: load each view's latest row per entity with
 /// event time in `[start, end]` into the online store.

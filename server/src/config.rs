@@ -84,6 +84,109 @@ pub struct RepoConfig {
     /// The Flight server.
     #[serde(default)]
     pub server: ServerConfig,
+    /// Kafka topics ingested into sources (by `quiver serve`, or `quiver ingest JOB`).
+    #[serde(default)]
+    pub ingest: Vec<IngestJobConfig>,
+}
+
+/// One `ingest:` job: a Kafka topic whose messages are events of a source.
+///
+/// ```yaml
+/// ingest:
+///   - name: transactions_from_kafka
+///     source: transactions
+///     kafka:
+///       brokers: 127.0.0.1:9092
+///       topic: transactions
+///       group: quiver-transactions
+///       format: json                 # one JSON object per message
+///       start: earliest              # where a partition with no stored offset starts
+///       properties: {}               # extra librdkafka settings
+///     to: online_and_offline         # online | offline | online_and_offline
+///     dead_letter: {file: ./data/dead_letters/transactions.jsonl}   # or {topic: NAME}
+///     max_batch_rows: 10000          # online: rows per commit at most
+///     offline_file_rows: 100000      # offline: a partition's file is cut at this many rows
+///     offline_file_secs: 60          # ... or when its first row is this old
+/// ```
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestJobConfig {
+    /// The job's name (unique; names its stored offsets and offline files).
+    pub name: String,
+    /// The source whose events the messages are.
+    pub source: String,
+    /// Where the messages come from.
+    pub kafka: KafkaConfig,
+    /// Which tiers the events go to (default both).
+    #[serde(default)]
+    pub to: quiver_client::protocol::PushTo,
+    /// Where malformed messages go, with the reason; default
+    /// `{file: ./data/dead_letters/NAME.jsonl}` (relative to the repo).
+    #[serde(default)]
+    pub dead_letter: Option<DeadLetterConfig>,
+    /// Most messages in one online commit.
+    #[serde(default = "default_max_batch_rows")]
+    pub max_batch_rows: usize,
+    /// An offline file is written when a partition has buffered this many rows...
+    #[serde(default = "default_offline_file_rows")]
+    pub offline_file_rows: usize,
+    /// ... or when its oldest buffered row was read this many seconds ago.
+    #[serde(default = "default_offline_file_secs")]
+    pub offline_file_secs: u64,
+}
+
+/// `ingest[].kafka`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,host:port...]`.
+    pub brokers: String,
+    /// The topic.
+    pub topic: String,
+    /// The consumer group (Quiver commits its offsets there for lag tools only:
+    /// the offsets it resumes from are stored with the data they produced).
+    pub group: String,
+    /// Message format: `json` (one object per message, keys = source columns).
+    #[serde(default = "default_format")]
+    pub format: String,
+    /// Where a partition with no stored offset starts: `earliest` or `latest`.
+    #[serde(default = "default_start")]
+    pub start: String,
+    /// Extra librdkafka settings (`security.protocol`, `sasl.*`, ...).
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+/// `ingest[].dead_letter`: exactly one of `file` or `topic`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// A JSON-lines file (appended), relative to the repo unless absolute.
+    #[serde(default)]
+    pub file: Option<PathBuf>,
+    /// A Kafka topic on the job's brokers (the message's key kept).
+    #[serde(default)]
+    pub topic: Option<String>,
+}
+
+fn default_max_batch_rows() -> usize {
+    10_000
+}
+
+fn default_offline_file_rows() -> usize {
+    100_000
+}
+
+fn default_offline_file_secs() -> u64 {
+    60
+}
+
+fn default_format() -> String {
+    "json".into()
+}
+
+fn default_start() -> String {
+    "earliest".into()
 }
 
 /// `offline_store:` section.

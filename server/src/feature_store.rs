@@ -1,6 +1,6 @@
 //! The front door of the library: a [`FeatureStore`] opens an applied feature repo
 //! (its catalog, offline store and online store) and does what the `quiver` verbs
-//! do: apply, materialize, status and serve. The CLI, the tests, the benches and
+//! do: apply, materialize, push, ingest, status and serve. The CLI, the tests, the benches and
 //! the demo all go through it.
 //!
 //! ```text
@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use quiver_client::protocol::{MaterializeReport, PushResult, PushTo, ViewStatus};
-use tracing::info;
+use quiver_client::protocol::{IngestStatus, MaterializeReport, PushResult, PushTo, ViewStatus};
+use tracing::{error, info};
 
 use crate::auth::{self, Authenticator};
 use crate::catalog::{self, Catalog};
@@ -26,6 +26,7 @@ use crate::config::{self, Repo};
 use crate::error::ErrorKind;
 use crate::flight::{AbortOnDrop, QuiverFlightService};
 use crate::gate::Gate;
+use crate::ingest::{self, Job, RunOptions};
 use crate::materialize::{self, MaterializeOptions, Materializer, Progress, Window};
 use crate::metrics::{Metrics, Snapshot};
 use crate::offline::{self, EngineOptions, OfflineStore};
@@ -66,6 +67,9 @@ pub enum Error {
     /// The tokens file of `server.auth` is unusable.
     #[error(transparent)]
     Auth(#[from] auth::Error),
+    /// A Kafka ingest job failed or is misconfigured.
+    #[error(transparent)]
+    Ingest(#[from] ingest::Error),
 }
 
 /// Result type of this module.
@@ -85,6 +89,7 @@ impl Error {
             Error::Transport(transport::Error::Serve(_)) => ErrorKind::Unavailable,
             Error::Transport(_) => ErrorKind::InvalidArgument,
             Error::Auth(e) => e.kind(),
+            Error::Ingest(e) => e.kind(),
         }
     }
 }
@@ -106,6 +111,8 @@ pub struct FeatureStore {
     catalog: Arc<Catalog>,
     offline: Arc<OfflineStore>,
     materializer: Arc<Materializer>,
+    /// The Kafka ingest jobs running in this process (for status).
+    ingest: Arc<ingest::Jobs>,
     /// The repo, for `server:` (TLS, auth, limits, metrics) and its paths.
     repo: Repo,
 }
@@ -158,6 +165,7 @@ impl FeatureStore {
             catalog,
             offline,
             materializer: Arc::new(materializer),
+            ingest: Arc::default(),
             repo: repo.clone(),
         })
     }
@@ -222,6 +230,76 @@ impl FeatureStore {
         Ok(self.materializer.status()?)
     }
 
+    /// The stored offsets of every `ingest:` job, read from the repo's online
+    /// store without taking it (works while `quiver serve` holds it). Lag and
+    /// rates come from a running server (`ingest_status` action).
+    pub async fn ingest_status_of(repo: &Repo) -> Result<Vec<IngestStatus>> {
+        if repo.config.ingest.is_empty() {
+            return Ok(Vec::new());
+        }
+        let online = OnlineStore::open_read_only(&repo.online_path())?;
+        Ok(ingest::stored_status(repo, &online)?)
+    }
+
+    /// The Kafka ingest jobs running in this process: state, rows, dead letters
+    /// and lag per partition.
+    pub fn ingest_status(&self) -> Vec<IngestStatus> {
+        self.ingest.status()
+    }
+
+    /// Checks the repo's `ingest:` jobs (all, or the one named) against the
+    /// registry, before any is started: a bad one is refused with its reason.
+    async fn ingest_jobs(&self, only: Option<&str>) -> Result<Vec<Job>> {
+        let defined = &self.repo.config.ingest;
+        let mut names = std::collections::BTreeSet::new();
+        for j in defined {
+            if !names.insert(j.name.as_str()) {
+                return Err(ingest::Error::Config {
+                    job: j.name.clone(),
+                    message: "two ingest jobs have this name".into(),
+                }
+                .into());
+            }
+        }
+        if let Some(name) = only {
+            if !names.contains(name) {
+                return Err(ingest::Error::Config {
+                    job: name.into(),
+                    message: format!(
+                        "no such job in quiver.yaml (jobs: {})",
+                        names.into_iter().collect::<Vec<_>>().join(", ")
+                    ),
+                }
+                .into());
+            }
+        }
+        let stores = ingest::Stores {
+            materializer: self.materializer.clone(),
+            offline: self.offline.clone(),
+        };
+        let mut jobs = Vec::new();
+        for j in defined.iter().filter(|j| only.is_none_or(|n| n == j.name)) {
+            jobs.push(Job::prepare(&self.repo, j.clone(), stores.clone()).await?);
+        }
+        Ok(jobs)
+    }
+
+    /// Runs the `ingest:` job named `job` in this process until `shutdown`
+    /// resolves (or, with `until_caught_up`, until it has read every partition to
+    /// its end), then writes its buffered offline files. What `quiver ingest` does.
+    pub async fn ingest(
+        &self,
+        job: &str,
+        until_caught_up: bool,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<IngestStatus> {
+        let job = self.ingest_jobs(Some(job)).await?.pop().expect("one job");
+        let (config, stats) = (job.config().clone(), job.stats());
+        self.ingest.add(config, stats);
+        job.run(shutdown, RunOptions { until_caught_up }).await?;
+        Ok(self.ingest.status().pop().expect("added"))
+    }
+
     /// Every view's raw online entries (encoded key, encoded value), for
     /// inspection and consistency checks; large on a real store.
     pub fn online_entries(&self) -> Result<BTreeMap<String, online::Entries>> {
@@ -246,6 +324,7 @@ impl FeatureStore {
             self.offline.clone(),
             self.materializer.clone(),
             gate,
+            self.ingest.clone(),
         )
     }
 
@@ -266,6 +345,7 @@ impl FeatureStore {
             block_cache_hit_ratio,
             sst_bytes,
             pool_reserved: self.offline.memory_reserved() as u64,
+            ingest: self.ingest.status(),
         }
     }
 
@@ -296,6 +376,24 @@ impl FeatureStore {
             Some(t) => Some(Tls::load(t, |p| self.repo.resolve_path(p))?),
             None => None,
         };
+        // Ingest jobs are checked before the port opens: a bad one stops the
+        // server with its reason; one that fails later is reported by status.
+        let jobs = self.ingest_jobs(None).await?;
+        let (stop_jobs, jobs_stopping) = tokio::sync::watch::channel(false);
+        let mut running = Vec::new();
+        for job in jobs {
+            self.ingest.add(job.config().clone(), job.stats());
+            let mut stopping = jobs_stopping.clone();
+            let name = job.name().to_string();
+            running.push(tokio::spawn(async move {
+                let stop = async move {
+                    let _ = stopping.wait_for(|s| *s).await;
+                };
+                if let Err(e) = job.run(stop, RunOptions::default()).await {
+                    error!(job = %name, error = %e, "ingest job failed; the server goes on without it");
+                }
+            }));
+        }
         let metrics = Arc::new(Metrics::new());
         let gate = Arc::new(Gate::new(auth, server.limits.clone(), metrics.clone()));
         let this = self.clone();
@@ -306,6 +404,12 @@ impl FeatureStore {
             metrics,
             snapshot: Arc::new(move || this.snapshot()),
         };
-        Ok(transport::serve(listener, self.service_with(gate), transport, shutdown).await?)
+        let served = transport::serve(listener, self.service_with(gate), transport, shutdown).await;
+        // Jobs stop after the port: each writes its buffered offline files.
+        let _ = stop_jobs.send(true);
+        for r in running {
+            let _ = r.await;
+        }
+        Ok(served?)
     }
 }

@@ -35,8 +35,8 @@ use datafusion::execution::SendableRecordBatchStream;
 use futures::{Stream, StreamExt, TryStreamExt};
 use quiver_client::protocol::{
     Command, HistoricalFeaturesRequest, MaterializeIncrementalRequest, MaterializeReport,
-    MaterializeRequest, OnlineFeaturesRequest, ProtocolError, ACTION_MATERIALIZE,
-    ACTION_MATERIALIZE_INCREMENTAL, ACTION_STATUS, MAX_MESSAGE_BYTES,
+    MaterializeRequest, OnlineFeaturesRequest, ProtocolError, ACTION_INGEST_STATUS,
+    ACTION_MATERIALIZE, ACTION_MATERIALIZE_INCREMENTAL, ACTION_STATUS, MAX_MESSAGE_BYTES,
 };
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
@@ -45,6 +45,7 @@ use crate::auth::Role;
 use crate::catalog::{self, Catalog};
 use crate::error::ErrorKind;
 use crate::gate::{BoxedStream, Call, CallKind, Gate};
+use crate::ingest;
 use crate::ipc_check::IpcCheck;
 use crate::materialize::{self, parse_instant, Materializer, Progress, Window};
 use crate::metrics::Metrics;
@@ -122,6 +123,8 @@ pub struct QuiverFlightService {
     offline: Arc<OfflineStore>,
     materializer: Arc<Materializer>,
     gate: Arc<Gate>,
+    /// The server's Kafka ingest jobs (for the `ingest_status` action).
+    ingest: Arc<ingest::Jobs>,
     /// Flips to true when the server shuts down: long-lived lookup streams end then,
     /// so a graceful shutdown does not wait on scorers forever.
     closing: Option<tokio::sync::watch::Receiver<bool>>,
@@ -205,12 +208,14 @@ impl QuiverFlightService {
         offline: Arc<OfflineStore>,
         materializer: Arc<Materializer>,
         gate: Arc<Gate>,
+        ingest: Arc<ingest::Jobs>,
     ) -> Self {
         Self {
             catalog,
             offline,
             materializer,
             gate,
+            ingest,
             closing: None,
         }
     }
@@ -691,7 +696,7 @@ impl FlightService for QuiverFlightService {
         let action = request.into_inner();
         call.stream(no_bytes, async {
             let kind = match action.r#type.as_str() {
-                ACTION_STATUS => CallKind::Metadata,
+                ACTION_STATUS | ACTION_INGEST_STATUS => CallKind::Metadata,
                 _ => CallKind::Materialize,
             };
             call.authorize(Role::Operator, kind, &format!("the {:?} action", action.r#type))?;
@@ -727,9 +732,13 @@ impl FlightService for QuiverFlightService {
                     let views = self.materializer.status()?;
                     futures::stream::iter(views.into_iter().map(|v| Ok(json_result(&v)))).boxed()
                 }
+                ACTION_INGEST_STATUS => {
+                    let jobs = self.ingest.status();
+                    futures::stream::iter(jobs.into_iter().map(|j| Ok(json_result(&j)))).boxed()
+                }
                 other => {
                     return Err(Status::invalid_argument(format!(
-                        "unknown action {other:?} (known: {ACTION_MATERIALIZE}, {ACTION_MATERIALIZE_INCREMENTAL}, {ACTION_STATUS})"
+                        "unknown action {other:?} (known: {ACTION_MATERIALIZE}, {ACTION_MATERIALIZE_INCREMENTAL}, {ACTION_STATUS}, {ACTION_INGEST_STATUS})"
                     )))
                 }
             };
@@ -749,6 +758,7 @@ impl FlightService for QuiverFlightService {
                 (ACTION_MATERIALIZE, "Load each view's latest row per entity with event time in [start, end] into the online store. Body: {\"start\": RFC 3339, \"end\": RFC 3339, \"views\": [..] (optional), \"replace\": bool (optional: overwrite stored rows even if newer, and reset the watermark to end)}"),
                 (ACTION_MATERIALIZE_INCREMENTAL, "Like materialize, from each view's watermark to end. Body: {\"end\": RFC 3339, \"views\": [..] (optional)}"),
                 (ACTION_STATUS, "Each view's watermark, key count and last run. No body."),
+                (ACTION_INGEST_STATUS, "Each Kafka ingest job's state, rows, rows/s, dead letters and lag per partition. No body."),
             ]
             .map(|(t, d)| {
                 Ok(ActionType {

@@ -14,6 +14,8 @@
 //!     ─> flight (decode, call, encode, map errors) ─> gate (tokens, roles, slots,
 //!        deadlines, panics, metrics) ─> auth, metrics; ipc_check; online_query;
 //!        push ─> materialize (the writes into the online store)
+//!   ─> ingest (Kafka topics into sources: consumer, decode, dead letters, cursors)
+//!        ─> push, offline
 //!     ─> catalog (registry + source schemas + compiled on-demand features and
 //!        windows: resolution, spine checks, descriptions), offline (historical,
 //!        pit, window), online (store, lookup, encoding)
@@ -42,6 +44,7 @@ pub mod error;
 mod feature_store;
 mod flight;
 mod gate;
+mod ingest;
 pub mod instant;
 mod ipc_check;
 mod keys;

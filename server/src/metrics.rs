@@ -18,6 +18,9 @@
 //! | `quiver_rocksdb_sst_bytes`               |                 | live SST files                        |
 //! | `quiver_memory_pool_reserved_bytes`      |                 | query engine memory in use            |
 //! | `quiver_connections_open`                |                 | client connections                    |
+//! | `quiver_ingest_rows`                     | job             | events ingested since the server started |
+//! | `quiver_ingest_dead_letters`             | job             | messages dead-lettered since start    |
+//! | `quiver_ingest_lag_messages`             | job, partition  | high watermark minus next offset      |
 //! | `quiver_build_info`                      | version         | 1                                     |
 //!
 //! Labels are call kinds, view names and codes: never key values.
@@ -48,6 +51,8 @@ pub(crate) struct Snapshot {
     pub sst_bytes: u64,
     /// Query engine memory in use.
     pub pool_reserved: u64,
+    /// The Kafka ingest jobs.
+    pub ingest: Vec<quiver_client::protocol::IngestStatus>,
 }
 
 /// The server's metrics.
@@ -63,6 +68,9 @@ pub(crate) struct Metrics {
     materialize_seconds: HistogramVec,
     lag: GaugeVec,
     keys: IntGaugeVec,
+    ingest_rows: IntGaugeVec,
+    ingest_dead: IntGaugeVec,
+    ingest_lag: IntGaugeVec,
     hit_ratio: Gauge,
     sst_bytes: IntGauge,
     pool: IntGauge,
@@ -162,6 +170,39 @@ impl Metrics {
                 )
                 .expect("valid"),
             ),
+            ingest_rows: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "quiver_ingest_rows",
+                        "Events ingested since the server started",
+                    ),
+                    &["job"],
+                )
+                .expect("valid"),
+            ),
+            ingest_dead: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "quiver_ingest_dead_letters",
+                        "Messages sent to the dead-letter place since the server started",
+                    ),
+                    &["job"],
+                )
+                .expect("valid"),
+            ),
+            ingest_lag: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "quiver_ingest_lag_messages",
+                        "A partition's high watermark minus the job's next offset",
+                    ),
+                    &["job", "partition"],
+                )
+                .expect("valid"),
+            ),
             hit_ratio: register(
                 &r,
                 Gauge::new(
@@ -247,6 +288,22 @@ impl Metrics {
                 .with_label_values(&[view.as_str()])
                 .set(*keys as i64);
         }
+        self.ingest_lag.reset();
+        for j in &snapshot.ingest {
+            let job = [j.job.as_str()];
+            self.ingest_rows.with_label_values(&job).set(j.rows as i64);
+            self.ingest_dead
+                .with_label_values(&job)
+                .set(j.dead_letters as i64);
+            for p in &j.partitions {
+                if let Some(lag) = p.lag {
+                    let partition = p.partition.to_string();
+                    (self.ingest_lag)
+                        .with_label_values(&[j.job.as_str(), partition.as_str()])
+                        .set(lag);
+                }
+            }
+        }
         self.hit_ratio.set(snapshot.block_cache_hit_ratio);
         self.sst_bytes.set(snapshot.sst_bytes as i64);
         self.pool.set(snapshot.pool_reserved as i64);
@@ -330,6 +387,16 @@ mod tests {
             block_cache_hit_ratio: 0.5,
             sst_bytes: 1024,
             pool_reserved: 0,
+            ingest: vec![quiver_client::protocol::IngestStatus {
+                job: "tx".into(),
+                rows: 42,
+                partitions: vec![quiver_client::protocol::IngestPartitionStatus {
+                    partition: 2,
+                    lag: Some(5),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
         });
         for line in [
             "quiver_requests_total{call=\"do_get_online\",code=\"OK\"} 1",
@@ -339,6 +406,8 @@ mod tests {
             "quiver_view_lag_seconds{view=\"card_stats\"} 12.5",
             "quiver_online_keys{view=\"card_stats\"} 7",
             "quiver_rocksdb_sst_bytes 1024",
+            "quiver_ingest_rows{job=\"tx\"} 42",
+            "quiver_ingest_lag_messages{job=\"tx\",partition=\"2\"} 5",
             "quiver_calls_in_flight 0",
             "quiver_build_info{version=",
         ] {

@@ -50,6 +50,20 @@ impl Materializer {
         schema: &Schema,
         batches: Vec<RecordBatch>,
     ) -> Result<PushResult> {
+        self.push_with(source, to, schema, batches, Entries::new())
+            .await
+    }
+
+    /// [`Self::push`], writing `puts` (ingest cursors: `crate::ingest`) in the
+    /// same online write batch as the rows' state, even when no row is left.
+    pub(crate) async fn push_with(
+        &self,
+        source: &str,
+        to: PushTo,
+        schema: &Schema,
+        batches: Vec<RecordBatch>,
+        puts: Entries,
+    ) -> Result<PushResult> {
         let registry = self.catalog().registry().clone();
         let src = registry.source(source).ok_or_else(|| {
             Error::Invalid(format!(
@@ -104,6 +118,12 @@ impl Materializer {
             ..Default::default()
         };
         if rows == 0 {
+            if !puts.is_empty() {
+                let online = self.online().clone();
+                tokio::task::spawn_blocking(move || online.commit_appends(&[], &puts))
+                    .await
+                    .map_err(|e| Error::Worker(e.to_string()))??;
+            }
             return Ok(result);
         }
         // Every view over the source is locked, in name order, before anything is
@@ -120,7 +140,7 @@ impl Materializer {
         }
         let checked_us = started.elapsed().as_micros() as u64;
         if to.online() {
-            result.online_keys = self.push_online(views, batches, guards).await?;
+            result.online_keys = self.push_online(views, batches, guards, puts).await?;
         }
         info!(
             source,
@@ -145,6 +165,7 @@ impl Materializer {
         views: Vec<(Arc<ViewLayout>, WindowColumns)>,
         batches: Vec<RecordBatch>,
         guards: Vec<tokio::sync::OwnedMutexGuard<()>>,
+        puts: Entries,
     ) -> Result<u64> {
         let online = self.online().clone();
         tokio::task::spawn_blocking(move || -> Result<u64> {
@@ -176,8 +197,8 @@ impl Materializer {
             // order make the whole batch sorted.
             per_view.sort_by(|a, b| a.first().map(|e| &e.0).cmp(&b.first().map(|e| &e.0)));
             let operands: Entries = per_view.into_iter().flatten().collect();
-            if !operands.is_empty() {
-                online.commit_appends(&operands)?;
+            if !operands.is_empty() || !puts.is_empty() {
+                online.commit_appends(&operands, &puts)?;
             }
             debug!(
                 keys = operands.len(),

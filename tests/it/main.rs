@@ -3,6 +3,7 @@
 mod crash;
 mod fuzz;
 mod historical;
+mod ingest;
 mod load;
 mod online;
 mod request_time;

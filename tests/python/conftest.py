@@ -6,8 +6,10 @@ pyarrow.flight: no Quiver code on the Python side, exactly like a training job.
 import json
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -96,3 +98,39 @@ def online_server(repo):
     proc.terminate()
     proc.wait(timeout=10)
     shutil.rmtree(d, ignore_errors=True)
+
+
+TANSU = os.environ.get("QUIVER_TANSU", str(ROOT / ".venv" / "bin" / "tansu"))
+
+
+@pytest.fixture()
+def kafka_broker():
+    """A real Kafka-protocol broker (tansu, topics in memory) on a free loopback
+    port. Call it with topic names (and `partitions=`); returns host:port."""
+    procs = []
+
+    def start(*topics, partitions=3):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        url = f"tcp://127.0.0.1:{port}"
+        procs.append(subprocess.Popen(
+            [TANSU, "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.time() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.time() < deadline, "tansu did not listen"
+                time.sleep(0.05)
+        for topic in topics:
+            subprocess.run([TANSU, "topic", "create", topic, "--broker", url, "--partitions", str(partitions)], check=True)
+        return f"127.0.0.1:{port}"
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()

@@ -140,3 +140,77 @@ def test_parquet_in_parquet_out_equals_json_lines(repo, online_server, trained, 
     assert from_parquet.column("trans_id").to_pylist() == [d["trans_id"] for d in from_json]
     assert from_parquet.column("score").to_pylist() == [d["score"] for d in from_json]
     assert from_parquet.schema.field("features").type.num_fields == len(from_json[0]["features"])
+
+
+def test_kafka_in_kafka_out_decides_everything_under_sigkill(repo, online_server, trained, tmp_path, kafka_broker):
+    """Transactions from a topic, decisions to a topic: a scorer killed with SIGKILL
+    and restarted decides every transaction; the only duplicates are transactions
+    at or after the offsets it had committed (the uncommitted tail)."""
+    import signal
+    import time
+    from confluent_kafka import Consumer, Producer, TopicPartition
+
+    _, model_path = trained
+    broker = kafka_broker("tx_in", "decisions", partitions=3)
+    rows = held_out(repo)[:1500]
+    where = {}  # trans_id -> (partition, offset)
+
+    def delivered(err, msg):
+        assert err is None, err
+        where[json.loads(msg.value())["trans_id"]] = (msg.partition(), msg.offset())
+
+    producer = Producer({"bootstrap.servers": broker})
+    for r in rows:
+        producer.produce("tx_in", key=str(r["cc_num"]), value=json.dumps(r).encode(), on_delivery=delivered)
+    producer.flush(30)
+    assert len(where) == len(rows)
+
+    config = tmp_path / "scorer.yaml"
+    config.write_text(
+        "kafka:\n"
+        f"  brokers: \"{broker}\"\n"
+        "  group: scorers\n"
+        "  transactions_topic: tx_in\n"
+        "  decisions_topic: decisions\n"
+        "  properties: {session.timeout.ms: \"6000\", heartbeat.interval.ms: \"500\"}\n")
+    cmd = score_cmd(online_server, "--config", str(config), "--model", str(model_path),
+                    "--input", "kafka", "--output", "kafka", "--max-batch", "8", "--max-wait-us", "100")
+
+    decided = []
+    reader = Consumer({"bootstrap.servers": broker, "group.id": "reader", "auto.offset.reset": "earliest",
+                       "session.timeout.ms": 6000, "heartbeat.interval.ms": 500})
+    reader.subscribe(["decisions"])
+
+    def read_until(n, timeout):
+        deadline = time.time() + timeout
+        while len(decided) < n and time.time() < deadline:
+            m = reader.poll(0.2)
+            if m is not None and m.error() is None:
+                d = json.loads(m.value())
+                assert m.key().decode() == d["trans_id"], "keyed by transaction id"
+                decided.append(d["trans_id"])
+
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    read_until(len(rows) // 4, 90)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert len(decided) < len(rows), "the kill came after every decision; the test did not test"
+    probe = Consumer({"bootstrap.servers": broker, "group.id": "scorers"})
+    committed = {tp.partition: tp.offset for tp in probe.committed([TopicPartition("tx_in", p) for p in range(3)], timeout=10)}
+    probe.close()
+
+    second = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while set(decided) != set(where) and time.time() < deadline:
+        read_until(len(decided) + 1, 1)
+    second.send_signal(signal.SIGINT)
+    second.wait(timeout=30)
+    reader.close()
+
+    assert set(decided) == set(where), f"{len(set(where) - set(decided))} transactions never decided"
+    seen = set()
+    for t in decided:
+        if t in seen:
+            p, off = where[t]
+            assert off >= committed[p], f"{t} decided twice though offset {off} < committed {committed[p]} in partition {p}"
+        seen.add(t)

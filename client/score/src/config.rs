@@ -58,6 +58,9 @@ pub struct ScorerConfig {
     /// Push each transaction into a source before its lookup (`{source, to}`), so
     /// the windows it is served include it, as its training row's do.
     pub push: Option<Push>,
+    /// Kafka, for `--input kafka` (transactions from a topic) and `--output kafka`
+    /// (decisions to a topic).
+    pub kafka: Option<KafkaConfig>,
     /// Bearer token for the server; never read from or written to the YAML (pass
     /// `--token` or `QUIVER_TOKEN`).
     #[serde(skip)]
@@ -117,6 +120,7 @@ impl Default for ScorerConfig {
             feature_log: None,
             tls: None,
             push: None,
+            kafka: None,
             token: None,
         }
     }
@@ -245,6 +249,37 @@ pub struct FeatureLog {
     /// Rows per Parquet file (a file is also written at the end of the run).
     #[serde(default = "default_rows_per_file")]
     pub rows_per_file: usize,
+}
+
+/// `kafka:` in scorer.yaml: used by `--input kafka` and `--output kafka`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, `host:port[,...]`.
+    pub brokers: String,
+    /// The consumer group of the scorers reading `transactions_topic`.
+    #[serde(default = "default_group")]
+    pub group: String,
+    /// Where transactions are read from (`--input kafka`).
+    #[serde(default)]
+    pub transactions_topic: Option<String>,
+    /// Where decisions are written (`--output kafka`), keyed by transaction id.
+    #[serde(default)]
+    pub decisions_topic: Option<String>,
+    /// Where a partition with no committed offset starts: `earliest` or `latest`.
+    #[serde(default = "default_start")]
+    pub start: String,
+    /// Extra librdkafka settings, for both the consumer and the producer.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_group() -> String {
+    "quiver-score".into()
+}
+
+fn default_start() -> String {
+    "earliest".into()
 }
 
 fn default_rows_per_file() -> usize {

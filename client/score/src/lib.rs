@@ -6,13 +6,13 @@
 //! ```text
 //! source thread ──(bounded queue: backpressure)──> batcher: up to N rows or T us
 //!   (JSON lines,                                      │
-//!    Parquet, ...)                                    v
+//!    Parquet, Kafka)                                  v
 //!                              OnlineSession (one DoExchange): keys + request fields
 //!                                ──> features + on-demand features (server-side)
 //!                                                     │
 //!                     model (XGBoost JSON / logistic) + rules ──> decisions
 //!                                                     │
-//!                        sink (JSON lines / Parquet) + feature log (offline store)
+//!                sink (JSON lines / Parquet / Kafka) + feature log (offline store)
 //! ```
 //!
 //! A failed lookup is retried with exponential backoff on the same batch (the
@@ -24,12 +24,14 @@
 //! Modules, in the order a transaction meets them: [`config`] (`scorer.yaml`),
 //! [`source`] (where transactions come from), `reader` (the source thread),
 //! `batcher` (micro-batching), `scorer` ([`Scorer`]: lookups, [`model`],
-//! rules, [`Scorer::run`]), [`sink`] (decisions and the feature log), [`stats`]
+//! rules, [`Scorer::run`]), [`sink`] (decisions and the feature log), [`kafka`]
+//! (a topic in and a topic out, offsets committed after acknowledged decisions), [`stats`]
 //! (latency and the [`Report`]); [`RunOptions`] and [`Error`] at the root.
 
 mod batcher;
 pub mod config;
 mod error;
+pub mod kafka;
 pub mod model;
 mod options;
 mod reader;

@@ -4,6 +4,7 @@
 //! ```text
 //! quiver-score --config scorer.yaml < transactions.jsonl > decisions.jsonl
 //! quiver-score --config scorer.yaml --input held_out.parquet --output decisions.parquet --rate 5000
+//! quiver-score --config scorer.yaml --input kafka --output kafka   # topics from `kafka:` in the config
 //! ```
 
 use std::io::IsTerminal;
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 use quiver_score::config::ScorerConfig;
+use quiver_score::kafka::Kafka;
 use quiver_score::sink::{DecisionSink, JsonLinesSink, ParquetSink};
 use quiver_score::source::{JsonLinesSource, ParquetSource, TransactionSource};
 use quiver_score::{RunOptions, Scorer};
@@ -33,13 +35,15 @@ struct Args {
     /// Scorer configuration (YAML); flags below override it.
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// Transactions: a file, or `-` for stdin (the default).
+    /// Transactions: a file, `-` for stdin (the default), or `kafka` (the
+    /// config's `kafka.transactions_topic`, in its consumer group).
     #[arg(long, short, default_value = "-")]
     input: String,
     /// Input format (default: parquet for *.parquet, else jsonl).
     #[arg(long)]
     input_format: Option<Format>,
-    /// Decisions: a file, or `-` for stdout (the default).
+    /// Decisions: a file, `-` for stdout (the default), or `kafka` (the config's
+    /// `kafka.decisions_topic`, keyed by transaction id).
     #[arg(long, short, default_value = "-")]
     output: String,
     /// Output format (default: parquet for *.parquet, else jsonl).
@@ -154,9 +158,27 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         return Err("no model: set `model:` in the config or pass --model model.json".into());
     }
     config.check()?;
+    let scorer_kafka = config.kafka.clone();
+    let id_column = config.transactions.id.clone();
     let mut scorer = Scorer::connect(config).await?;
 
+    let mut kafka = match (
+        &scorer_kafka,
+        args.input == "kafka" || args.output == "kafka",
+    ) {
+        (Some(k), true) => Some(Kafka::new(k.clone())?),
+        (None, true) => {
+            return Err(
+                "--input kafka / --output kafka need a `kafka:` section in the config".into(),
+            )
+        }
+        (_, false) => None,
+    };
     let source: Box<dyn TransactionSource> = match format_of(args.input_format, &args.input) {
+        _ if args.input == "kafka" => {
+            let schema = scorer.input_schema();
+            Box::new(kafka.as_mut().expect("configured").input(schema)?)
+        }
         Format::Parquet => {
             if args.input == "-" {
                 return Err("Parquet input must be a file (--input FILE)".into());
@@ -175,6 +197,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     };
     let sink: Box<dyn DecisionSink> = match format_of(args.output_format, &args.output) {
+        _ if args.output == "kafka" => {
+            Box::new(kafka.as_ref().expect("configured").output(&id_column)?)
+        }
         Format::Parquet => {
             if args.output == "-" {
                 return Err("Parquet output must be a file (--output FILE)".into());

@@ -80,39 +80,45 @@ impl JsonLinesSource {
             buf: String::new(),
         }
     }
+}
 
-    fn decode(&self, lines: &[(u64, String)]) -> (Option<RecordBatch>, Vec<Rejected>) {
-        let text: String = lines
-            .iter()
-            .map(|(_, l)| l.as_str())
-            .collect::<Vec<_>>()
-            .join("\n");
-        if let Ok(Some(b)) = self.decode_text(&text) {
-            return (Some(b), Vec::new());
-        }
-        // Something is wrong: decode line by line to keep the good ones.
-        let mut good = Vec::new();
-        let mut rejected = Vec::new();
-        for (n, l) in lines {
-            match self.decode_text(l) {
-                Ok(Some(b)) => good.push(b),
-                Ok(None) => {}
-                Err(reason) => rejected.push(Rejected { line: *n, reason }),
-            }
-        }
-        let batch = (!good.is_empty())
-            .then(|| arrow::compute::concat_batches(&self.schema, &good).expect("same schema"));
-        (batch, rejected)
+/// Decodes JSON objects (`(line or offset, text)`) against `schema`: all at once,
+/// or, when some are bad, one by one to keep the good ones and say why the others
+/// were rejected.
+pub(crate) fn decode_json(
+    schema: &SchemaRef,
+    lines: &[(u64, String)],
+) -> (Option<RecordBatch>, Vec<Rejected>) {
+    let text: String = lines
+        .iter()
+        .map(|(_, l)| l.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
+    if let Ok(Some(b)) = decode_text(schema, &text) {
+        return (Some(b), Vec::new());
     }
+    // Something is wrong: decode line by line to keep the good ones.
+    let mut good = Vec::new();
+    let mut rejected = Vec::new();
+    for (n, l) in lines {
+        match decode_text(schema, l) {
+            Ok(Some(b)) => good.push(b),
+            Ok(None) => {}
+            Err(reason) => rejected.push(Rejected { line: *n, reason }),
+        }
+    }
+    let batch = (!good.is_empty())
+        .then(|| arrow::compute::concat_batches(schema, &good).expect("same schema"));
+    (batch, rejected)
+}
 
-    fn decode_text(&self, text: &str) -> Result<Option<RecordBatch>, String> {
-        let mut decoder = ReaderBuilder::new(self.schema.clone())
-            .with_coerce_primitive(true)
-            .build_decoder()
-            .map_err(|e| e.to_string())?;
-        decoder.decode(text.as_bytes()).map_err(|e| e.to_string())?;
-        decoder.flush().map_err(|e| e.to_string())
-    }
+fn decode_text(schema: &SchemaRef, text: &str) -> Result<Option<RecordBatch>, String> {
+    let mut decoder = ReaderBuilder::new(schema.clone())
+        .with_coerce_primitive(true)
+        .build_decoder()
+        .map_err(|e| e.to_string())?;
+    decoder.decode(text.as_bytes()).map_err(|e| e.to_string())?;
+    decoder.flush().map_err(|e| e.to_string())
 }
 
 impl TransactionSource for JsonLinesSource {
@@ -145,7 +151,7 @@ impl TransactionSource for JsonLinesSource {
         if lines.is_empty() {
             return Ok(None);
         }
-        let (batch, rejected) = self.decode(&lines);
+        let (batch, rejected) = decode_json(&self.schema, &lines);
         Ok(Some(Read { batch, rejected }))
     }
 

@@ -447,33 +447,10 @@ impl OfflineStore {
         source: &str,
         batches: &[arrow::array::RecordBatch],
     ) -> Result<Vec<String>> {
-        let folder = self.folders.get(source).ok_or_else(|| {
-            Error::invalid(format!(
-                "source {source:?} is a single Parquet file; pushing offline needs a folder (set its path to a folder and move the file into it)"
-            ))
-        })?;
+        let folder = self.source_folder(source)?;
         let schema = self.schemas.get(source).expect("registered").clone();
-        let mut files = Vec::new();
         let mut chunk: Vec<arrow::array::RecordBatch> = Vec::new();
         let mut rows = 0;
-        let flush = |chunk: &mut Vec<arrow::array::RecordBatch>| -> Result<Option<Vec<u8>>> {
-            if chunk.is_empty() {
-                return Ok(None);
-            }
-            let mut buf = Vec::new();
-            let props = parquet::file::properties::WriterProperties::builder()
-                .set_compression(parquet::basic::Compression::SNAPPY)
-                .build();
-            let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema.clone(), Some(props))
-                .map_err(|e| Error::invalid(format!("cannot write Parquet: {e}")))?;
-            for b in chunk.drain(..) {
-                w.write(&b)
-                    .map_err(|e| Error::invalid(format!("cannot write Parquet: {e}")))?;
-            }
-            w.close()
-                .map_err(|e| Error::invalid(format!("cannot write Parquet: {e}")))?;
-            Ok(Some(buf))
-        };
         let mut bodies = Vec::new();
         for b in batches {
             let mut offset = 0;
@@ -483,13 +460,16 @@ impl OfflineStore {
                 offset += take;
                 rows += take;
                 if rows == PUSH_FILE_ROWS {
-                    bodies.extend(flush(&mut chunk)?);
+                    bodies.push(parquet_body(&schema, chunk.drain(..))?);
                     rows = 0;
                 }
             }
         }
-        bodies.extend(flush(&mut chunk)?);
+        if !chunk.is_empty() {
+            bodies.push(parquet_body(&schema, chunk.drain(..))?);
+        }
         let now = chrono::Utc::now();
+        let mut files = Vec::new();
         for body in bodies {
             let seq = PUSH_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             // Time, process, sequence and a random part: two servers writing one
@@ -500,20 +480,93 @@ impl OfflineStore {
                 std::process::id(),
                 rand::random::<u32>()
             );
-            let path = folder.clone().join(name.as_str());
-            self.store
-                .put(&path, body.into())
-                .await
-                .map_err(|source| Error::ObjectStore {
-                    url: format!("{}{}", self.root, path),
-                    source,
-                })?;
-            let mut url = self.root.clone();
-            url.set_path(&format!("/{path}"));
-            files.push(url.to_string());
+            files.push(self.put_file(folder, &name, body).await?);
         }
         Ok(files)
     }
+
+    /// Writes `batches` (in the source's schema) as ONE Parquet file named `name`
+    /// in the source's folder, replacing a file of that name: ingest's files,
+    /// named by partition and offset range so that a replay rewrites the same
+    /// file rather than adding a copy. Returns its URL.
+    pub(crate) async fn write_named(
+        &self,
+        source: &str,
+        name: &str,
+        batches: &[arrow::array::RecordBatch],
+    ) -> Result<String> {
+        let folder = self.source_folder(source)?;
+        let schema = self.schemas.get(source).expect("registered").clone();
+        let body = parquet_body(&schema, batches.iter().cloned())?;
+        self.put_file(folder, name, body).await
+    }
+
+    /// The names of the files directly in the source's folder that start with
+    /// `prefix`.
+    pub(crate) async fn list_named(&self, source: &str, prefix: &str) -> Result<Vec<String>> {
+        let folder = self.source_folder(source)?;
+        let listing = self
+            .store
+            .list_with_delimiter(Some(folder))
+            .await
+            .map_err(|source| Error::ObjectStore {
+                url: format!("{}{}", self.root, folder),
+                source,
+            })?;
+        Ok((listing.objects.into_iter())
+            .filter_map(|o| o.location.filename().map(str::to_string))
+            .filter(|n| n.starts_with(prefix))
+            .collect())
+    }
+
+    fn source_folder(&self, source: &str) -> Result<&object_store::path::Path> {
+        self.folders.get(source).ok_or_else(|| {
+            Error::invalid(format!(
+                "source {source:?} is a single Parquet file; writing to it needs a folder (set its path to a folder and move the file into it)"
+            ))
+        })
+    }
+
+    /// Puts one whole file (object stores put atomically; the local one writes a
+    /// temporary file and renames it), returning its URL.
+    async fn put_file(
+        &self,
+        folder: &object_store::path::Path,
+        name: &str,
+        body: Vec<u8>,
+    ) -> Result<String> {
+        let path = folder.clone().join(name);
+        self.store
+            .put(&path, body.into())
+            .await
+            .map_err(|source| Error::ObjectStore {
+                url: format!("{}{}", self.root, path),
+                source,
+            })?;
+        let mut url = self.root.clone();
+        url.set_path(&format!("/{path}"));
+        Ok(url.to_string())
+    }
+}
+
+/// One Parquet file (Snappy) of `batches`, in memory.
+fn parquet_body(
+    schema: &arrow::datatypes::SchemaRef,
+    batches: impl Iterator<Item = arrow::array::RecordBatch>,
+) -> Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    let props = parquet::file::properties::WriterProperties::builder()
+        .set_compression(parquet::basic::Compression::SNAPPY)
+        .build();
+    let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, schema.clone(), Some(props))
+        .map_err(|e| Error::invalid(format!("cannot write Parquet: {e}")))?;
+    for b in batches {
+        w.write(&b)
+            .map_err(|e| Error::invalid(format!("cannot write Parquet: {e}")))?;
+    }
+    w.close()
+        .map_err(|e| Error::invalid(format!("cannot write Parquet: {e}")))?;
+    Ok(buf)
 }
 
 /// Builds the object store for the offline root: the local file system, or S3 with

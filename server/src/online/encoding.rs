@@ -28,6 +28,9 @@ use arrow::error::ArrowError;
 pub(crate) const DATA_PREFIX: u8 = b'd';
 /// First byte of every meta key.
 pub(crate) const META_PREFIX: u8 = b'm';
+/// First byte of every ingest cursor key (a Kafka partition's next offset,
+/// written in the same batch as the online state it produced: `crate::ingest`).
+pub(crate) const CURSOR_PREFIX: u8 = b'c';
 const VERSION: u8 = 1;
 /// Bytes before the null bitmap.
 pub(crate) const HEADER_LEN: usize = 17;

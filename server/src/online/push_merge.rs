@@ -284,7 +284,7 @@ mod tests {
                     (k.clone(), op)
                 })
                 .collect();
-            s.commit_appends(&operands).unwrap();
+            s.commit_appends(&operands, &[]).unwrap();
             // Merges happen at reads, flushes (partial merges of operands) and
             // compactions (onto the stored log).
             match push % 50 {
@@ -332,7 +332,7 @@ mod tests {
                 }
                 ops.push((k, row_operand(&v)));
             }
-            s.commit_appends(&ops).unwrap();
+            s.commit_appends(&ops, &[]).unwrap();
             match push % 60 {
                 13 => s.db.flush().unwrap(),
                 37 => s.db.compact_range::<&[u8], &[u8]>(None, None),
@@ -372,22 +372,23 @@ mod tests {
             (vec![1], cut_log),
             (vec![1], good.clone()),
         ];
-        s.commit_appends(&ops).unwrap();
+        s.commit_appends(&ops, &[]).unwrap();
         let mut want = Vec::new();
         events(&[(5, Some(1.0), None), (5, Some(1.0), None)]).encode(&mut want);
         assert_eq!(s.db.get([1]).unwrap(), Some(want));
         // A put (materialize's rebuild) replaces the log and its operands.
         s.db.put([1], []).unwrap();
-        s.commit_appends(&[(vec![1], good.clone())]).unwrap();
+        s.commit_appends(&[(vec![1], good.clone())], &[]).unwrap();
         let mut want = Vec::new();
         events(&[(5, Some(1.0), None)]).encode(&mut want);
         assert_eq!(s.db.get([1]).unwrap(), Some(want));
         // A corrupt stored log is kept as it is; reads and compactions go on.
         s.db.put([2], [2, 9, 9]).unwrap();
-        s.commit_appends(&[(vec![2], good)]).unwrap();
+        s.commit_appends(&[(vec![2], good)], &[]).unwrap();
         assert_eq!(s.db.get([2]).unwrap(), Some(vec![2, 9, 9]));
         // Rows that do not parse leave nothing to serve, and fail nothing.
-        s.commit_appends(&[(vec![3], vec![ROW_TAG, 1])]).unwrap();
+        s.commit_appends(&[(vec![3], vec![ROW_TAG, 1])], &[])
+            .unwrap();
         assert_eq!(s.db.get([3]).unwrap(), Some(vec![]));
         // The merge's empty result is written by one compaction and dropped by
         // the compaction filter in the next (filters see values, not merges).

@@ -313,19 +313,7 @@ impl OnlineStore {
 
     /// Every `(key, value)` of a view, in key order (for tests, dumps and audits).
     pub(crate) fn scan_view(&self, layout: &ViewLayout) -> Result<Entries> {
-        let prefix = layout.prefix();
-        let mut out = Vec::new();
-        for item in self
-            .db
-            .iterator(IteratorMode::From(&prefix, Direction::Forward))
-        {
-            let (k, v) = item?;
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            out.push((k.into_vec(), v.into_vec()));
-        }
-        Ok(out)
+        self.scan_prefix(&layout.prefix())
     }
 
     /// The stored values of `keys` of an aggregation view (`None` where there is
@@ -435,16 +423,41 @@ impl OnlineStore {
     }
 
     /// Writes pushed updates: `operands` (data key, merge operand of
-    /// [`push_merge`]) in one write batch, nothing read. Not synced (see
-    /// [`Self::commit_batch`]). The view's state is untouched: a push does not
-    /// know which entities are new, nor move the watermark.
-    pub(crate) fn commit_appends(&self, operands: &[(Vec<u8>, Vec<u8>)]) -> Result<()> {
+    /// [`push_merge`]) and `puts` (ingest cursors) in one write batch, nothing
+    /// read: all or nothing. Not synced (see [`Self::commit_batch`]). The view's
+    /// state is untouched: a push does not know which entities are new, nor move
+    /// the watermark.
+    pub(crate) fn commit_appends(
+        &self,
+        operands: &[(Vec<u8>, Vec<u8>)],
+        puts: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<()> {
         let mut batch = WriteBatch::default();
         for (k, op) in operands {
             batch.merge(k, op);
         }
+        for (k, v) in puts {
+            batch.put(k, v);
+        }
         self.db.write(batch)?;
         Ok(())
+    }
+
+    /// Every `(key, value)` whose key starts with `prefix`, in key order (ingest
+    /// cursors).
+    pub(crate) fn scan_prefix(&self, prefix: &[u8]) -> Result<Entries> {
+        let mut out = Vec::new();
+        for item in self
+            .db
+            .iterator(IteratorMode::From(prefix, Direction::Forward))
+        {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            out.push((k.into_vec(), v.into_vec()));
+        }
+        Ok(out)
     }
 
     /// Loads `entries` into a view that holds no key yet by writing one sorted SST

@@ -26,8 +26,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::arrow::ArrowWriter;
 use quiver_client::{
-    ConnectOptions, HistoricalFeaturesRequest, MaterializeIncrementalRequest, MaterializeReport,
-    MaterializeRequest, OnlineFeaturesRequest, PushTo, QuiverClient, ViewStatus,
+    ConnectOptions, HistoricalFeaturesRequest, IngestStatus, MaterializeIncrementalRequest,
+    MaterializeReport, MaterializeRequest, OnlineFeaturesRequest, PushTo, QuiverClient, ViewStatus,
 };
 
 use quiver_server::auth::{self, Role};
@@ -158,6 +158,16 @@ pub enum Command {
         /// Push to a running server instead (needed while `quiver serve` holds the store).
         #[arg(long)]
         addr: Option<String>,
+    },
+    /// Run one `ingest:` job of quiver.yaml (a Kafka topic into a source) in this
+    /// process, until Ctrl-C / SIGTERM; `quiver serve` runs them all itself.
+    Ingest {
+        /// The job's name.
+        job: String,
+        /// Stop once every partition is read to its end (a backfill), after
+        /// writing the buffered offline files.
+        #[arg(long)]
+        until_caught_up: bool,
     },
     /// Like materialize, from each view's watermark (or its ttl before END on the
     /// first run) to END.
@@ -497,11 +507,37 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Status { addr } => {
-            let views = match addr {
-                Some(addr) => connect(&addr, &cli.conn).await?.status().await?,
-                None => FeatureStore::status_of(&Repo::load(&cli.repo)?).await?,
+            let (views, jobs) = match addr {
+                Some(addr) => {
+                    let mut client = connect(&addr, &cli.conn).await?;
+                    (client.status().await?, client.ingest_status().await?)
+                }
+                None => {
+                    let repo = Repo::load(&cli.repo)?;
+                    (
+                        FeatureStore::status_of(&repo).await?,
+                        FeatureStore::ingest_status_of(&repo).await?,
+                    )
+                }
             };
             print_status(&views);
+            print_ingest_status(&jobs);
+            Ok(())
+        }
+        Command::Ingest {
+            job,
+            until_caught_up,
+        } => {
+            let store = FeatureStore::open(&Repo::load(&cli.repo)?, clock()?).await?;
+            say(format!("ingesting {job} (Ctrl-C to stop)"));
+            let status = store
+                .ingest(&job, until_caught_up, shutdown_signal())
+                .await?;
+            say(format!(
+                "ingest {}: {} rows, {} dead letters",
+                status.job, status.rows, status.dead_letters
+            ));
+            print_ingest_status(&[status]);
             Ok(())
         }
         Command::GetOnline(args) => {
@@ -643,6 +679,25 @@ fn print_status(views: &[ViewStatus]) {
             v.watermark.as_deref().unwrap_or("-"),
             v.key_count
         ));
+    }
+}
+
+fn print_ingest_status(jobs: &[IngestStatus]) {
+    for j in jobs {
+        say(format!(
+            "ingest {} ({} -> {}, group {}): {}; {} rows, {:.0} rows/s, {} dead letters",
+            j.job, j.topic, j.source, j.group, j.state, j.rows, j.rows_per_sec, j.dead_letters
+        ));
+        let show = |v: Option<i64>| v.map_or("-".to_string(), |v| v.to_string());
+        for p in &j.partitions {
+            say(format!(
+                "  partition {:<4} next offset {:>12}  high watermark {:>12}  lag {:>10}",
+                p.partition,
+                show(p.next_offset),
+                show(p.high_watermark),
+                show(p.lag)
+            ));
+        }
     }
 }
 
