@@ -105,6 +105,8 @@ struct StatsInner {
     samples: std::collections::VecDeque<(std::time::Instant, u64)>,
     /// Partitions held.
     partitions: BTreeMap<i32, PartitionStats>,
+    /// Partitions of the topic, as the broker last reported them.
+    topic_partitions: usize,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -163,10 +165,17 @@ impl JobStats {
         });
     }
 
-    /// Whether every held partition is at its high watermark (and one is held).
+    pub(crate) fn topic_partitions(&self, n: usize) {
+        self.with(|s| s.topic_partitions = n);
+    }
+
+    /// Whether this consumer holds every partition of the topic and each is at
+    /// its high watermark (holding some is not enough: the others may be with a
+    /// member the group has not yet dropped).
     pub(crate) fn caught_up(&self) -> bool {
         self.with(|s| {
-            !s.partitions.is_empty()
+            s.topic_partitions > 0
+                && s.partitions.len() >= s.topic_partitions
                 && (s.partitions.values()).all(|p| match (p.next.or(p.low), p.high) {
                     (Some(n), Some(h)) => n >= h,
                     _ => false,

@@ -33,8 +33,8 @@ use crate::online::OnlineStore;
 /// How `quiver ingest` runs a job.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct RunOptions {
-    /// Stop (after writing every buffered file) once every partition held is at
-    /// its high watermark.
+    /// Stop (after writing every buffered file) once this consumer holds every
+    /// partition of the topic and each is at its high watermark.
     pub until_caught_up: bool,
 }
 
@@ -160,7 +160,7 @@ impl Job {
                 (Some(f), None) => Sink::File(repo.resolve_path(f)),
                 (None, Some(t)) => {
                     let producer =
-                        client_config(&config)
+                        client_config(&config, false)
                             .create()
                             .map_err(|source| Error::Kafka {
                                 job: config.name.clone(),
@@ -247,15 +247,12 @@ impl Job {
             state: self.state.clone(),
             stats: self.stats.clone(),
         };
-        let mut cfg = client_config(job);
+        let mut cfg = client_config(job, true);
         cfg.set("group.id", &job.kafka.group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", job.kafka.start.as_str())
             .set("statistics.interval.ms", "1000");
-        for (k, v) in &job.kafka.properties {
-            cfg.set(k, v);
-        }
         let consumer: StreamConsumer<Context> = cfg.create_with_context(context).map_err(kafka)?;
         consumer
             .subscribe(&[job.kafka.topic.as_str()])
@@ -351,8 +348,13 @@ impl Job {
             } else {
                 i64::MAX
             };
+            let g = generation.get(p).copied().unwrap_or(0);
             let offline_from = if job.to.offline() {
-                offline.unwrap_or(i64::MIN)
+                // Past what this process already buffered for the file.
+                let buffered = (buffers.get(p))
+                    .filter(|b| b.generation == g)
+                    .map_or(i64::MIN, |b| b.last + 1);
+                offline.unwrap_or(i64::MIN).max(buffered)
             } else {
                 i64::MAX
             };
@@ -364,8 +366,13 @@ impl Job {
                 .filter(|&f| f != i64::MAX)
                 .max()
                 .unwrap_or(i64::MAX);
+            // Each offset once, in order: after a rebalance the client can hand
+            // over messages it had fetched before along with the same ones fetched
+            // again.
+            let mut ms: Vec<&OwnedMessage> = ms.iter().filter(|m| m.offset() >= from).collect();
+            ms.dedup_by(|b, a| b.offset() <= a.offset());
             let mut good_offsets = Vec::with_capacity(ms.len());
-            for m in ms.iter().filter(|m| m.offset() >= from) {
+            for m in ms.iter() {
                 match decoder.push(m.payload().unwrap_or_default()) {
                     Ok(()) => good_offsets.push(m.offset()),
                     Err(reason) if m.offset() >= new_from => letters.push(DeadLetter {
@@ -388,9 +395,7 @@ impl Job {
             let Some(last) = ms.last().map(|m| m.offset()) else {
                 continue;
             };
-            if last < from {
-                continue;
-            }
+            debug!(job = %job.name, partition = p, first = ms[0].offset(), last, online_from, offline_from, "batch of a partition");
             if job.to.online() && last >= online_from {
                 let i = good_offsets.partition_point(|&o| o < online_from);
                 rows_written += (good_offsets.len() - i) as u64;
@@ -403,7 +408,6 @@ impl Job {
                     .map(|m| m.offset())
                     .find(|&o| o >= offline_from)
                     .unwrap_or(last);
-                let g = generation.get(p).copied().unwrap_or(0);
                 let b = buffers.entry(*p).or_insert_with(|| Buffer::new(first, g));
                 if b.generation != g {
                     *b = Buffer::new(first, g);
@@ -419,15 +423,18 @@ impl Job {
                 Some(b) if job.to.offline() => b.first,
                 _ => last + 1,
             };
+            // Never backwards: a replay for the offline tier re-reads messages
+            // the online tier is already past.
+            let next = (last + 1).max(online.unwrap_or(i64::MIN));
             let stored = cursor::Stored {
-                next: last + 1,
+                next,
                 offline_floor,
             };
             puts.push((
                 cursor::key(&job.name, &job.kafka.topic, *p),
                 cursor::encode(stored),
             ));
-            advanced.push((*p, last + 1));
+            advanced.push((*p, next));
         }
         // Letters first: a crash after them and before the commit sends them
         // again on replay (at least once) rather than never.
@@ -528,15 +535,20 @@ impl Job {
     }
 }
 
-/// The client settings shared by the job's consumer and dead-letter producer.
-fn client_config(job: &IngestJobConfig) -> ClientConfig {
+/// The client settings of the job's consumer, or of its dead-letter producer
+/// (which leaves out the consumer-only ones, librdkafka would warn of them).
+fn client_config(job: &IngestJobConfig, consumer: bool) -> ClientConfig {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", &job.kafka.brokers)
         .set("client.id", format!("quiver-ingest-{}", job.name))
         .set_log_level(RDKafkaLogLevel::Warning);
+    let consumer_only = |k: &str| {
+        ["session.", "heartbeat.", "group."]
+            .iter()
+            .any(|p| k.starts_with(p))
+    };
     for (k, v) in &job.kafka.properties {
-        // Consumer-only settings would make the producer warn; pass the rest.
-        if !k.starts_with("session.") && !k.starts_with("heartbeat.") && !k.starts_with("group.") {
+        if consumer || !consumer_only(k) {
             cfg.set(k, v);
         }
     }
@@ -594,6 +606,8 @@ struct Context {
 impl ClientContext for Context {
     fn stats(&self, statistics: Statistics) {
         if let Some(t) = statistics.topics.get(&self.topic) {
+            // Every partition of the topic is listed (-1 is librdkafka's own).
+            (self.stats).topic_partitions(t.partitions.keys().filter(|p| **p >= 0).count());
             for (p, s) in &t.partitions {
                 if *p >= 0 && s.hi_offset >= 0 {
                     self.stats.watermarks(*p, s.lo_offset.max(0), s.hi_offset);
@@ -673,7 +687,7 @@ impl Context {
             s.held.insert(p);
             *s.generation.entry(p).or_default() += 1;
             self.stats.assigned(p, next);
-            info!(job = %self.job, partition = p, ?offset, "partition assigned");
+            info!(job = %self.job, partition = p, ?offset, ?online, ?offline, "partition assigned");
         }
         Ok(())
     }
