@@ -204,6 +204,26 @@ impl Drop for Server {
     }
 }
 
+/// A loopback port free now (for a server process to bind).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Waits (up to 20 s) until a server process accepts connections on `port`.
+fn wait_listening(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start listening on port {port}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Credentials the S3 test server accepts.
 pub const S3_ACCESS_KEY: &str = "quiver-test-access";
 /// Secret for [`S3_ACCESS_KEY`].
@@ -237,10 +257,7 @@ impl S3Server {
     pub fn start(bucket: &str) -> Self {
         let root = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir_all(root.path().join(bucket)).expect("bucket dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = free_port();
         let bin = s3s_fs_binary();
         let child = Command::new(&bin)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
@@ -255,14 +272,7 @@ impl S3Server {
                     bin.display()
                 )
             });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "s3s-fs did not start listening on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(port, "s3s-fs");
         Self {
             endpoint: format!("http://127.0.0.1:{port}"),
             root,
@@ -304,10 +314,7 @@ fn tansu_binary() -> PathBuf {
 impl KafkaBroker {
     /// Starts the broker on a free port and waits until it accepts connections.
     pub fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
+        let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
         let bin = tansu_binary();
         let child = Command::new(&bin)
@@ -322,14 +329,7 @@ impl KafkaBroker {
                     bin.display()
                 )
             });
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "tansu did not start listening on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_listening(port, "tansu");
         Self {
             addr: format!("127.0.0.1:{port}"),
             child,

@@ -57,7 +57,7 @@ pub(crate) struct FreshArgs {
     no_duckdb: bool,
 }
 
-const FEATURES: &str = r#"
+pub(crate) const FEATURES: &str = r#"
 entities:
   - { name: card, join_keys: [cc_num] }
 sources:
@@ -110,7 +110,7 @@ n, c, s = con.execute(f"SELECT count(*), sum(txn_count_5m), sum(amt_sum_1h) FROM
 print(el, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, n, c, s, duckdb.__version__)
 "#;
 
-fn event_schema() -> Arc<Schema> {
+pub(crate) fn event_schema() -> Arc<Schema> {
     Arc::new(Schema::new(vec![
         Field::new("cc_num", DataType::Int64, false),
         ts_field("ts"),

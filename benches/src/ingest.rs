@@ -49,30 +49,6 @@ pub(crate) struct IngestArgs {
     dir: Option<std::path::PathBuf>,
 }
 
-const FEATURES: &str = r#"
-entities:
-  - { name: card, join_keys: [cc_num] }
-sources:
-  - { name: tx, path: tx/, timestamp_field: ts }
-feature_views:
-  - name: last_txn
-    entities: [card]
-    source: tx
-    features:
-      - { name: amt, dtype: float64 }
-      - { name: merchant_id, dtype: int64 }
-  - name: card_txn_windows
-    entities: [card]
-    source: tx
-    aggregations:
-      - { name: txn_count_5m,  column: amt,         function: count,          window: 5m }
-      - { name: amt_sum_1h,    column: amt,         function: sum,            window: 1h }
-      - { name: amt_avg_1d,    column: amt,         function: avg,            window: 1d }
-      - { name: merchants_1h,  column: merchant_id, function: count_distinct, window: 1h }
-feature_services:
-  - { name: windows, features: [card_txn_windows] }
-"#;
-
 /// The tansu broker process, killed on drop.
 struct Broker(std::process::Child);
 impl Drop for Broker {
@@ -175,12 +151,7 @@ pub(crate) async fn ingest(a: IngestArgs) -> Result<()> {
     let now = quiver_server::instant::format(now_us * 1000);
     // One seed file, for the source's schema.
     std::fs::create_dir_all(dir.join("data/tx"))?;
-    let schema = Arc::new(arrow::datatypes::Schema::new(vec![
-        arrow::datatypes::Field::new("cc_num", arrow::datatypes::DataType::Int64, false),
-        crate::ts_field("ts"),
-        arrow::datatypes::Field::new("amt", arrow::datatypes::DataType::Float64, true),
-        arrow::datatypes::Field::new("merchant_id", arrow::datatypes::DataType::Int64, true),
-    ]));
+    let schema = crate::fresh::event_schema();
     let mut w = writer(&dir.join("data/tx/seed.parquet"), schema.clone())?;
     w.write(&RecordBatch::try_new(
         schema,
@@ -192,7 +163,7 @@ pub(crate) async fn ingest(a: IngestArgs) -> Result<()> {
         ],
     )?)?;
     w.close()?;
-    std::fs::write(dir.join("features.yaml"), FEATURES)?;
+    std::fs::write(dir.join("features.yaml"), crate::fresh::FEATURES)?;
 
     let (_broker, brokers) = start_broker(&a.tansu, a.partitions)?;
     let p = producer(&brokers)?;

@@ -104,15 +104,7 @@ impl Values {
 
     /// Appends row `row` of `array` (normalized to the kind's type).
     fn push_from(&mut self, array: &ArrayRef, row: usize) {
-        let valid = array.is_valid(row);
-        match self {
-            Values::Int(v) => v.push(valid.then(|| array.as_primitive::<Int64Type>().value(row))),
-            Values::Float(v) => {
-                v.push(valid.then(|| array.as_primitive::<Float64Type>().value(row)))
-            }
-            Values::Str(v) => v.push(valid.then(|| array.as_string::<i32>().value(row).into())),
-            Values::Bool(v) => v.push(valid.then(|| array.as_boolean().value(row))),
-        }
+        self.extend_rows(array, &[row as u32]);
     }
 
     fn cmp_rows(&self, a: usize, b: usize) -> Ordering {
