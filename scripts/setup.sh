@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # Installs what Quiver's build, demo and tests need on a fresh Debian machine.
 # Idempotent: each step is skipped when already done.
-#   scripts/setup.sh            # build dependencies (libclang for RocksDB's bindings)
+#   scripts/setup.sh            # build dependencies (libclang, a C/C++ toolchain, zlib)
 #   scripts/setup.sh --tests    # also the Python venv (pyarrow, duckdb, pytest, confluent-kafka),
 #                               # the S3 test server and the Kafka test broker (tansu)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! dpkg -s libclang-dev >/dev/null 2>&1; then
-  echo "== apt-get install libclang-dev (RocksDB's bindings are generated with libclang)"
+# libclang-dev: RocksDB's bindings are generated with libclang. build-essential,
+# pkg-config and zlib1g-dev: RocksDB's C++ and rdkafka's bundled librdkafka
+# (configure + make, zlib) are compiled from source.
+APT_PACKAGES="libclang-dev build-essential pkg-config zlib1g-dev"
+if ! dpkg -s $APT_PACKAGES >/dev/null 2>&1; then
+  echo "== apt-get install $APT_PACKAGES"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq || true
-  $SUDO apt-get install -y -qq libclang-dev
+  $SUDO apt-get install -y -qq $APT_PACKAGES
 fi
 
 if [ "${1:-}" = "--tests" ]; then
