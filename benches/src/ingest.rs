@@ -16,10 +16,9 @@ use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch};
 use arrow::datatypes::Int64Type;
 use clap::Args;
 use quiver_client::{OnlineFeaturesRequest, QuiverClient};
-use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use quiver_demo::kafka::{producer, send};
 
+use crate::kafka::Broker;
 use crate::{quiver_bin, spawn_ready, tempfile_dir, ts, writer, Rng};
 
 const EPOCH_US: i64 = 1_767_225_600_000_000;
@@ -47,79 +46,6 @@ pub(crate) struct IngestArgs {
     /// Work folder (default: a new temporary folder, removed afterwards).
     #[arg(long)]
     dir: Option<std::path::PathBuf>,
-}
-
-/// The tansu broker process, killed on drop.
-struct Broker(std::process::Child);
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_broker(tansu: &Path, partitions: u32) -> Result<(Broker, String)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(tansu)
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &url,
-        ])
-        .args(["--storage-engine", "memory://tansu/"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .with_context(|| {
-            format!(
-                "starting {} (scripts/setup.sh --tests installs it)",
-                tansu.display()
-            )
-        })?;
-    let broker = Broker(child);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        ensure!(Instant::now() < deadline, "tansu did not listen");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = Command::new(tansu)
-        .args(["topic", "create", TOPIC, "--broker", &url])
-        .args(["--partitions", &partitions.to_string()])
-        .output()?;
-    ensure!(
-        out.status.success(),
-        "topic create: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok((broker, format!("127.0.0.1:{port}")))
-}
-
-fn producer(brokers: &str) -> Result<ThreadedProducer<DefaultProducerContext>> {
-    Ok(ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("linger.ms", "5")
-        .set("queue.buffering.max.messages", "1000000")
-        .create()?)
-}
-
-/// Sends one message, waiting while the client's queue is full.
-fn send(p: &ThreadedProducer<DefaultProducerContext>, key: &str, body: &str) -> Result<()> {
-    let mut record = BaseRecord::to(TOPIC).key(key).payload(body);
-    loop {
-        match p.send(record) {
-            Ok(()) => return Ok(()),
-            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                record = r;
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err((e, _)) => return Err(e.into()),
-        }
-    }
 }
 
 fn body(card: i64, ts_us: i64, rng: &mut Rng) -> String {
@@ -165,16 +91,17 @@ pub(crate) async fn ingest(a: IngestArgs) -> Result<()> {
     w.close()?;
     std::fs::write(dir.join("features.yaml"), crate::fresh::FEATURES)?;
 
-    let (_broker, brokers) = start_broker(&a.tansu, a.partitions)?;
-    let p = producer(&brokers)?;
+    let broker = Broker::start(&a.tansu, &[(TOPIC, a.partitions)])?;
+    let brokers = broker.brokers.clone();
+    let p = producer(&brokers, 5)?;
     let mut rng = Rng(11);
     let t = Instant::now();
     for i in 0..a.messages {
         let card = CARD_BASE + rng.below(a.cards as u64) as i64;
         let ts_us = now_us - 3_600_000_000 + (i as i64 * 3_600_000_000 / a.messages as i64);
-        send(&p, &card.to_string(), &body(card, ts_us, &mut rng))?;
+        send(&p, TOPIC, &card.to_string(), &body(card, ts_us, &mut rng))?;
     }
-    p.flush(Duration::from_secs(120))?;
+    quiver_demo::kafka::flush(&p, Duration::from_secs(120))?;
     let mut out = vec![format!(
         "produced {} JSON messages over {} cards into {} partitions in {:.1} s",
         a.messages,
@@ -244,10 +171,11 @@ pub(crate) async fn ingest(a: IngestArgs) -> Result<()> {
         let t = Instant::now();
         send(
             &p,
+            TOPIC,
             &card.to_string(),
             &body(card, now_us - 1_000_000, &mut rng),
         )?;
-        p.flush(Duration::from_secs(10))?;
+        quiver_demo::kafka::flush(&p, Duration::from_secs(10))?;
         loop {
             let b = session.lookup(key.clone()).await?;
             let n = b.column_by_name("txn_count_5m").context("count")?;

@@ -7,6 +7,7 @@
 //! quiver-bench score      [--cards 20000] [--days 10] [--rates 5000,20000] [--seconds 15]
 //! quiver-bench fresh      [--cards 100000] [--events 20000000] [--spine-rows 1000000]
 //! quiver-bench ingest     [--cards 100000] [--messages 1000000] [--partitions 3]
+//! quiver-bench score-kafka [--rate 5000] [--seconds 15] [--burst 100000] [--partitions 3]
 //! ```
 //! generates a daily card_stats view (cards x days rows, ttl 2d, ties and nulls), a
 //! static customers view (90% of cards) and a spine, starts `quiver serve` (the
@@ -35,8 +36,10 @@ use quiver_client::{HistoricalFeaturesRequest, QuiverClient};
 
 mod fresh;
 mod ingest;
+mod kafka;
 mod online;
 mod score;
+mod score_kafka;
 
 const DAY_US: i64 = 86_400_000_000;
 const EPOCH_US: i64 = 1_767_225_600_000_000;
@@ -80,6 +83,8 @@ enum Bench {
     Fresh(fresh::FreshArgs),
     /// Kafka ingestion: events/s into online (and both tiers), event-to-visible latency.
     Ingest(ingest::IngestArgs),
+    /// The scorer between two Kafka topics: topic-to-topic latency at a paced rate, burst throughput.
+    ScoreKafka(score_kafka::ScoreKafkaArgs),
     /// (internal) The floor server the online benchmark compares against.
     #[command(hide = true)]
     FloorServer {
@@ -316,7 +321,7 @@ pub(crate) fn spawn_ready(mut cmd: Command, what: &str) -> Result<(ServerProcess
     Ok((ServerProcess(child), addr))
 }
 
-struct ServerProcess(Child);
+pub(crate) struct ServerProcess(pub(crate) Child);
 impl Drop for ServerProcess {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -495,6 +500,7 @@ async fn main() -> Result<()> {
         Bench::Score(args) => score::score(args).await,
         Bench::Fresh(args) => fresh::fresh(args).await,
         Bench::Ingest(args) => ingest::ingest(args).await,
+        Bench::ScoreKafka(args) => score_kafka::score_kafka(args).await,
         Bench::FloorServer { dir, cards } => online::floor_server(&dir, cards).await,
     }
 }

@@ -13,7 +13,7 @@
 //!   batches (what the unpaced scorer forms) through a bare OnlineSession (lookups
 //!   only, no model, no sink), unpaced, after an untimed warm-up pass.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -27,7 +27,9 @@ use quiver_score::sink::JsonLinesSink;
 use quiver_score::source::MemorySource;
 use quiver_score::{RunOptions, Scorer};
 
-use crate::{peak_rss_mib, quiver_bin, spawn_ready, tempfile_dir, Rng, DAY_US, EPOCH_US};
+use crate::{
+    peak_rss_mib, quiver_bin, spawn_ready, tempfile_dir, Rng, ServerProcess, DAY_US, EPOCH_US,
+};
 
 /// The features of the benchmark's model: the example repo's model features.
 const FEATURES: [&str; 11] = quiver_demo::example::MODEL_FEATURES;
@@ -122,67 +124,129 @@ fn head(batches: &[RecordBatch], mut n: usize) -> Vec<RecordBatch> {
     out
 }
 
-pub(crate) async fn score(args: ScoreArgs) -> Result<()> {
-    let temporary = args.dir.is_none();
-    let dir = std::path::absolute(match &args.dir {
-        Some(d) => d.clone(),
-        None => tempfile_dir()?,
-    })?;
-    quiver_demo::example::write_repo(&dir)?;
-    let bin = quiver_bin()?;
-    let quiver = |a: &[&str]| {
-        let mut c = Command::new(&bin);
-        c.arg("--repo").arg(&dir).args(a);
-        c
-    };
-    let (cards, days) = (args.cards.to_string(), args.days.to_string());
-    for step in [
-        vec!["datagen", "--cards", &cards, "--days", &days],
-        vec!["apply"],
-    ] {
-        let out = quiver(&step).output()?;
-        if !out.status.success() {
-            bail!(
-                "quiver {step:?} failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
-    let end_us = EPOCH_US + args.days as i64 * DAY_US;
-    let now = chrono::DateTime::from_timestamp_micros(end_us)
-        .context("end of data")?
-        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let (server, addr) = spawn_ready(
-        {
-            let mut c = quiver(&["serve", "--addr", "127.0.0.1:0"]);
-            c.env("QUIVER_NOW", &now).stderr(Stdio::null());
+/// A served, materialized example repo with a booster and its transactions:
+/// what both scorer benchmarks start from.
+pub(crate) struct Scoring {
+    /// The work folder.
+    pub(crate) dir: PathBuf,
+    temporary: bool,
+    /// `quiver serve`, killed on drop.
+    pub(crate) server: ServerProcess,
+    /// Its address (`host:port`).
+    pub(crate) addr: String,
+    /// A client of it.
+    pub(crate) client: QuiverClient,
+    /// A scorer configuration for it: `fraud_v3` and the booster.
+    pub(crate) config: ScorerConfig,
+    /// The generated transactions, in time order.
+    pub(crate) tx: Vec<RecordBatch>,
+}
+
+impl Scoring {
+    /// Generates `cards` x `days` of the example data in `dir` (default: a new
+    /// temporary folder), applies, serves with the clock at the data's end,
+    /// materializes, and writes the booster.
+    pub(crate) async fn prepare(
+        cards: usize,
+        days: usize,
+        max_batch: usize,
+        max_wait_us: u64,
+        dir: Option<&Path>,
+    ) -> Result<Self> {
+        let temporary = dir.is_none();
+        let dir = std::path::absolute(match dir {
+            Some(d) => d.to_path_buf(),
+            None => tempfile_dir()?,
+        })?;
+        quiver_demo::example::write_repo(&dir)?;
+        let bin = quiver_bin()?;
+        let quiver = |a: &[&str]| {
+            let mut c = Command::new(&bin);
+            c.arg("--repo").arg(&dir).args(a);
             c
-        },
-        "quiver serve",
-    )?;
-    let url = format!("http://{addr}");
-    let mut client = QuiverClient::connect(&url).await?;
-    client
-        .materialize(&MaterializeRequest {
-            start: "2020-01-01T00:00:00Z".into(),
-            end: now.clone(),
-            views: None,
-            replace: false,
+        };
+        let (cards_s, days_s) = (cards.to_string(), days.to_string());
+        for step in [
+            vec!["datagen", "--cards", &cards_s, "--days", &days_s],
+            vec!["apply"],
+        ] {
+            let out = quiver(&step).output()?;
+            if !out.status.success() {
+                bail!(
+                    "quiver {step:?} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        let end_us = EPOCH_US + days as i64 * DAY_US;
+        let now = chrono::DateTime::from_timestamp_micros(end_us)
+            .context("end of data")?
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let (server, addr) = spawn_ready(
+            {
+                let mut c = quiver(&["serve", "--addr", "127.0.0.1:0"]);
+                c.env("QUIVER_NOW", &now).stderr(Stdio::null());
+                c
+            },
+            "quiver serve",
+        )?;
+        let url = format!("http://{addr}");
+        let mut client = QuiverClient::connect(&url).await?;
+        client
+            .materialize(&MaterializeRequest {
+                start: "2020-01-01T00:00:00Z".into(),
+                end: now.clone(),
+                views: None,
+                replace: false,
+            })
+            .await?;
+        let model = dir.join("model.json");
+        std::fs::write(&model, booster_json())?;
+        let mut config = ScorerConfig {
+            server: url,
+            feature_service: "fraud_v3".into(),
+            model: model.display().to_string(),
+            ..Default::default()
+        };
+        config.batching.max_rows = max_batch;
+        config.batching.max_wait_us = max_wait_us;
+        config.queue_capacity = config.queue_capacity.max(max_batch);
+        let tx = read_transactions(&dir.join("data/transactions/part-00000.parquet"))?;
+        Ok(Self {
+            dir,
+            temporary,
+            server,
+            addr,
+            client,
+            config,
+            tx,
         })
-        .await?;
-    let model = dir.join("model.json");
-    std::fs::write(&model, booster_json())?;
-    let mut config = ScorerConfig {
-        server: url.clone(),
-        feature_service: "fraud_v3".into(),
-        model: model.display().to_string(),
-        ..Default::default()
-    };
-    config.batching.max_rows = args.max_batch;
-    config.batching.max_wait_us = args.max_wait_us;
-    config.queue_capacity = config.queue_capacity.max(args.max_batch);
-    let tx = read_transactions(&dir.join("data/transactions/part-00000.parquet"))?;
-    let total = rows(&tx);
+    }
+
+    /// Stops the server and removes a temporary work folder.
+    pub(crate) fn finish(self) -> Result<()> {
+        if let Some(rss) = peak_rss_mib(self.server.0.id()) {
+            eprintln!("server peak RSS {rss:.0} MiB");
+        }
+        drop(self.server);
+        if self.temporary {
+            std::fs::remove_dir_all(&self.dir)?;
+        }
+        Ok(())
+    }
+}
+
+pub(crate) async fn score(args: ScoreArgs) -> Result<()> {
+    let scoring = Scoring::prepare(
+        args.cards,
+        args.days,
+        args.max_batch,
+        args.max_wait_us,
+        args.dir.as_deref(),
+    )
+    .await?;
+    let (tx, config, addr) = (&scoring.tx, &scoring.config, &scoring.addr);
+    let total = rows(tx);
     eprintln!(
         "quiver-bench score: {total} transactions, {} cards, fraud_v3 (7 features + 5 on-demand), 100-tree depth-6 booster, batches <= {} rows / {} us, server on {addr}",
         args.cards, args.max_batch, args.max_wait_us
@@ -190,10 +254,12 @@ pub(crate) async fn score(args: ScoreArgs) -> Result<()> {
 
     // Floor: lookups only, full max_batch-row batches (what the unpaced scorer
     // forms), unpaced, after a warm-up pass.
-    let mut session = client.online_session(&OnlineFeaturesRequest::for_service("fraud_v3"))?;
+    let mut session = scoring
+        .client
+        .online_session(&OnlineFeaturesRequest::for_service("fraud_v3"))?;
     let send_cols = ["cc_num", "merchant_id", "amt", "lat", "lon"];
     let mut floor_batches = Vec::new();
-    for b in &tx {
+    for b in tx {
         let idx: Vec<usize> = send_cols
             .iter()
             .map(|c| b.schema().index_of(c))
@@ -239,7 +305,7 @@ pub(crate) async fn score(args: ScoreArgs) -> Result<()> {
         let n = ((rate * args.seconds) as usize).min(total);
         let report = scorer
             .run(
-                Box::new(MemorySource::new(head(&tx, n))),
+                Box::new(MemorySource::new(head(tx, n))),
                 Box::new(JsonLinesSink::new(std::io::sink(), "discard")),
                 RunOptions {
                     rate: Some(*rate),
@@ -260,12 +326,5 @@ pub(crate) async fn score(args: ScoreArgs) -> Result<()> {
             report.scored as f64 / report.batches.max(1) as f64
         );
     }
-    if let Some(rss) = peak_rss_mib(server.0.id()) {
-        eprintln!("server peak RSS {rss:.0} MiB");
-    }
-    drop(server);
-    if temporary {
-        std::fs::remove_dir_all(&dir)?;
-    }
-    Ok(())
+    scoring.finish()
 }

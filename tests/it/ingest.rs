@@ -325,3 +325,42 @@ async fn two_consumers_rebalancing_write_each_offline_row_once() {
         }
     }
 }
+
+/// `quiver demo --kafka`: the held-out days go through a transactions topic and
+/// come back on a decisions topic, every transaction decided once, with the same
+/// zero skew as the in-memory demo.
+#[test]
+fn the_demo_runs_through_kafka() {
+    let broker = KafkaBroker::start();
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(quiver_binary())
+        .args(["demo", "--dir"])
+        .arg(dir.path().join("demo"))
+        .args(["--kafka", &broker.addr])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // "N transactions produced, N scored, N decided on the decisions topic (0 twice)"
+    let line = stdout
+        .lines()
+        .find(|l| l.contains("decided on the decisions topic"))
+        .unwrap_or_else(|| panic!("no Kafka line in:\n{stdout}"));
+    let numbers: Vec<usize> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(numbers.len() >= 3, "{line}");
+    assert!(numbers[0] > 1000, "{line}");
+    assert_eq!(numbers[0], numbers[1], "{line}");
+    assert_eq!(numbers[0], numbers[2], "{line}");
+    let skew = stdout
+        .lines()
+        .find(|l| l.contains("skew:"))
+        .unwrap_or_else(|| panic!("no skew line in:\n{stdout}"));
+    assert!(skew.contains(": 0 differ"), "{skew}");
+}

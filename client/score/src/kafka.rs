@@ -7,16 +7,20 @@
 //! after a rebalance) re-scores at most the uncommitted tail.
 //!
 //! ```text
-//! KafkaInput (source thread) ── rows ──> scorer ── decisions ──> KafkaOutput
-//!      │  per read: (rows, next offsets)                        │ produce, flush (acks)
-//!      └────────────────────────> Ledger <──────── rows decided ┘ ──> commit offsets
+//! KafkaInput (source thread) ── rows ──> scorer ── decisions ──> KafkaOutput (produce, numbered)
+//!      │  per read: (rows, next offsets)                                │
+//!      └──────────> Ledger <── N more acknowledged in order ── Acks <── delivery reports
+//!                                                                   (producer's thread) ──> commit
 //! ```
 //!
-//! Rows reach the output in the order they were read (the scorer keeps it), so
-//! the ledger maps "N more rows decided" to the offsets of the reads they came
-//! from. Order is kept per partition, so per card when cards are the key.
+//! Rows reach the output in the order they were read (the scorer keeps it), and
+//! decisions are numbered in that order, so the ledger maps "every decision up
+//! to N acknowledged" to the offsets of the reads they came from. The scorer
+//! does not wait for the broker between micro-batches: acknowledgements arrive
+//! on the producer's thread, which commits. Order is kept per partition, so per
+//! card when cards are the key.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -78,6 +82,12 @@ impl Ledger {
     }
 }
 
+/// How long the broker may hold a fetch of an idle partition: a scorer is
+/// latency-bound. Kafka answers a fetch as soon as data arrives anyway; some
+/// Kafka-compatible brokers (tansu) hold it for the whole wait, and librdkafka's
+/// default of 500 ms then becomes the scorer's latency. `properties` overrides it.
+pub const FETCH_WAIT_MS: &str = "5";
+
 fn client_config(c: &KafkaConfig) -> ClientConfig {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", &c.brokers)
@@ -118,7 +128,11 @@ impl Kafka {
     pub fn input(&mut self, schema: SchemaRef) -> Result<KafkaInput, String> {
         let topic = (self.config.transactions_topic.clone())
             .ok_or("--input kafka needs kafka.transactions_topic in the config")?;
-        let consumer: BaseConsumer = client_config(&self.config)
+        let mut cfg = client_config(&self.config);
+        if !self.config.properties.contains_key("fetch.wait.max.ms") {
+            cfg.set("fetch.wait.max.ms", FETCH_WAIT_MS);
+        }
+        let consumer: BaseConsumer = cfg
             .set("group.id", &self.config.group)
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", self.config.start.as_str())
@@ -142,21 +156,27 @@ impl Kafka {
     pub fn output(&self, id_column: &str) -> Result<KafkaOutput, String> {
         let topic = (self.config.decisions_topic.clone())
             .ok_or("--output kafka needs kafka.decisions_topic in the config")?;
-        let failed = Arc::new(Mutex::new(None));
-        let producer: ThreadedProducer<Deliveries> = client_config(&self.config)
+        let acks = Arc::new(Acks {
+            state: Mutex::default(),
+            consumer: self.consumer.clone(),
+            ledger: self.ledger.clone(),
+        });
+        // Idempotent (acknowledged in order per partition, no duplicates from
+        // the client's own retries); its thread serves the acknowledgements.
+        let mut cfg = client_config(&self.config);
+        if !self.config.properties.contains_key("linger.ms") {
+            cfg.set("linger.ms", "1");
+        }
+        let producer: ThreadedProducer<Deliveries> = cfg
             .set("enable.idempotence", "true")
-            .set("linger.ms", "1")
-            .create_with_context(Deliveries {
-                failed: failed.clone(),
-            })
+            .create_with_context(Deliveries(acks.clone()))
             .map_err(|e| format!("kafka producer: {e}"))?;
         Ok(KafkaOutput {
             producer,
             topic,
             id_column: id_column.to_string(),
-            failed,
-            consumer: self.consumer.clone(),
-            ledger: self.ledger.clone(),
+            acks,
+            next: 0,
         })
     }
 }
@@ -175,14 +195,15 @@ impl TransactionSource for KafkaInput {
             what: format!("kafka topic {}", self.topic),
             message: e.to_string(),
         };
-        // Wait for the first message, then take what has already arrived.
+        // Wait up to 100 ms for the first message, then take what has already
+        // arrived. A quiet topic returns an empty read, so a stopped scorer ends.
         let mut lines: Vec<(u64, String)> = Vec::new();
         let mut next: BTreeMap<i32, i64> = BTreeMap::new();
         let mut wait = Duration::from_millis(100);
         while lines.len() < max_rows {
             let Some(m) = self.consumer.poll(wait) else {
                 if lines.is_empty() {
-                    continue;
+                    return Ok(Some(Read::default()));
                 }
                 break;
             };
@@ -208,32 +229,128 @@ impl TransactionSource for KafkaInput {
     }
 }
 
-/// Remembers the first failed delivery.
-struct Deliveries {
-    failed: Arc<Mutex<Option<String>>>,
+/// Acknowledgements of decisions, numbered in the order they were written
+/// (which is the order their transactions were read).
+#[derive(Default)]
+struct AckState {
+    /// Every decision before this one is acknowledged.
+    next: u64,
+    /// Acknowledged after a gap (another partition's are still in flight).
+    ahead: BTreeSet<u64>,
+    /// The first failed delivery: nothing after it is ever committed.
+    failed: Option<String>,
+    /// The newest offsets allowed to commit, per partition.
+    offsets: BTreeMap<(String, i32), i64>,
+    /// Offsets were released since the last commit.
+    dirty: bool,
+    /// When offsets were last committed.
+    committed_at: Option<std::time::Instant>,
 }
 
-impl ClientContext for Deliveries {}
+/// Offsets are committed at most this often (a commit per acknowledgement
+/// would be a request per produce request); a restart re-scores at most the
+/// transactions decided since.
+const COMMIT_EVERY: Duration = Duration::from_millis(100);
 
-impl ProducerContext for Deliveries {
-    type DeliveryOpaque = ();
+/// What the producer's thread shares with the sink.
+struct Acks {
+    state: Mutex<AckState>,
+    consumer: Option<Arc<BaseConsumer>>,
+    ledger: Arc<Ledger>,
+}
 
-    fn delivery(&self, result: &DeliveryResult<'_>, _: Self::DeliveryOpaque) {
-        if let Err((e, _)) = result {
-            let mut f = self.failed.lock().unwrap_or_else(|p| p.into_inner());
-            f.get_or_insert_with(|| e.to_string());
+impl Acks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, AckState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Decision `seq` was acknowledged: commits the offsets of every read whose
+    /// decisions are now all acknowledged.
+    fn acknowledged(&self, seq: u64) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        if state.failed.is_some() {
+            return;
+        }
+        let before = state.next;
+        if seq == state.next {
+            state.next += 1;
+            while state.ahead.remove(&state.next) {
+                state.next += 1;
+            }
+        } else {
+            state.ahead.insert(seq);
+        }
+        let done = (state.next - before) as usize;
+        if done > 0 {
+            Self::release(state, self.ledger.decided(done));
+            if state
+                .committed_at
+                .is_none_or(|t| t.elapsed() >= COMMIT_EVERY)
+            {
+                self.commit(state, CommitMode::Async);
+            }
+        }
+    }
+
+    /// Offsets in `tpl` may be committed.
+    fn release(state: &mut AckState, tpl: TopicPartitionList) {
+        for e in tpl.elements() {
+            if let Offset::Offset(n) = e.offset() {
+                state
+                    .offsets
+                    .insert((e.topic().to_string(), e.partition()), n);
+                state.dirty = true;
+            }
+        }
+    }
+
+    /// Commits the released offsets, if any are new.
+    fn commit(&self, state: &mut AckState, mode: CommitMode) {
+        let (Some(consumer), true) = (&self.consumer, state.dirty) else {
+            return;
+        };
+        let mut tpl = TopicPartitionList::new();
+        for ((topic, partition), n) in &state.offsets {
+            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*n));
+        }
+        state.dirty = false;
+        state.committed_at = Some(std::time::Instant::now());
+        if let Err(e) = consumer.commit(&tpl, mode) {
+            tracing::warn!(error = %e, "cannot commit offsets; the next commit covers them");
         }
     }
 }
 
-/// Decisions to a topic.
+/// The producer's context: acknowledgements and failures go to [`Acks`].
+struct Deliveries(Arc<Acks>);
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, seq: usize) {
+        match result {
+            Ok(_) => self.0.acknowledged(seq as u64),
+            Err((e, _)) => {
+                let mut state = self.0.lock();
+                state.failed.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
+/// Decisions to a topic. Writes return once the decisions are queued in the
+/// producer; the transactions' offsets are committed as their decisions are
+/// acknowledged, so the scorer never waits on the broker between batches.
 pub struct KafkaOutput {
     producer: ThreadedProducer<Deliveries>,
     topic: String,
     id_column: String,
-    failed: Arc<Mutex<Option<String>>>,
-    consumer: Option<Arc<BaseConsumer>>,
-    ledger: Arc<Ledger>,
+    acks: Arc<Acks>,
+    /// The number of the next decision written.
+    next: u64,
 }
 
 impl KafkaOutput {
@@ -244,8 +361,10 @@ impl KafkaOutput {
         }
     }
 
-    fn send(&self, key: &[u8], payload: &[u8]) -> sink::Result<()> {
-        let mut record = BaseRecord::to(&self.topic).key(key).payload(payload);
+    fn send(&self, key: &[u8], payload: &[u8], seq: u64) -> sink::Result<()> {
+        let mut record = BaseRecord::with_opaque_to(&self.topic, seq as usize)
+            .key(key)
+            .payload(payload);
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
@@ -262,10 +381,19 @@ impl KafkaOutput {
             }
         }
     }
+
+    fn delivery_failure(&self) -> sink::Result<()> {
+        match self.acks.lock().failed.clone() {
+            Some(e) => Err(self.fail(format!("a decision was not delivered: {e}"))),
+            None => Ok(()),
+        }
+    }
 }
 
 impl DecisionSink for KafkaOutput {
     fn write(&mut self, decisions: &RecordBatch) -> sink::Result<()> {
+        // A failed delivery stops the scorer: nothing after it is committed.
+        self.delivery_failure()?;
         let ids = decisions
             .column_by_name(&self.id_column)
             .ok_or_else(|| self.fail(format!("decisions have no {:?} column", self.id_column)))?;
@@ -290,22 +418,8 @@ impl DecisionSink for KafkaOutput {
             } else {
                 ids.value(i)
             };
-            self.send(key.as_bytes(), line)?;
-        }
-        // Acknowledged before their transactions' offsets are committed.
-        self.producer
-            .flush(Duration::from_secs(60))
-            .map_err(|e| self.fail(format!("decisions not acknowledged: {e}")))?;
-        if let Some(e) = self.failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            return Err(self.fail(format!("a decision was not delivered: {e}")));
-        }
-        if let Some(consumer) = &self.consumer {
-            let tpl = self.ledger.decided(decisions.num_rows());
-            if tpl.count() > 0 {
-                consumer
-                    .commit(&tpl, CommitMode::Async)
-                    .map_err(|e| self.fail(format!("cannot commit offsets: {e}")))?;
-            }
+            self.send(key.as_bytes(), line, self.next)?;
+            self.next += 1;
         }
         Ok(())
     }
@@ -314,13 +428,11 @@ impl DecisionSink for KafkaOutput {
         self.producer
             .flush(Duration::from_secs(60))
             .map_err(|e| self.fail(format!("decisions not acknowledged: {e}")))?;
-        if let Some(consumer) = &self.consumer {
-            // Reads whose rows were all rejected are decided with nothing written.
-            let tpl = self.ledger.decided(0);
-            if tpl.count() > 0 {
-                let _ = consumer.commit(&tpl, CommitMode::Sync);
-            }
-        }
+        self.delivery_failure()?;
+        let mut state = self.acks.lock();
+        // Reads whose rows were all rejected are decided with nothing written.
+        Acks::release(&mut state, self.acks.ledger.decided(0));
+        self.acks.commit(&mut state, CommitMode::Sync);
         Ok(())
     }
 }
@@ -355,5 +467,39 @@ mod tests {
             [(0, Offset::Offset(12)), (1, Offset::Offset(7))]
         );
         assert!(offsets(l.decided(5)).is_empty());
+    }
+
+    #[test]
+    fn reads_are_released_only_when_every_decision_before_them_is_acknowledged() {
+        let ledger = Arc::new(Ledger::default());
+        ledger.push(2, vec![("t".into(), 0, 10)]);
+        ledger.push(1, vec![("t".into(), 1, 5)]);
+        let acks = Acks {
+            state: Mutex::default(),
+            consumer: None,
+            ledger: ledger.clone(),
+        };
+        let pending = || ledger.reads.lock().unwrap().len();
+        // Decisions 1 and 2 are acknowledged first (another partition), 0 later.
+        acks.acknowledged(1);
+        acks.acknowledged(2);
+        assert_eq!((acks.lock().next, pending()), (0, 2));
+        acks.acknowledged(0);
+        assert_eq!((acks.lock().next, pending()), (3, 0));
+        assert!(acks.lock().ahead.is_empty());
+    }
+
+    #[test]
+    fn nothing_is_released_after_a_failed_delivery() {
+        let ledger = Arc::new(Ledger::default());
+        ledger.push(1, vec![("t".into(), 0, 1)]);
+        let acks = Acks {
+            state: Mutex::default(),
+            consumer: None,
+            ledger: ledger.clone(),
+        };
+        acks.lock().failed = Some("broker down".into());
+        acks.acknowledged(0);
+        assert_eq!(ledger.reads.lock().unwrap().len(), 1);
     }
 }

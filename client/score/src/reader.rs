@@ -66,6 +66,10 @@ pub(crate) fn read_source(
             return;
         }
         let Some(batch) = read.batch.filter(|b| b.num_rows() > 0) else {
+            // A quiet endless source: stop once the scorer no longer listens.
+            if tx.is_closed() {
+                return;
+            }
             continue;
         };
         let n = batch.num_rows();

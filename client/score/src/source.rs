@@ -48,7 +48,9 @@ pub struct Read {
 /// and return `None` at the end of the stream.
 pub trait TransactionSource: Send {
     /// The next transactions, at most `max_rows`: whatever has arrived, at least
-    /// one row (or a rejected line) unless the stream has ended.
+    /// one row (or a rejected line) unless the stream has ended. An endless source
+    /// (a topic) may return an empty [`Read`] after a quiet while, so the scorer
+    /// can notice it was stopped.
     fn next_batch(&mut self, max_rows: usize) -> Result<Option<Read>>;
 
     /// A name for logs and errors.

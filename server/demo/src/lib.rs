@@ -33,7 +33,8 @@ use quiver_client::{
     HistoricalFeaturesRequest, MaterializeIncrementalRequest, MaterializeRequest, PushTo,
     QuiverClient,
 };
-use quiver_score::config::{FeatureLog, Push, Rules, ScorerConfig};
+use quiver_score::config::{FeatureLog, KafkaConfig, Push, Rules, ScorerConfig};
+use quiver_score::kafka::Kafka;
 use quiver_score::model::Model;
 use quiver_score::sink::{JsonLinesSink, MemorySink};
 use quiver_score::source::MemorySource;
@@ -42,6 +43,7 @@ use quiver_server::{datagen, Clock, FeatureStore, Repo};
 
 pub mod example;
 mod gbdt;
+pub mod kafka;
 
 use example::MODEL_FEATURES_V4 as MODEL_FEATURES;
 
@@ -111,8 +113,17 @@ fn say(line: impl AsRef<str>) {
     let _ = out.flush();
 }
 
+/// How the demo runs, besides its folder.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Kafka bootstrap servers: the held-out days go through a transactions
+    /// topic and the decisions to a decisions topic (both created, named per run)
+    /// instead of the scorer reading them from memory.
+    pub kafka: Option<String>,
+}
+
 /// Runs the demo in `dir` (created if needed; its repo files are rewritten).
-pub async fn run(dir: &Path) -> Result<()> {
+pub async fn run(dir: &Path, options: &Options) -> Result<()> {
     let t0 = Instant::now();
     example::write_repo(dir)
         .with_context(|| format!("cannot write the repo in {}", dir.display()))?;
@@ -128,7 +139,7 @@ pub async fn run(dir: &Path) -> Result<()> {
 
     say(format!("[1/8] generating fraud data in {}", data.display()));
     let split_us = datagen::EPOCH_US + (DAYS - HELD_OUT_DAYS) * DAY_US;
-    let options = datagen::Options {
+    let data_options = datagen::Options {
         cards: 4000,
         days: DAYS as usize,
         fraud_card_rate: 0.08,
@@ -137,7 +148,7 @@ pub async fn run(dir: &Path) -> Result<()> {
         holdout_from: Some(split_us),
         ..Default::default()
     };
-    let s = datagen::generate(&data, &options)?;
+    let s = datagen::generate(&data, &data_options)?;
     say(format!(
         "      {} transactions ({} fraud), {} chargeback rows, {} card_stats rows",
         s.transactions, s.fraud, s.chargebacks, s.card_stats
@@ -289,41 +300,48 @@ pub async fn run(dir: &Path) -> Result<()> {
         .as_primitive::<TimestampMicrosecondType>()
         .clone();
     say(format!(
-        "[7/8] quiver-score: replaying {HELD_OUT_DAYS} held-out days at {REPLAY_RATE:.0} tx/s \
+        "[7/8] quiver-score: replaying {HELD_OUT_DAYS} held-out days at {REPLAY_RATE:.0} tx/s{} \
          (each day: materialize_incremental to its start, then its transactions, each pushed \
-         before its lookup; then the day lands offline)"
+         before its lookup; then the day lands offline)",
+        match &options.kafka {
+            Some(b) => format!(" through Kafka at {b}"),
+            None => String::new(),
+        }
     ));
+    let days = Days {
+        tx: &tx,
+        ts: &ts,
+        split_us,
+        clock: &clock,
+    };
     let mut decisions = Vec::new();
     let mut replay = Vec::new();
-    for day in 0..HELD_OUT_DAYS {
-        let (from, to) = (split_us + day * DAY_US, split_us + (day + 1) * DAY_US);
-        clock.store(from * 1000, Ordering::Relaxed);
-        client
-            .materialize_incremental(&MaterializeIncrementalRequest {
-                end: instant_ns(from),
-                views: None,
-            })
-            .await?;
-        let mask = BooleanArray::from_iter(ts.iter().map(|t| t.map(|t| t >= from && t < to)));
-        let day_tx = filter_record_batch(&tx, &mask)?;
-        let (sink, decided) = MemorySink::new();
-        let report = scorer
-            .run(
-                Box::new(MemorySource::new(vec![day_tx.clone()])),
-                Box::new(sink),
-                RunOptions {
-                    rate: Some(REPLAY_RATE),
-                    stats_every: None,
-                    ..Default::default()
-                },
-            )
-            .await?;
+    let mut topic_line = None;
+    if let Some(brokers) = &options.kafka {
+        let (report, decided, line) =
+            replay_through_kafka(brokers, &mut scorer, &mut client, &days).await?;
         replay.push(report);
-        decisions.append(&mut decided.lock().unwrap_or_else(|e| e.into_inner()));
-        // The day's transactions land offline in one file (the scorer pushed them online).
-        client
-            .push("transactions", vec![day_tx], PushTo::Offline)
-            .await?;
+        decisions = decided;
+        topic_line = Some(line);
+    } else {
+        for day in 0..HELD_OUT_DAYS {
+            let day_tx = days.begin(&mut client, day).await?;
+            let (sink, decided) = MemorySink::new();
+            let report = scorer
+                .run(
+                    Box::new(MemorySource::new(vec![day_tx.clone()])),
+                    Box::new(sink),
+                    RunOptions {
+                        rate: Some(REPLAY_RATE),
+                        stats_every: None,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            replay.push(report);
+            decisions.append(&mut decided.lock().unwrap_or_else(|e| e.into_inner()));
+            days.end(&mut client, day_tx).await?;
+        }
     }
     let Some(first) = decisions.first() else {
         bail!("the held-out days had no transactions to score");
@@ -430,11 +448,19 @@ pub async fn run(dir: &Path) -> Result<()> {
         auc(&all_scores, &all_labels)
     ));
     say(format!(
-        "      event-to-decision at {REPLAY_RATE:.0} tx/s (worst day; this build's, see docs/benchmarks.md for release): p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us",
+        "      event-to-decision at {REPLAY_RATE:.0} tx/s ({}; this build's, see docs/benchmarks.md for release): p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us",
+        if options.kafka.is_some() {
+            "read from the topic to decided, all days"
+        } else {
+            "worst day"
+        },
         worst(|p| p.p50_us),
         worst(|p| p.p99_us),
         worst(|p| p.p999_us)
     ));
+    if let Some(line) = topic_line {
+        say(line);
+    }
     say(format!(
         "      burst (unpaced, same {} transactions): {:.0} tx/s, p50 {:.0} us (queueing included)",
         burst.scored, burst.throughput_per_s, burst.latency.p50_us
@@ -458,6 +484,168 @@ pub async fn run(dir: &Path) -> Result<()> {
         scorer_yaml.display()
     ));
     Ok(())
+}
+
+/// The held-out days, replayed one at a time.
+struct Days<'a> {
+    tx: &'a RecordBatch,
+    ts: &'a arrow::array::TimestampMicrosecondArray,
+    split_us: i64,
+    clock: &'a AtomicI64,
+}
+
+impl Days<'_> {
+    /// Moves the clock to the start of held-out `day`, materializes up to it and
+    /// returns the day's transactions.
+    async fn begin(&self, client: &mut QuiverClient, day: i64) -> Result<RecordBatch> {
+        let (from, to) = (
+            self.split_us + day * DAY_US,
+            self.split_us + (day + 1) * DAY_US,
+        );
+        self.clock.store(from * 1000, Ordering::Relaxed);
+        client
+            .materialize_incremental(&MaterializeIncrementalRequest {
+                end: instant_ns(from),
+                views: None,
+            })
+            .await?;
+        let mask = BooleanArray::from_iter(self.ts.iter().map(|t| t.map(|t| t >= from && t < to)));
+        Ok(filter_record_batch(self.tx, &mask)?)
+    }
+
+    /// The day's transactions land offline in one file (the scorer pushed them
+    /// online).
+    async fn end(&self, client: &mut QuiverClient, day_tx: RecordBatch) -> Result<()> {
+        client
+            .push("transactions", vec![day_tx], PushTo::Offline)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Kafka mode of step 7: one scorer run between a transactions topic and a
+/// decisions topic (created for this run) for all the held-out days, each day
+/// produced at [`REPLAY_RATE`] and waited for on the decisions topic before the
+/// next. Returns the run's report, the decisions, and the topic-to-topic line.
+async fn replay_through_kafka(
+    brokers: &str,
+    scorer: &mut Scorer,
+    client: &mut QuiverClient,
+    days: &Days<'_>,
+) -> Result<(Report, Vec<RecordBatch>, String)> {
+    const PARTITIONS: i32 = 3;
+    // What `quiver-bench score-kafka` measures with: some brokers (tansu) hold
+    // every fetch for the whole wait, and tiny produce requests load them.
+    const FETCH_WAIT_MS: u32 = 20;
+    const LINGER_MS: u32 = 5;
+    let run_id = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let (transactions, decisions) = (
+        format!("quiver-demo-{run_id}-transactions"),
+        format!("quiver-demo-{run_id}-decisions"),
+    );
+    kafka::create_topics(brokers, &[&transactions, &decisions], PARTITIONS).await?;
+    say(format!(
+        "      topics {transactions} -> {decisions} ({PARTITIONS} partitions each), scorers' group {transactions}-scorers"
+    ));
+    let mut topics = Kafka::new(KafkaConfig {
+        brokers: brokers.into(),
+        group: format!("{transactions}-scorers"),
+        transactions_topic: Some(transactions.clone()),
+        decisions_topic: Some(decisions.clone()),
+        start: "earliest".into(),
+        properties: [
+            ("fetch.wait.max.ms", FETCH_WAIT_MS),
+            ("linger.ms", LINGER_MS),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    })
+    .map_err(anyhow::Error::msg)?;
+    let input = topics
+        .input(scorer.input_schema())
+        .map_err(anyhow::Error::msg)?;
+    let output = topics.output("trans_id").map_err(anyhow::Error::msg)?;
+    let reader = kafka::DecisionReader::start(brokers, &decisions, PARTITIONS, FETCH_WAIT_MS)?;
+    let producer = Arc::new(kafka::producer(brokers, LINGER_MS)?);
+    let (copy, decided) = MemorySink::new();
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let run = scorer.run(
+        Box::new(input),
+        Box::new(kafka::Tee(output, copy)),
+        RunOptions {
+            stop: Some(stop),
+            ..Default::default()
+        },
+    );
+    let drive = async {
+        let result = async {
+            let mut due = Vec::new();
+            for day in 0..HELD_OUT_DAYS {
+                let day_tx = days.begin(client, day).await?;
+                let messages =
+                    kafka::messages(std::slice::from_ref(&day_tx), "cc_num", "trans_id")?;
+                let sent = due.len() + messages.len();
+                let (p, topic) = (producer.clone(), transactions.clone());
+                let produced = tokio::task::spawn_blocking(move || {
+                    let at = kafka::send_paced(&p, &topic, &messages, Some(REPLAY_RATE))?;
+                    kafka::flush(&p, std::time::Duration::from_secs(60))?;
+                    Ok::<_, anyhow::Error>(messages.into_iter().map(|m| m.id).zip(at))
+                })
+                .await??;
+                due.extend(produced);
+                reader
+                    .wait_for(sent, std::time::Duration::from_secs(120))
+                    .await?;
+                days.end(client, day_tx).await?;
+            }
+            Ok::<_, anyhow::Error>(due)
+        }
+        .await;
+        let _ = stop_tx.send(true);
+        result
+    };
+    let (report, due) = tokio::join!(run, drive);
+    let (report, due) = (report?, due?);
+    let on_topic = reader.count();
+    let mut latencies: Vec<f64> = due
+        .iter()
+        .filter_map(|(id, at)| {
+            let seen = reader.first_seen(id)?;
+            Some(seen.saturating_duration_since(*at).as_secs_f64() * 1e3)
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let duplicates = reader.duplicates();
+    reader.stop()?;
+    say(format!(
+        "      {} transactions produced, {} scored, {on_topic} decided on the decisions topic ({duplicates} twice)",
+        due.len(),
+        report.scored
+    ));
+    if on_topic != due.len() || report.scored as usize != due.len() {
+        bail!(
+            "{} transactions produced but {} scored and {on_topic} decided on the topic",
+            due.len(),
+            report.scored
+        );
+    }
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let line = format!(
+        "      topic to topic (due to produce -> decision consumed): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
+    let decided = std::mem::take(&mut *decided.lock().unwrap_or_else(|e| e.into_inner()));
+    Ok((report, decided, line))
 }
 
 /// What the skew check found.

@@ -14,13 +14,18 @@ struct Args {
     /// Folder to work in (created; its data is left there).
     #[arg(long, default_value = "quiver-demo")]
     dir: PathBuf,
+    /// Kafka bootstrap servers (`host:port`): score the held-out days between two
+    /// topics created on this broker instead of from memory.
+    #[arg(long, value_name = "BROKERS")]
+    kafka: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
     quiver_server::logging::init("warn", false);
-    if let Err(e) = quiver_demo::run(&args.dir).await {
+    let options = quiver_demo::Options { kafka: args.kafka };
+    if let Err(e) = quiver_demo::run(&args.dir, &options).await {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;
     }

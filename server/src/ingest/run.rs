@@ -248,6 +248,12 @@ impl Job {
             stats: self.stats.clone(),
         };
         let mut cfg = client_config(job, true);
+        if !job.kafka.properties.contains_key("fetch.wait.max.ms") {
+            // Freshness: Kafka answers a fetch when data arrives anyway, but some
+            // compatible brokers (tansu) hold it for the whole wait (500 ms by
+            // default), which would then be the event-to-visible latency.
+            cfg.set("fetch.wait.max.ms", "5");
+        }
         cfg.set("group.id", &job.kafka.group)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")

@@ -151,11 +151,15 @@ impl Scorer {
         match result.and(closed) {
             Ok(()) => Ok(stats.report(unscored)),
             Err(Error::Interrupted) => {
-                warn!(
-                    scored,
-                    unscored,
-                    "interrupted: transactions read but not decided are counted as unscored"
-                );
+                if unscored > 0 {
+                    warn!(
+                        scored,
+                        unscored,
+                        "interrupted: transactions read but not decided are counted as unscored"
+                    );
+                } else {
+                    info!(scored, "stopped; every transaction read was decided");
+                }
                 Ok(stats.report(unscored))
             }
             Err(Error::GaveUp {

@@ -203,6 +203,10 @@ pub enum Command {
         /// Folder to work in (created; its data is left there).
         #[arg(long, default_value = "quiver-demo")]
         dir: PathBuf,
+        /// Kafka bootstrap servers (`host:port`): score the held-out days between
+        /// two topics created on this broker.
+        #[arg(long, value_name = "BROKERS")]
+        kafka: Option<String>,
     },
 }
 
@@ -594,7 +598,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Demo { dir } => run_demo(&dir),
+        Command::Demo { dir, kafka } => run_demo(&dir, kafka.as_deref()),
     }
 }
 
@@ -824,7 +828,7 @@ async fn shutdown_signal() {
 
 /// `quiver demo`: runs the `quiver-demo` binary installed beside this one (the
 /// demo is a crate of its own, a user of the server, the SDK and the scorer).
-fn run_demo(dir: &Path) -> Result<()> {
+fn run_demo(dir: &Path, kafka: Option<&str>) -> Result<()> {
     let exe = std::env::current_exe().context("cannot locate the quiver binary")?;
     let demo = exe.with_file_name(format!("quiver-demo{}", std::env::consts::EXE_SUFFIX));
     if !demo.exists() {
@@ -833,9 +837,12 @@ fn run_demo(dir: &Path) -> Result<()> {
             demo.display()
         );
     }
-    let status = std::process::Command::new(&demo)
-        .arg("--dir")
-        .arg(dir)
+    let mut command = std::process::Command::new(&demo);
+    command.arg("--dir").arg(dir);
+    if let Some(brokers) = kafka {
+        command.arg("--kafka").arg(brokers);
+    }
+    let status = command
         .status()
         .with_context(|| format!("cannot run {}", demo.display()))?;
     if !status.success() {
