@@ -269,9 +269,9 @@ pub(crate) async fn score_kafka(a: ScoreKafkaArgs) -> Result<()> {
         let _ = stop_tx.send(true);
         result
     };
-    let (report, driven) = tokio::join!(run, drive);
-    let report = report?;
-    let (due, burst_time) = driven?;
+    // A failed run ends the drive too (it would wait for decisions that never come).
+    let (report, (due, burst_time)) =
+        tokio::try_join!(async { run.await.map_err(anyhow::Error::from) }, drive)?;
     // Late duplicates (none expected without a rebalance) have a moment to arrive.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let scored = latencies(&reader, &messages[warm..warm + paced], &due)?;

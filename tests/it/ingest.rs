@@ -354,10 +354,14 @@ fn the_demo_runs_through_kafka() {
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|w| w.parse().ok())
         .collect();
-    assert!(numbers.len() >= 3, "{line}");
+    assert!(numbers.len() >= 4, "{line}");
     assert!(numbers[0] > 1000, "{line}");
     assert_eq!(numbers[0], numbers[1], "{line}");
     assert_eq!(numbers[0], numbers[2], "{line}");
+    assert_eq!(
+        numbers[3], 0,
+        "no decision twice without a rebalance: {line}"
+    );
     let skew = stdout
         .lines()
         .find(|l| l.contains("skew:"))

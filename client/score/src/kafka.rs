@@ -21,6 +21,7 @@
 //! card when cards are the key.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -59,7 +60,7 @@ impl Ledger {
 
     /// `rows` more were decided (in order): the offsets every fully decided read
     /// allows to commit.
-    fn decided(&self, mut rows: usize) -> TopicPartitionList {
+    fn decided(&self, mut rows: usize) -> BTreeMap<(String, i32), i64> {
         let mut reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
         let mut offsets: BTreeMap<(String, i32), i64> = BTreeMap::new();
         while let Some(front) = reads.front_mut() {
@@ -74,11 +75,8 @@ impl Ledger {
                 offsets.insert((t, p), n);
             }
         }
-        let mut tpl = TopicPartitionList::new();
-        for ((t, p), n) in offsets {
-            let _ = tpl.add_partition_offset(&t, p, Offset::Offset(n));
-        }
-        tpl
+        debug_assert!(rows == 0, "more decisions than rows read");
+        offsets
     }
 }
 
@@ -98,11 +96,11 @@ fn client_config(c: &KafkaConfig) -> ClientConfig {
     cfg
 }
 
-/// The two ends of a Kafka scoring run, sharing the consumer and the ledger.
+/// The two ends of a Kafka scoring run, sharing the consumer, the ledger and
+/// the acknowledgements.
 pub struct Kafka {
     config: KafkaConfig,
-    consumer: Option<Arc<BaseConsumer>>,
-    ledger: Arc<Ledger>,
+    acks: Arc<Acks>,
 }
 
 impl Kafka {
@@ -119,8 +117,7 @@ impl Kafka {
         }
         Ok(Self {
             config,
-            consumer: None,
-            ledger: Arc::default(),
+            acks: Arc::default(),
         })
     }
 
@@ -142,12 +139,14 @@ impl Kafka {
             .subscribe(&[topic.as_str()])
             .map_err(|e| format!("cannot subscribe to {topic:?}: {e}"))?;
         let consumer = Arc::new(consumer);
-        self.consumer = Some(consumer.clone());
+        if self.acks.consumer.set(consumer.clone()).is_err() {
+            return Err("a Kafka run has one input".into());
+        }
         Ok(KafkaInput {
             consumer,
             schema,
             topic,
-            ledger: self.ledger.clone(),
+            acks: self.acks.clone(),
         })
     }
 
@@ -156,11 +155,8 @@ impl Kafka {
     pub fn output(&self, id_column: &str) -> Result<KafkaOutput, String> {
         let topic = (self.config.decisions_topic.clone())
             .ok_or("--output kafka needs kafka.decisions_topic in the config")?;
-        let acks = Arc::new(Acks {
-            state: Mutex::default(),
-            consumer: self.consumer.clone(),
-            ledger: self.ledger.clone(),
-        });
+        let acks = self.acks.clone();
+        acks.output.store(true, Ordering::Relaxed);
         // Idempotent (acknowledged in order per partition, no duplicates from
         // the client's own retries); its thread serves the acknowledgements.
         let mut cfg = client_config(&self.config);
@@ -186,7 +182,7 @@ pub struct KafkaInput {
     consumer: Arc<BaseConsumer>,
     schema: SchemaRef,
     topic: String,
-    ledger: Arc<Ledger>,
+    acks: Arc<Acks>,
 }
 
 impl TransactionSource for KafkaInput {
@@ -203,6 +199,8 @@ impl TransactionSource for KafkaInput {
         while lines.len() < max_rows {
             let Some(m) = self.consumer.poll(wait) else {
                 if lines.is_empty() {
+                    // Quiet: commit what the last acknowledgements released.
+                    self.acks.tick();
                     return Ok(Some(Read::default()));
                 }
                 break;
@@ -215,12 +213,16 @@ impl TransactionSource for KafkaInput {
         }
         let (batch, rejected) = decode_json(&self.schema, &lines);
         let rows = batch.as_ref().map_or(0, RecordBatch::num_rows);
-        self.ledger.push(
-            rows,
-            next.into_iter()
-                .map(|(p, n)| (self.topic.clone(), p, n))
-                .collect(),
-        );
+        // Offsets are committed from the decisions topic's acknowledgements;
+        // with another output nothing is, and nothing is kept.
+        if self.acks.output.load(Ordering::Relaxed) {
+            self.acks.ledger.push(
+                rows,
+                next.into_iter()
+                    .map(|(p, n)| (self.topic.clone(), p, n))
+                    .collect(),
+            );
+        }
         Ok(Some(Read { batch, rejected }))
     }
 
@@ -239,10 +241,10 @@ struct AckState {
     ahead: BTreeSet<u64>,
     /// The first failed delivery: nothing after it is ever committed.
     failed: Option<String>,
-    /// The newest offsets allowed to commit, per partition.
-    offsets: BTreeMap<(String, i32), i64>,
-    /// Offsets were released since the last commit.
-    dirty: bool,
+    /// Offsets released since the last commit, per partition.
+    pending: BTreeMap<(String, i32), i64>,
+    /// The newest offset ever released, per partition (the final commit).
+    released: BTreeMap<(String, i32), i64>,
     /// When offsets were last committed.
     committed_at: Option<std::time::Instant>,
 }
@@ -252,11 +254,15 @@ struct AckState {
 /// transactions decided since.
 const COMMIT_EVERY: Duration = Duration::from_millis(100);
 
-/// What the producer's thread shares with the sink.
+/// What the input, the sink and the producer's thread share.
+#[derive(Default)]
 struct Acks {
     state: Mutex<AckState>,
-    consumer: Option<Arc<BaseConsumer>>,
-    ledger: Arc<Ledger>,
+    /// The input's consumer, which commits.
+    consumer: std::sync::OnceLock<Arc<BaseConsumer>>,
+    /// A Kafka output exists: reads are kept in the ledger.
+    output: std::sync::atomic::AtomicBool,
+    ledger: Ledger,
 }
 
 impl Acks {
@@ -284,40 +290,66 @@ impl Acks {
         let done = (state.next - before) as usize;
         if done > 0 {
             Self::release(state, self.ledger.decided(done));
-            if state
+            self.commit_if_due(state);
+        }
+    }
+
+    /// Called while the topic is quiet: reads whose messages were all rejected
+    /// are released, and what was released since the last commit is committed.
+    fn tick(&self) {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        if state.failed.is_none() {
+            Self::release(state, self.ledger.decided(0));
+            self.commit_if_due(state);
+        }
+    }
+
+    fn commit_if_due(&self, state: &mut AckState) {
+        if !state.pending.is_empty()
+            && state
                 .committed_at
                 .is_none_or(|t| t.elapsed() >= COMMIT_EVERY)
-            {
-                self.commit(state, CommitMode::Async);
-            }
+        {
+            let pending = std::mem::take(&mut state.pending);
+            self.commit(state, pending, CommitMode::Async);
         }
     }
 
-    /// Offsets in `tpl` may be committed.
-    fn release(state: &mut AckState, tpl: TopicPartitionList) {
-        for e in tpl.elements() {
-            if let Offset::Offset(n) = e.offset() {
-                state
-                    .offsets
-                    .insert((e.topic().to_string(), e.partition()), n);
-                state.dirty = true;
-            }
+    /// Offsets in `offsets` may be committed.
+    fn release(state: &mut AckState, offsets: BTreeMap<(String, i32), i64>) {
+        for (k, n) in offsets {
+            state.pending.insert(k.clone(), n);
+            state.released.insert(k, n);
         }
     }
 
-    /// Commits the released offsets, if any are new.
-    fn commit(&self, state: &mut AckState, mode: CommitMode) {
-        let (Some(consumer), true) = (&self.consumer, state.dirty) else {
+    /// Commits `offsets` of the partitions this consumer still holds (a
+    /// partition moved to another scorer by a rebalance is its to commit).
+    fn commit(
+        &self,
+        state: &mut AckState,
+        offsets: BTreeMap<(String, i32), i64>,
+        mode: CommitMode,
+    ) {
+        let Some(consumer) = self.consumer.get() else {
+            return;
+        };
+        state.committed_at = Some(std::time::Instant::now());
+        let Ok(assigned) = consumer.assignment() else {
             return;
         };
         let mut tpl = TopicPartitionList::new();
-        for ((topic, partition), n) in &state.offsets {
-            let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*n));
+        for ((topic, partition), n) in offsets {
+            if assigned.find_partition(&topic, partition).is_some() {
+                let _ = tpl.add_partition_offset(&topic, partition, Offset::Offset(n));
+            }
         }
-        state.dirty = false;
-        state.committed_at = Some(std::time::Instant::now());
+        if tpl.count() == 0 {
+            return;
+        }
         if let Err(e) = consumer.commit(&tpl, mode) {
-            tracing::warn!(error = %e, "cannot commit offsets; the next commit covers them");
+            tracing::warn!(error = %e, "cannot commit offsets; the next commit of these partitions covers them");
         }
     }
 }
@@ -430,9 +462,12 @@ impl DecisionSink for KafkaOutput {
             .map_err(|e| self.fail(format!("decisions not acknowledged: {e}")))?;
         self.delivery_failure()?;
         let mut state = self.acks.lock();
-        // Reads whose rows were all rejected are decided with nothing written.
+        // Reads whose rows were all rejected are decided with nothing written;
+        // then every partition still held, synchronously (an asynchronous
+        // commit that failed is covered).
         Acks::release(&mut state, self.acks.ledger.decided(0));
-        self.acks.commit(&mut state, CommitMode::Sync);
+        let released = state.released.clone();
+        self.acks.commit(&mut state, released, CommitMode::Sync);
         Ok(())
     }
 }
@@ -441,65 +476,68 @@ impl DecisionSink for KafkaOutput {
 mod tests {
     use super::*;
 
+    fn offsets(m: BTreeMap<(String, i32), i64>) -> Vec<(i32, i64)> {
+        m.into_iter().map(|((_, p), n)| (p, n)).collect()
+    }
+
     #[test]
     fn offsets_are_released_only_when_every_row_before_them_is_decided() {
         let l = Ledger::default();
         l.push(3, vec![("t".into(), 0, 10)]);
         l.push(0, vec![("t".into(), 1, 5)]); // all rejected
         l.push(2, vec![("t".into(), 0, 12), ("t".into(), 1, 7)]);
-        let offsets = |tpl: TopicPartitionList| {
-            tpl.elements()
-                .iter()
-                .map(|e| (e.partition(), e.offset()))
-                .collect::<Vec<_>>()
-        };
         assert!(
             offsets(l.decided(2)).is_empty(),
             "the first read is not done"
         );
         assert_eq!(
             offsets(l.decided(1)),
-            [(0, Offset::Offset(10)), (1, Offset::Offset(5))],
+            [(0, 10), (1, 5)],
             "the first read and the all-rejected one after it"
         );
-        assert_eq!(
-            offsets(l.decided(2)),
-            [(0, Offset::Offset(12)), (1, Offset::Offset(7))]
-        );
-        assert!(offsets(l.decided(5)).is_empty());
+        assert_eq!(offsets(l.decided(2)), [(0, 12), (1, 7)]);
+        assert!(offsets(l.decided(0)).is_empty());
     }
 
     #[test]
     fn reads_are_released_only_when_every_decision_before_them_is_acknowledged() {
-        let ledger = Arc::new(Ledger::default());
-        ledger.push(2, vec![("t".into(), 0, 10)]);
-        ledger.push(1, vec![("t".into(), 1, 5)]);
-        let acks = Acks {
-            state: Mutex::default(),
-            consumer: None,
-            ledger: ledger.clone(),
-        };
-        let pending = || ledger.reads.lock().unwrap().len();
+        let acks = Acks::default();
+        acks.ledger.push(2, vec![("t".into(), 0, 10)]);
+        acks.ledger.push(1, vec![("t".into(), 1, 5)]);
+        let pending = || acks.ledger.reads.lock().unwrap().len();
         // Decisions 1 and 2 are acknowledged first (another partition), 0 later.
         acks.acknowledged(1);
         acks.acknowledged(2);
         assert_eq!((acks.lock().next, pending()), (0, 2));
+        assert!(acks.lock().released.is_empty());
         acks.acknowledged(0);
         assert_eq!((acks.lock().next, pending()), (3, 0));
         assert!(acks.lock().ahead.is_empty());
+        assert_eq!(offsets(acks.lock().released.clone()), [(0, 10), (1, 5)]);
     }
 
     #[test]
     fn nothing_is_released_after_a_failed_delivery() {
-        let ledger = Arc::new(Ledger::default());
-        ledger.push(1, vec![("t".into(), 0, 1)]);
-        let acks = Acks {
-            state: Mutex::default(),
-            consumer: None,
-            ledger: ledger.clone(),
-        };
+        let acks = Acks::default();
+        acks.ledger.push(1, vec![("t".into(), 0, 1)]);
         acks.lock().failed = Some("broker down".into());
         acks.acknowledged(0);
-        assert_eq!(ledger.reads.lock().unwrap().len(), 1);
+        acks.tick();
+        assert_eq!(acks.ledger.reads.lock().unwrap().len(), 1);
+        assert!(acks.lock().released.is_empty());
+    }
+
+    #[test]
+    fn a_quiet_topic_releases_trailing_rejected_reads() {
+        let acks = Acks::default();
+        acks.ledger.push(1, vec![("t".into(), 0, 3)]);
+        acks.acknowledged(0);
+        assert_eq!(offsets(acks.lock().released.clone()), [(0, 3)]);
+        // Read after the last decision, every message rejected: no
+        // acknowledgement will come to release it.
+        acks.ledger.push(0, vec![("t".into(), 0, 9)]);
+        assert_eq!(offsets(acks.lock().released.clone()), [(0, 3)]);
+        acks.tick();
+        assert_eq!(offsets(acks.lock().released.clone()), [(0, 9)]);
     }
 }

@@ -142,7 +142,7 @@ pub fn send(p: &BaseProducer, topic: &str, key: &str, body: &str) -> Result<()> 
 pub fn flush(p: &BaseProducer, within: Duration) -> Result<()> {
     let deadline = Instant::now() + within;
     loop {
-        // Sends what lingers and says whether anything is still in flight.
+        // Wakes the broker threads and says whether anything is still in flight.
         match p.flush(Duration::ZERO) {
             Ok(()) => return Ok(()),
             Err(KafkaError::Flush(RDKafkaErrorCode::OperationTimedOut))
@@ -150,7 +150,7 @@ pub fn flush(p: &BaseProducer, within: Duration) -> Result<()> {
             Err(e) => return Err(e).context("messages not acknowledged"),
         }
         p.poll(Duration::ZERO);
-        std::thread::sleep(Duration::from_micros(50));
+        std::thread::sleep(Duration::from_micros(200));
     }
 }
 
@@ -213,10 +213,14 @@ struct Seen {
     first: Mutex<HashMap<String, Instant>>,
     duplicates: AtomicUsize,
     stop: AtomicBool,
+    /// The consumer's last error.
+    error: Mutex<Option<String>>,
 }
 
-/// Reads a decisions topic from its beginning (every partition assigned, no
-/// group) on a thread of its own, keeping when each key was first consumed.
+/// Reads a decisions topic from its beginning (every partition assigned, so
+/// its group never rebalances or commits) on a thread of its own, keeping when
+/// each key was first consumed. Consumer errors (a topic just created, a broker
+/// reconnect) do not stop it; the last one is named if a wait times out.
 pub struct DecisionReader {
     seen: Arc<Seen>,
     thread: Option<JoinHandle<Result<()>>>,
@@ -249,7 +253,15 @@ impl DecisionReader {
                             continue;
                         };
                         let at = Instant::now();
-                        let m = m?;
+                        let m = match m {
+                            Ok(m) => m,
+                            Err(e) => {
+                                *seen.error.lock().unwrap_or_else(|p| p.into_inner()) =
+                                    Some(e.to_string());
+                                std::thread::sleep(Duration::from_millis(10));
+                                continue;
+                            }
+                        };
                         let key = String::from_utf8_lossy(m.key().unwrap_or_default());
                         let mut first = seen.first.lock().unwrap_or_else(|p| p.into_inner());
                         if first.contains_key(key.as_ref()) {
@@ -290,8 +302,12 @@ impl DecisionReader {
             }
             ensure!(
                 Instant::now() < deadline,
-                "only {} of {n} decisions on the topic after {within:?}",
-                self.count()
+                "only {} of {n} decisions on the topic after {within:?}{}",
+                self.count(),
+                match &*self.seen.error.lock().unwrap_or_else(|p| p.into_inner()) {
+                    Some(e) => format!(" (the reader's last error: {e})"),
+                    None => String::new(),
+                }
             );
             tokio::time::sleep(Duration::from_millis(2)).await;
         }

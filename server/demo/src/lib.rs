@@ -607,8 +607,8 @@ async fn replay_through_kafka(
         let _ = stop_tx.send(true);
         result
     };
-    let (report, due) = tokio::join!(run, drive);
-    let (report, due) = (report?, due?);
+    // A failed run ends the drive too (it would wait for decisions that never come).
+    let (report, due) = tokio::try_join!(async { run.await.map_err(anyhow::Error::from) }, drive)?;
     let on_topic = reader.count();
     let mut latencies: Vec<f64> = due
         .iter()
