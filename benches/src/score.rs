@@ -13,7 +13,7 @@
 //!   batches (what the unpaced scorer forms) through a bare OnlineSession (lookups
 //!   only, no model, no sink), unpaced, after an untimed warm-up pass.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -34,30 +34,37 @@ use crate::{
 /// The features of the benchmark's model: the example repo's model features.
 const FEATURES: [&str; 11] = quiver_demo::example::MODEL_FEATURES;
 
-/// Options of `quiver-bench score`.
+/// What both scorer benchmarks start from: the data, the batching, the folder.
 #[derive(Debug, Args)]
-pub(crate) struct ScoreArgs {
+pub(crate) struct ScoringArgs {
     /// Cards in the generated data (about 1.5 transactions per card and day).
     #[arg(long, default_value_t = 20_000)]
     cards: usize,
     /// Days of generated history.
     #[arg(long, default_value_t = 10)]
     days: usize,
+    /// Most transactions per lookup.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) max_batch: usize,
+    /// Longest wait for a batch to fill (microseconds).
+    #[arg(long, default_value_t = 300)]
+    pub(crate) max_wait_us: u64,
+    /// Work folder (default: a new temporary folder, removed afterwards).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// Options of `quiver-bench score`.
+#[derive(Debug, Args)]
+pub(crate) struct ScoreArgs {
+    #[command(flatten)]
+    scoring: ScoringArgs,
     /// Paced replay rates (transactions per second).
     #[arg(long, value_delimiter = ',', default_values_t = [5000.0, 20000.0])]
     rates: Vec<f64>,
     /// Seconds per paced run.
     #[arg(long, default_value_t = 15.0)]
     seconds: f64,
-    /// Most transactions per lookup.
-    #[arg(long, default_value_t = 256)]
-    max_batch: usize,
-    /// Longest wait for a batch to fill (microseconds).
-    #[arg(long, default_value_t = 300)]
-    max_wait_us: u64,
-    /// Work folder (default: a new temporary folder, removed afterwards).
-    #[arg(long)]
-    dir: Option<PathBuf>,
 }
 
 /// A full depth-6 booster with 100 trees over [`FEATURES`], in XGBoost's JSON
@@ -146,16 +153,17 @@ impl Scoring {
     /// Generates `cards` x `days` of the example data in `dir` (default: a new
     /// temporary folder), applies, serves with the clock at the data's end,
     /// materializes, and writes the booster.
-    pub(crate) async fn prepare(
-        cards: usize,
-        days: usize,
-        max_batch: usize,
-        max_wait_us: u64,
-        dir: Option<&Path>,
-    ) -> Result<Self> {
+    pub(crate) async fn prepare(a: &ScoringArgs) -> Result<Self> {
+        let ScoringArgs {
+            cards,
+            days,
+            max_batch,
+            max_wait_us,
+            ref dir,
+        } = *a;
         let temporary = dir.is_none();
         let dir = std::path::absolute(match dir {
-            Some(d) => d.to_path_buf(),
+            Some(d) => d.clone(),
             None => tempfile_dir()?,
         })?;
         quiver_demo::example::write_repo(&dir)?;
@@ -237,19 +245,12 @@ impl Scoring {
 }
 
 pub(crate) async fn score(args: ScoreArgs) -> Result<()> {
-    let scoring = Scoring::prepare(
-        args.cards,
-        args.days,
-        args.max_batch,
-        args.max_wait_us,
-        args.dir.as_deref(),
-    )
-    .await?;
+    let scoring = Scoring::prepare(&args.scoring).await?;
     let (tx, config, addr) = (&scoring.tx, &scoring.config, &scoring.addr);
     let total = rows(tx);
     eprintln!(
         "quiver-bench score: {total} transactions, {} cards, fraud_v3 (7 features + 5 on-demand), 100-tree depth-6 booster, batches <= {} rows / {} us, server on {addr}",
-        args.cards, args.max_batch, args.max_wait_us
+        args.scoring.cards, args.scoring.max_batch, args.scoring.max_wait_us
     );
 
     // Floor: lookups only, full max_batch-row batches (what the unpaced scorer
@@ -267,7 +268,7 @@ pub(crate) async fn score(args: ScoreArgs) -> Result<()> {
         let b = b.project(&idx)?;
         let mut off = 0;
         while off < b.num_rows() {
-            let n = args.max_batch.min(b.num_rows() - off);
+            let n = args.scoring.max_batch.min(b.num_rows() - off);
             floor_batches.push(b.slice(off, n));
             off += n;
         }

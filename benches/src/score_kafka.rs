@@ -29,16 +29,16 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
 use clap::Args;
-use quiver_demo::kafka::{flush, messages, producer, send, send_paced, DecisionReader, Outgoing};
-use quiver_score::config::KafkaConfig;
-use quiver_score::kafka::Kafka;
+use quiver_demo::kafka::{
+    flush, messages, producer, send, send_paced, DecisionReader, Outgoing, ScorerTopics,
+};
 use quiver_score::{RunOptions, Scorer};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 
 use crate::kafka::Broker;
-use crate::score::Scoring;
+use crate::score::{Scoring, ScoringArgs};
 
 const TRANSACTIONS: &str = "transactions";
 const DECISIONS: &str = "decisions";
@@ -49,12 +49,8 @@ const WARM_UP: usize = 1000;
 /// Options of `quiver-bench score-kafka`.
 #[derive(Debug, Args)]
 pub(crate) struct ScoreKafkaArgs {
-    /// Cards in the generated data (about 1.5 transactions per card and day).
-    #[arg(long, default_value_t = 20_000)]
-    cards: usize,
-    /// Days of generated history.
-    #[arg(long, default_value_t = 10)]
-    days: usize,
+    #[command(flatten)]
+    scoring: ScoringArgs,
     /// Paced produce rate (transactions per second).
     #[arg(long, default_value_t = 5000.0)]
     rate: f64,
@@ -67,12 +63,6 @@ pub(crate) struct ScoreKafkaArgs {
     /// Partitions of both topics.
     #[arg(long, default_value_t = 3)]
     partitions: u32,
-    /// Most transactions per lookup.
-    #[arg(long, default_value_t = 256)]
-    max_batch: usize,
-    /// Longest wait for a batch to fill (microseconds).
-    #[arg(long, default_value_t = 300)]
-    max_wait_us: u64,
     /// Longest time the broker may hold a fetch (`fetch.wait.max.ms`) of every
     /// consumer: the scorer's, the relay's and the reader's. tansu holds a fetch
     /// for the whole wait even when data arrives, so this bounds each hop.
@@ -84,9 +74,6 @@ pub(crate) struct ScoreKafkaArgs {
     /// The tansu broker binary (set up by scripts/setup.sh --tests).
     #[arg(long, default_value = ".venv/bin/tansu")]
     tansu: PathBuf,
-    /// Work folder (default: a new temporary folder, removed afterwards).
-    #[arg(long)]
-    dir: Option<PathBuf>,
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
@@ -151,14 +138,7 @@ fn relay(brokers: &str, fetch_wait_ms: u32, linger_ms: u32, stop: &AtomicBool) -
 }
 
 pub(crate) async fn score_kafka(a: ScoreKafkaArgs) -> Result<()> {
-    let scoring = Scoring::prepare(
-        a.cards,
-        a.days,
-        a.max_batch,
-        a.max_wait_us,
-        a.dir.as_deref(),
-    )
-    .await?;
+    let scoring = Scoring::prepare(&a.scoring).await?;
     let broker = Broker::start(
         &a.tansu,
         &[
@@ -176,7 +156,7 @@ pub(crate) async fn score_kafka(a: ScoreKafkaArgs) -> Result<()> {
     let burst = a.burst.min(total - warm - paced);
     eprintln!(
         "quiver-bench score-kafka: {total} transactions available; topics {TRANSACTIONS} -> {DECISIONS} ({} partitions each) on tansu at {brokers}; fetch.wait.max.ms {}, linger.ms {}; fraud_v3, 100-tree depth-6 booster, batches <= {} rows / {} us; server on {}",
-        a.partitions, a.fetch_wait_ms, a.linger_ms, a.max_batch, a.max_wait_us, scoring.addr
+        a.partitions, a.fetch_wait_ms, a.linger_ms, a.scoring.max_batch, a.scoring.max_wait_us, scoring.addr
     );
     let producer = Arc::new(producer(&brokers, a.linger_ms)?);
     // Sends messages[range] to `topic` on a blocking thread (the scorer runs on
@@ -219,28 +199,16 @@ pub(crate) async fn score_kafka(a: ScoreKafkaArgs) -> Result<()> {
     relay_reader.stop()?;
 
     let mut scorer = Scorer::connect(scoring.config.clone()).await?;
-    let mut kafka = Kafka::new(KafkaConfig {
+    let topics = ScorerTopics {
         brokers: brokers.clone(),
         group: "bench-scorers".into(),
-        transactions_topic: Some(TRANSACTIONS.into()),
-        decisions_topic: Some(DECISIONS.into()),
-        start: "earliest".into(),
-        properties: [
-            ("fetch.wait.max.ms", a.fetch_wait_ms),
-            ("linger.ms", a.linger_ms),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect(),
-    })
-    .map_err(anyhow::Error::msg)?;
-    let input = kafka
-        .input(scorer.input_schema())
-        .map_err(anyhow::Error::msg)?;
-    let output = kafka
-        .output(&scoring.config.transactions.id)
-        .map_err(anyhow::Error::msg)?;
-    let reader = DecisionReader::start(&brokers, DECISIONS, a.partitions as i32, a.fetch_wait_ms)?;
+        transactions: TRANSACTIONS.into(),
+        decisions: DECISIONS.into(),
+        fetch_wait_ms: a.fetch_wait_ms,
+        linger_ms: a.linger_ms,
+    };
+    let (input, output) = topics.endpoints(&scorer)?;
+    let reader = topics.decision_reader(a.partitions as i32)?;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let run = scorer.run(
         Box::new(input),

@@ -21,7 +21,10 @@ use anyhow::{bail, ensure, Context, Result};
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Schema};
+use quiver_score::config::KafkaConfig;
+use quiver_score::kafka::{Kafka, KafkaInput, KafkaOutput};
 use quiver_score::sink::DecisionSink;
+use quiver_score::Scorer;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -349,5 +352,62 @@ impl<A: DecisionSink, B: DecisionSink> DecisionSink for Tee<A, B> {
     fn finish(&mut self) -> quiver_score::sink::Result<()> {
         self.0.finish()?;
         self.1.finish()
+    }
+}
+
+/// A scorer between two topics: where it reads and writes, and the client
+/// tuning every consumer and producer of the run shares.
+#[derive(Debug, Clone)]
+pub struct ScorerTopics {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// The scorers' consumer group.
+    pub group: String,
+    /// Where transactions are read.
+    pub transactions: String,
+    /// Where decisions are written.
+    pub decisions: String,
+    /// `fetch.wait.max.ms` of the consumers.
+    pub fetch_wait_ms: u32,
+    /// `linger.ms` of the producers.
+    pub linger_ms: u32,
+}
+
+impl ScorerTopics {
+    /// `scorer`'s source and sink: transactions decoded into its input schema,
+    /// decisions keyed by its transaction id column.
+    pub fn endpoints(&self, scorer: &Scorer) -> Result<(KafkaInput, KafkaOutput)> {
+        let mut kafka = Kafka::new(KafkaConfig {
+            brokers: self.brokers.clone(),
+            group: self.group.clone(),
+            transactions_topic: Some(self.transactions.clone()),
+            decisions_topic: Some(self.decisions.clone()),
+            start: "earliest".into(),
+            properties: [
+                ("fetch.wait.max.ms", self.fetch_wait_ms),
+                ("linger.ms", self.linger_ms),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        })
+        .map_err(anyhow::Error::msg)?;
+        let input = kafka
+            .input(scorer.input_schema())
+            .map_err(anyhow::Error::msg)?;
+        let output = kafka
+            .output(&scorer.config().transactions.id)
+            .map_err(anyhow::Error::msg)?;
+        Ok((input, output))
+    }
+
+    /// A reader of the decisions topic (`partitions` partitions).
+    pub fn decision_reader(&self, partitions: i32) -> Result<DecisionReader> {
+        DecisionReader::start(
+            &self.brokers,
+            &self.decisions,
+            partitions,
+            self.fetch_wait_ms,
+        )
     }
 }

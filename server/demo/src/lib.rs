@@ -33,8 +33,7 @@ use quiver_client::{
     HistoricalFeaturesRequest, MaterializeIncrementalRequest, MaterializeRequest, PushTo,
     QuiverClient,
 };
-use quiver_score::config::{FeatureLog, KafkaConfig, Push, Rules, ScorerConfig};
-use quiver_score::kafka::Kafka;
+use quiver_score::config::{FeatureLog, Push, Rules, ScorerConfig};
 use quiver_score::model::Model;
 use quiver_score::sink::{JsonLinesSink, MemorySink};
 use quiver_score::source::MemorySource;
@@ -549,26 +548,16 @@ async fn replay_through_kafka(
     say(format!(
         "      topics {transactions} -> {decisions} ({PARTITIONS} partitions each), scorers' group {transactions}-scorers"
     ));
-    let mut topics = Kafka::new(KafkaConfig {
+    let topics = kafka::ScorerTopics {
         brokers: brokers.into(),
         group: format!("{transactions}-scorers"),
-        transactions_topic: Some(transactions.clone()),
-        decisions_topic: Some(decisions.clone()),
-        start: "earliest".into(),
-        properties: [
-            ("fetch.wait.max.ms", FETCH_WAIT_MS),
-            ("linger.ms", LINGER_MS),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect(),
-    })
-    .map_err(anyhow::Error::msg)?;
-    let input = topics
-        .input(scorer.input_schema())
-        .map_err(anyhow::Error::msg)?;
-    let output = topics.output("trans_id").map_err(anyhow::Error::msg)?;
-    let reader = kafka::DecisionReader::start(brokers, &decisions, PARTITIONS, FETCH_WAIT_MS)?;
+        transactions: transactions.clone(),
+        decisions: decisions.clone(),
+        fetch_wait_ms: FETCH_WAIT_MS,
+        linger_ms: LINGER_MS,
+    };
+    let (input, output) = topics.endpoints(scorer)?;
+    let reader = topics.decision_reader(PARTITIONS)?;
     let producer = Arc::new(kafka::producer(brokers, LINGER_MS)?);
     let (copy, decided) = MemorySink::new();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);

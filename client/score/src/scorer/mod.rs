@@ -135,6 +135,11 @@ impl Scorer {
         })
     }
 
+    /// The configuration it runs with.
+    pub fn config(&self) -> &ScorerConfig {
+        &self.config
+    }
+
     /// The model in use.
     pub fn model(&self) -> &Model {
         &self.model
