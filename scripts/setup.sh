@@ -3,7 +3,7 @@
 # Idempotent: each step is skipped when already done.
 #   scripts/setup.sh            # build dependencies (libclang, a C/C++ toolchain, zlib)
 #   scripts/setup.sh --tests    # also the Python venv (pyarrow, duckdb, pytest, confluent-kafka),
-#                               # the S3 test server and the Kafka test broker (tansu)
+#                               # ADBC Flight SQL, Feast 0.67, the S3 test server and the Kafka test broker (tansu)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +19,7 @@ if ! dpkg -s $APT_PACKAGES >/dev/null 2>&1; then
 fi
 
 if [ "${1:-}" = "--tests" ]; then
-  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import pyarrow, duckdb, pytest, xgboost, numpy, trustme, confluent_kafka" 2>/dev/null; then
+  if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import pyarrow, duckdb, pytest, xgboost, numpy, trustme, confluent_kafka, adbc_driver_flightsql, pandas, feast" 2>/dev/null; then
     echo "== Python venv (.venv) with tests/python/requirements.txt"
     python3 -m venv .venv
     .venv/bin/pip install -q -r tests/python/requirements.txt

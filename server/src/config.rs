@@ -10,6 +10,8 @@
 //!   bulk_min_keys: 50000     # empty views receiving this many keys are loaded as one SST
 //! server:
 //!   addr: 127.0.0.1:8815
+//!   flight_sql_addr: 127.0.0.1:8816   # Flight SQL over the offline store (off when absent)
+//!   http_addr: 127.0.0.1:6566         # HTTP/JSON, Feast's feature-server API (off when absent)
 //! ```
 //!
 //! Precedence, highest first: CLI flags > environment (`QUIVER_OFFLINE_STORE_URL`,
@@ -282,6 +284,14 @@ pub struct ServerConfig {
     /// Where Prometheus metrics are served over HTTP (`GET /metrics`); off when absent.
     #[serde(default)]
     pub metrics_addr: Option<String>,
+    /// Where Flight SQL (read-only SQL over the offline store, for ADBC/JDBC
+    /// tools) is served, with the same TLS, tokens and limits; off when absent.
+    #[serde(default)]
+    pub flight_sql_addr: Option<String>,
+    /// Where the HTTP/JSON API (Feast's feature-server endpoints:
+    /// `/get-online-features`, `/push`, `/health`) is served; off when absent.
+    #[serde(default)]
+    pub http_addr: Option<String>,
     /// Bounds on what one client may ask of the server.
     #[serde(default)]
     pub limits: Limits,
@@ -385,6 +395,8 @@ impl Default for ServerConfig {
             tls: None,
             auth: None,
             metrics_addr: None,
+            flight_sql_addr: None,
+            http_addr: None,
             limits: Limits::default(),
         }
     }

@@ -11,6 +11,7 @@
 //!   ├─ OnlineStore   (RocksDB)
 //!   └─ Materializer  (offline -> online)
 //!        └─ serve(listener) ──> transport (TLS, limits, health, metrics) ──> gate ──> flight
+//!           serve_ports(ports) ─ also flight_sql (offline tables) and http (Feast's JSON API)
 //! ```
 
 use std::collections::BTreeMap;
@@ -25,14 +26,16 @@ use crate::catalog::{self, Catalog};
 use crate::config::{self, Repo};
 use crate::error::ErrorKind;
 use crate::flight::{AbortOnDrop, QuiverFlightService};
+use crate::flight_sql::QuiverFlightSql;
 use crate::gate::Gate;
+use crate::http::Http;
 use crate::ingest::{self, Job, RunOptions};
 use crate::materialize::{self, MaterializeOptions, Materializer, Progress, Window};
 use crate::metrics::{Metrics, Snapshot};
 use crate::offline::{self, EngineOptions, OfflineStore};
 use crate::online::{self, Clock, OnlineOptions, OnlineStore};
 use crate::registry::{self, Registry};
-use crate::transport::{self, Tls, Transport};
+use crate::transport::{self, Listeners, Tls, Transport};
 
 /// Errors of the front door: each wraps the error of the part that failed.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +95,17 @@ impl Error {
             Error::Ingest(e) => e.kind(),
         }
     }
+}
+
+/// The listening ports of [`FeatureStore::serve_ports`].
+#[derive(Debug)]
+pub struct Ports {
+    /// The native Arrow Flight port (`server.addr`).
+    pub flight: tokio::net::TcpListener,
+    /// Flight SQL's port (`server.flight_sql_addr`), if served.
+    pub flight_sql: Option<tokio::net::TcpListener>,
+    /// The HTTP API's port (`server.http_addr`), if served.
+    pub http: Option<tokio::net::TcpListener>,
 }
 
 /// One applied feature repo, open: its catalog, offline store and online store.
@@ -361,7 +375,32 @@ impl FeatureStore {
         listener: tokio::net::TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<()> {
+        let ports = Ports {
+            flight: listener,
+            flight_sql: None,
+            http: None,
+        };
+        self.serve_ports(ports, shutdown).await
+    }
+
+    /// [`serve`](Self::serve) on several ports: Flight, and Flight SQL and the
+    /// HTTP API when given (`quiver serve` binds `server.flight_sql_addr` and
+    /// `server.http_addr`), all under the same tokens, limits and drain.
+    pub async fn serve_ports(
+        &self,
+        ports: Ports,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<()> {
         let server = &self.repo.config.server;
+        if ports.http.is_some() && server.tls.is_some() {
+            return Err(Error::Config(crate::config::Error::Invalid {
+                path: self.repo.dir.join(crate::config::CONFIG_FILE),
+                message: "server.http_addr serves plain HTTP, and server.tls is set: \
+                          terminate TLS for HTTP in a proxy in front of Quiver and serve HTTP on loopback, \
+                          or leave http_addr out"
+                    .into(),
+            }));
+        }
         let auth = match &server.auth {
             Some(a) => {
                 let a = Arc::new(Authenticator::open(
@@ -404,7 +443,31 @@ impl FeatureStore {
             metrics,
             snapshot: Arc::new(move || this.snapshot()),
         };
-        let served = transport::serve(listener, self.service_with(gate), transport, shutdown).await;
+        let flight_sql = match ports.flight_sql {
+            Some(l) => {
+                let tables = self.offline.sql_catalog(self.catalog.registry()).await?;
+                Some((l, QuiverFlightSql::new(tables, gate.clone())))
+            }
+            None => None,
+        };
+        let http = ports.http.map(|l| {
+            let api = (
+                self.catalog.clone(),
+                self.materializer.clone(),
+                gate.clone(),
+            );
+            let max_body = server.limits.max_message_bytes;
+            let routes: Box<dyn FnOnce(_) -> axum::Router + Send> =
+                Box::new(move |closing| Http::new(api.0, api.1, api.2, closing).router(max_body));
+            (l, routes)
+        });
+        let listeners = Listeners {
+            flight: ports.flight,
+            flight_sql,
+            http,
+        };
+        let served =
+            transport::serve(listeners, self.service_with(gate), transport, shutdown).await;
         // Jobs stop after the port: each writes its buffered offline files.
         let _ = stop_jobs.send(true);
         for r in running {

@@ -102,7 +102,7 @@ fn protocol_status(e: ProtocolError) -> Status {
     status(ErrorKind::InvalidArgument, e.to_string())
 }
 
-fn flight_status(e: FlightError) -> Status {
+pub(crate) fn flight_status(e: FlightError) -> Status {
     match e {
         FlightError::Tonic(s) => *s,
         FlightError::Arrow(e) => Status::invalid_argument(redact(&format!("bad Arrow data: {e}"))),
@@ -160,7 +160,7 @@ fn action_body<T: serde::de::DeserializeOwned>(
 }
 
 /// Bytes of a FlightData message, for the metrics.
-fn flight_bytes(d: &FlightData) -> usize {
+pub(crate) fn flight_bytes(d: &FlightData) -> usize {
     d.data_header.len() + d.data_body.len() + d.app_metadata.len()
 }
 
@@ -169,7 +169,7 @@ fn no_bytes<T>(_: &T) -> usize {
 }
 
 /// The `authorization` header a client sent, if any and if readable.
-fn authorization<T>(request: &Request<T>) -> Option<&str> {
+pub(crate) fn authorization<T>(request: &Request<T>) -> Option<&str> {
     (request.metadata().get("authorization")).map(|v| v.to_str().unwrap_or(""))
 }
 

@@ -10,7 +10,8 @@
 //!
 //! ```text
 //! feature_store (the front door: open, apply, materialize, push, status, serve)
-//!   ─> transport (TLS, connections, health, metrics port, drain)
+//!   ─> transport (TLS, connections, health, metrics port, drain; the three ports)
+//!     ─> flight_sql (Flight SQL over offline::sql_catalog), http (Feast's JSON API)
 //!     ─> flight (decode, call, encode, map errors) ─> gate (tokens, roles, slots,
 //!        deadlines, panics, metrics) ─> auth, metrics; ipc_check; online_query;
 //!        push ─> materialize (the writes into the online store)
@@ -41,9 +42,12 @@ mod columns;
 pub mod config;
 pub mod datagen;
 pub mod error;
+mod feast;
 mod feature_store;
 mod flight;
+mod flight_sql;
 mod gate;
+mod http;
 mod ingest;
 pub mod instant;
 mod ipc_check;
@@ -62,7 +66,7 @@ mod windows;
 
 pub use config::Repo;
 pub use error::ErrorKind;
-pub use feature_store::{Error, FeatureStore, Result};
+pub use feature_store::{Error, FeatureStore, Ports, Result};
 pub use flight::QuiverFlightService;
 pub use materialize::{NoProgress, Progress, Window, MAX_CLOCK_SKEW_NANOS};
 pub use online::Clock;

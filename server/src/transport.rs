@@ -7,6 +7,8 @@
 //!    ─ [TLS, handshake timeout, client certs when client_ca] ─ HTTP/2 (keepalive pings)
 //!    ─ grpc.health.v1.Health + arrow.flight.protocol.FlightService
 //! metrics_addr ─ GET /metrics
+//! flight_sql_addr ─ the same accept, TLS and limits ─ Flight SQL (flight_sql)
+//! http_addr ─ the HTTP API (http)
 //! shutdown ─> health NOT_SERVING ─> stop accepting ─> end lookup streams ─> drain calls
 //! ```
 
@@ -29,6 +31,7 @@ use tracing::{info, warn};
 
 use crate::config::{Limits, TlsConfig};
 use crate::flight::QuiverFlightService;
+use crate::flight_sql::QuiverFlightSql;
 use crate::metrics::{self, Metrics, Snapshot};
 
 /// Errors of setting up or running the server's transport.
@@ -53,6 +56,9 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("the Flight server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
+    /// The HTTP server failed.
+    #[error("the HTTP server failed: {0}")]
+    Http(io::Error),
 }
 
 /// TLS material, read from the files of `server.tls`.
@@ -202,65 +208,30 @@ impl Connected for Conn {
     }
 }
 
-/// Serves `service` (and the health service, and metrics when configured) on
-/// `listener` until `shutdown` resolves, then drains.
-pub(crate) async fn serve(
+/// The ports of one server: the native Flight port, and Flight SQL and HTTP when
+/// configured.
+pub(crate) struct Listeners {
+    /// The native Flight service's port.
+    pub flight: tokio::net::TcpListener,
+    /// Flight SQL's port and service.
+    pub flight_sql: Option<(tokio::net::TcpListener, QuiverFlightSql)>,
+    /// The HTTP API's port and routes (given the closing flag, for `/health`).
+    pub http: Option<(
+        tokio::net::TcpListener,
+        Box<dyn FnOnce(tokio::sync::watch::Receiver<bool>) -> axum::Router + Send>,
+    )>,
+}
+
+/// Accepted connections of `listener`, each holding one of the server's
+/// connection `slots` and closed after `idle`.
+fn connections(
     listener: tokio::net::TcpListener,
-    mut service: QuiverFlightService,
-    transport: Transport,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), Error> {
-    let limits = transport.limits.clone();
-    let (closing, closed) = tokio::sync::watch::channel(false);
-    service.set_closing(closed.clone());
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<arrow_flight::flight_service_server::FlightServiceServer<QuiverFlightService>>()
-        .await;
-    health
-        .set_service_status("", tonic_health::ServingStatus::Serving)
-        .await;
-
-    let metrics_task = match &transport.metrics_addr {
-        Some(addr) => {
-            let l = tokio::net::TcpListener::bind(addr)
-                .await
-                .map_err(|source| Error::Metrics {
-                    addr: addr.clone(),
-                    source,
-                })?;
-            let mut closed = closed.clone();
-            let stop = async move {
-                let _ = closed.wait_for(|c| *c).await;
-            };
-            Some(tokio::spawn(metrics::serve(
-                l,
-                transport.metrics.clone(),
-                transport.snapshot.clone(),
-                stop,
-            )))
-        }
-        None => None,
-    };
-
-    let health_for_shutdown = health.clone();
-    let shutdown = async move {
-        shutdown.await;
-        info!("shutting down: health NOT_SERVING, ending online lookup streams, draining calls");
-        health_for_shutdown
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
-        health_for_shutdown
-            .set_not_serving::<arrow_flight::flight_service_server::FlightServiceServer<QuiverFlightService>>()
-            .await;
-        let _ = closing.send(true);
-    };
-
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
-    let idle = Duration::from_secs(limits.idle_timeout_secs.max(1));
-    let metrics = transport.metrics.clone();
-    let max_connections = limits.max_connections;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |r| {
+    slots: Arc<Semaphore>,
+    idle: Duration,
+    metrics: Arc<Metrics>,
+    max_connections: usize,
+) -> impl futures::Stream<Item = Result<Conn, io::Error>> {
+    tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |r| {
         let mut backoff = false;
         let out = match r {
             Err(e) => {
@@ -299,28 +270,121 @@ pub(crate) async fn serve(
             }
             out
         }
-    });
+    })
+}
 
+/// A gRPC server with the transport's TLS and keepalives.
+fn grpc_server(
+    tls: Option<&Tls>,
+    limits: &crate::config::Limits,
+    idle: Duration,
+) -> Result<tonic::transport::Server, Error> {
     let mut builder = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(idle / 3))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
-    if let Some(tls) = transport.tls {
+    if let Some(tls) = tls {
         let mut config = ServerTlsConfig::new()
-            .identity(tls.identity)
+            .identity(tls.identity.clone())
             .timeout(Duration::from_secs(limits.handshake_timeout_secs.max(1)));
-        if let Some(ca) = tls.client_ca {
-            config = config.client_ca_root(ca);
+        if let Some(ca) = &tls.client_ca {
+            config = config.client_ca_root(ca.clone());
         }
         builder = builder.tls_config(config)?;
     }
+    Ok(builder)
+}
+
+/// Serves `service` (and the health service, metrics, Flight SQL and HTTP when
+/// configured) on `listeners` until `shutdown` resolves, then drains them all.
+pub(crate) async fn serve(
+    listeners: Listeners,
+    mut service: QuiverFlightService,
+    transport: Transport,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let limits = transport.limits.clone();
+    let (closing, closed) = tokio::sync::watch::channel(false);
+    service.set_closing(closed.clone());
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<arrow_flight::flight_service_server::FlightServiceServer<QuiverFlightService>>()
+        .await;
+    health
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    let when_closed = |mut closed: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = closed.wait_for(|c| *c).await;
+    };
+
+    let metrics_task = match &transport.metrics_addr {
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| Error::Metrics {
+                    addr: addr.clone(),
+                    source,
+                })?;
+            Some(tokio::spawn(metrics::serve(
+                l,
+                transport.metrics.clone(),
+                transport.snapshot.clone(),
+                when_closed(closed.clone()),
+            )))
+        }
+        None => None,
+    };
+
+    let health_for_shutdown = health.clone();
+    let shutdown = async move {
+        shutdown.await;
+        info!("shutting down: health NOT_SERVING, ending online lookup streams, draining calls");
+        health_for_shutdown
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+        health_for_shutdown
+            .set_not_serving::<arrow_flight::flight_service_server::FlightServiceServer<QuiverFlightService>>()
+            .await;
+        let _ = closing.send(true);
+    };
+
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+    let idle = Duration::from_secs(limits.idle_timeout_secs.max(1));
+    let accept = |listener| {
+        connections(
+            listener,
+            slots.clone(),
+            idle,
+            transport.metrics.clone(),
+            limits.max_connections,
+        )
+    };
     let max_message = limits.max_message_bytes;
-    let result = builder
+    let tls = transport.tls.as_ref();
+    let flight = grpc_server(tls, &limits, idle)?
         .add_service(health_service)
         .add_service(service.into_server_with_limit(max_message))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
+        .serve_with_incoming_shutdown(accept(listeners.flight), shutdown);
+    let flight_sql = async {
+        match listeners.flight_sql {
+            Some((listener, sql)) => Ok(grpc_server(tls, &limits, idle)?
+                .add_service(sql.into_server_with_limit(max_message))
+                .serve_with_incoming_shutdown(accept(listener), when_closed(closed.clone()))
+                .await?),
+            None => Ok::<(), Error>(()),
+        }
+    };
+    let http = async {
+        match listeners.http {
+            Some((listener, routes)) => axum::serve(listener, routes(closed.clone()))
+                .with_graceful_shutdown(when_closed(closed.clone()))
+                .await
+                .map_err(Error::Http),
+            None => Ok(()),
+        }
+    };
+    let result = tokio::try_join!(async { Ok::<(), Error>(flight.await?) }, flight_sql, http);
     if let Some(t) = metrics_task {
         t.abort();
     }
-    Ok(result?)
+    result.map(|_| ())
 }

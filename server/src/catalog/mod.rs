@@ -95,6 +95,23 @@ pub(crate) struct Plan<'a> {
     pub on_demand: Option<OnDemandStage>,
 }
 
+impl Plan<'_> {
+    /// Every returned feature's output name with its view (`None` for on-demand
+    /// features), in answer order.
+    pub(crate) fn output_views(&self) -> Vec<(String, Option<String>)> {
+        let mut out: Vec<(String, Option<String>)> = (self.views.iter())
+            .flat_map(|v| {
+                (v.features.iter().filter(|s| !s.hidden))
+                    .map(|s| (s.output.clone(), Some(v.view.name.clone())))
+            })
+            .collect();
+        if let Some(stage) = &self.on_demand {
+            out.extend(stage.fields().into_iter().map(|f| (f.name().clone(), None)));
+        }
+        out
+    }
+}
+
 /// The registry, the source schemas and the compiled on-demand features of one
 /// applied repo.
 pub(crate) struct Catalog {

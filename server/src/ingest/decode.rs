@@ -103,6 +103,11 @@ impl Decoder {
             Ok(other) => return Err(format!("expected a JSON object, got {}", json_kind(&other))),
             Err(e) => return Err(format!("not JSON: {e}")),
         };
+        self.push_object(&object)
+    }
+
+    /// Adds one JSON object as a row, or returns why it cannot be one (nothing added).
+    pub(crate) fn push_object(&mut self, object: &Map<String, Value>) -> Result<(), String> {
         let mut parsed = Vec::with_capacity(self.builders.len());
         for ((field, column), required) in (self.schema.fields().iter())
             .zip(&self.builders)
@@ -134,6 +139,27 @@ impl Decoder {
         RecordBatch::try_new(self.schema.clone(), columns)
             .expect("every column built to the schema's types, with as many rows")
     }
+}
+
+/// The columns every event of `source` must carry: its timestamp and the join
+/// keys of every view over it.
+pub(crate) fn required_columns(
+    catalog: &crate::catalog::Catalog,
+    layouts: &std::collections::BTreeMap<String, Arc<crate::online::ViewLayout>>,
+    source: &str,
+) -> Vec<String> {
+    let registry = catalog.registry();
+    let mut required: Vec<String> = registry
+        .source(source)
+        .map(|s| s.timestamp_field.clone())
+        .into_iter()
+        .collect();
+    for v in (registry.definitions.feature_views.iter()).filter(|v| v.source == source) {
+        if let Some(l) = layouts.get(&v.name) {
+            required.extend(l.join_keys.iter().map(|k| k.0.clone()));
+        }
+    }
+    required
 }
 
 fn json_kind(v: &Value) -> &'static str {

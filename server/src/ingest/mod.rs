@@ -19,7 +19,7 @@
 
 mod cursor;
 mod dead_letter;
-mod decode;
+pub(crate) mod decode;
 mod run;
 
 use std::collections::BTreeMap;

@@ -25,7 +25,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tracing::{debug, info, warn};
 
 use super::dead_letter::{DeadLetter, Sink};
-use super::decode::Decoder;
+use super::decode::{self, Decoder};
 use super::{cursor, Error, JobStats, Result, Stores};
 use crate::config::{IngestJobConfig, Repo};
 use crate::online::OnlineStore;
@@ -124,7 +124,7 @@ impl Job {
         }
         let catalog = stores.materializer.catalog().clone();
         let registry = catalog.registry().clone();
-        let Some(src) = registry.source(&config.source) else {
+        if registry.source(&config.source).is_none() {
             return Err(bad(format!(
                 "no source named {:?} (sources: {})",
                 config.source,
@@ -139,17 +139,8 @@ impl Job {
             .expect("registered")
             .clone();
         // Every event needs its time and the keys of every view over the source.
-        let mut required = vec![src.timestamp_field.clone()];
-        for v in registry
-            .definitions
-            .feature_views
-            .iter()
-            .filter(|v| v.source == config.source)
-        {
-            if let Some(l) = stores.materializer.layouts().get(&v.name) {
-                required.extend(l.join_keys.iter().map(|k| k.0.clone()));
-            }
-        }
+        let required =
+            decode::required_columns(&catalog, stores.materializer.layouts(), &config.source);
         Decoder::new(schema.clone(), &required).map_err(bad)?;
         let dead = match &config.dead_letter {
             None => Sink::File(repo.resolve_path(std::path::Path::new(&format!(

@@ -1,4 +1,5 @@
-//! The one door for SQL a client sends (`entity_sql`, on GetFlightInfo and DoGet).
+//! The one door for SQL a client sends: `entity_sql` (on GetFlightInfo and DoGet)
+//! and Flight SQL queries ([`sql_catalog`](super::sql_catalog)) both pass it.
 //!
 //! ```text
 //! sql ─ size cap ─ parse once ─ one SELECT? ─ depth cap ─ plan on a per-request
@@ -83,11 +84,16 @@ impl From<&crate::config::Limits> for SqlLimits {
 /// minus [`UNAVAILABLE_FUNCTIONS`].
 pub(crate) fn sql_session(ctx: &SessionContext) -> SessionContext {
     let sql = SessionContext::new_with_state(ctx.state());
-    for name in UNAVAILABLE_FUNCTIONS {
-        sql.deregister_udf(name);
-        sql.deregister_udtf(name);
-    }
+    remove_unavailable_functions(&sql);
     sql
+}
+
+/// Removes [`UNAVAILABLE_FUNCTIONS`] from `ctx`.
+pub(crate) fn remove_unavailable_functions(ctx: &SessionContext) {
+    for name in UNAVAILABLE_FUNCTIONS {
+        ctx.deregister_udf(name);
+        ctx.deregister_udtf(name);
+    }
 }
 
 /// Finds the deepest expression or query nesting, stopping once past `limit`.
@@ -134,10 +140,10 @@ impl Visitor for Depth {
 /// Operators (`+`, `=`, `AND`, `OR`, ...) in `sql`: a chain of them parses into an
 /// expression as deep as it is long, which even dropping walks recursively, so
 /// their number is capped before parsing.
-fn operators(sql: &str, dialect: &GenericDialect) -> Result<usize> {
+fn operators(sql: &str, dialect: &GenericDialect, what: &str) -> Result<usize> {
     let tokens = Tokenizer::new(dialect, sql)
         .tokenize()
-        .map_err(|e| Error::invalid(format!("entity_sql does not parse: {e}")))?;
+        .map_err(|e| Error::invalid(format!("{what} does not parse: {e}")))?;
     let is_operator = |t: &Token| match t {
         Token::Word(w) => matches!(w.keyword, Keyword::AND | Keyword::OR),
         Token::Whitespace(_)
@@ -156,20 +162,26 @@ fn operators(sql: &str, dialect: &GenericDialect) -> Result<usize> {
 }
 
 /// Checks `sql` against `limits` and parses it into its one query statement.
+#[cfg(test)]
 fn parse(sql: &str, limits: &SqlLimits) -> Result<Statement> {
+    parse_as(sql, limits, "entity_sql")
+}
+
+/// [`parse`], naming the SQL `what` in errors.
+fn parse_as(sql: &str, limits: &SqlLimits, what: &str) -> Result<Statement> {
     if sql.len() > limits.max_bytes {
         return Err(Error::invalid(format!(
-            "entity_sql is {} bytes; the server accepts at most {} (server.limits.max_sql_bytes)",
+            "{what} is {} bytes; the server accepts at most {} (server.limits.max_sql_bytes)",
             sql.len(),
             limits.max_bytes
         )));
     }
     let dialect = GenericDialect {};
     let max_operators = limits.max_depth.saturating_mul(OPERATORS_PER_DEPTH);
-    let n = operators(sql, &dialect)?;
+    let n = operators(sql, &dialect, what)?;
     if n > max_operators {
         return Err(Error::invalid(format!(
-            "entity_sql has {n} operators; the server accepts at most {max_operators} \
+            "{what} has {n} operators; the server accepts at most {max_operators} \
              ({OPERATORS_PER_DEPTH} x server.limits.max_expr_depth); \
              for many keys use `key IN (...)` or a join rather than a chain of ORs"
         )));
@@ -179,8 +191,11 @@ fn parse(sql: &str, limits: &SqlLimits) -> Result<Statement> {
         .with_recursion_limit(PARSER_RECURSION_LIMIT)
         .build()
         .and_then(|mut p| p.parse_statements())
-        .map_err(|e| Error::invalid(format!("entity_sql does not parse: {e}")))?;
-    let only_select = "entity_sql must be exactly one read-only query (SELECT or WITH ... SELECT)";
+        .map_err(|e| Error::invalid(format!("{what} does not parse: {e}")))?;
+    let only_select = format!(
+        "{what} must be exactly one read-only query (SELECT or WITH ... SELECT): \
+         the offline store cannot be changed over SQL"
+    );
     if statements.len() != 1 {
         return Err(Error::invalid(only_select));
     }
@@ -195,7 +210,7 @@ fn parse(sql: &str, limits: &SqlLimits) -> Result<Statement> {
     };
     if statement.visit(&mut depth).is_break() {
         return Err(Error::invalid(format!(
-            "entity_sql nests expressions or subqueries more than {} deep (server.limits.max_expr_depth); \
+            "{what} nests expressions or subqueries more than {} deep (server.limits.max_expr_depth); \
              for many keys use `key IN (...)` or a join rather than a chain of ORs",
             limits.max_depth
         )));
@@ -203,24 +218,36 @@ fn parse(sql: &str, limits: &SqlLimits) -> Result<Statement> {
     Ok(statement)
 }
 
+/// Plans a client's query on a copy of `ctx`'s session (so nothing it does can
+/// change another client's), after [`parse`]'s checks and the read-only check;
+/// nothing runs. `what` names the SQL in errors.
+pub(crate) async fn plan_client_sql(
+    ctx: &SessionContext,
+    sql: &str,
+    limits: &SqlLimits,
+    what: &str,
+) -> Result<DataFrame> {
+    let statement = parse_as(sql, limits, what)?;
+    let state = ctx.state();
+    let plan = state
+        .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
+            statement,
+        )))
+        .await
+        .map_err(|e| Error::invalid(format!("{what}: {}", e.find_root())))?;
+    SQLOptions::new()
+        .with_allow_ddl(false)
+        .with_allow_dml(false)
+        .with_allow_statements(false)
+        .verify_plan(&plan)
+        .map_err(|e| Error::invalid(format!("{what}: {}", e.find_root())))?;
+    Ok(DataFrame::new(state, plan))
+}
+
 impl OfflineStore {
     /// Plans a client's `entity_sql` on a session of its own; nothing runs.
     pub(crate) async fn plan_entity_sql(&self, sql: &str) -> Result<DataFrame> {
-        let statement = parse(sql, &self.sql_limits)?;
-        let state = self.sql_ctx.state();
-        let plan = state
-            .statement_to_plan(datafusion::sql::parser::Statement::Statement(Box::new(
-                statement,
-            )))
-            .await
-            .map_err(|e| Error::invalid(format!("entity_sql: {}", e.find_root())))?;
-        SQLOptions::new()
-            .with_allow_ddl(false)
-            .with_allow_dml(false)
-            .with_allow_statements(false)
-            .verify_plan(&plan)
-            .map_err(|e| Error::invalid(format!("entity_sql: {}", e.find_root())))?;
-        Ok(DataFrame::new(state, plan))
+        plan_client_sql(&self.sql_ctx, sql, &self.sql_limits, "entity_sql").await
     }
 
     /// The schema of the spine an `entity_sql` query produces, without running it.

@@ -33,7 +33,7 @@ use quiver_client::{
 use quiver_server::auth::{self, Role};
 use quiver_server::config::{self, Repo};
 use quiver_server::instant::format as format_instant;
-use quiver_server::{datagen, Clock, FeatureStore, Progress, Window};
+use quiver_server::{datagen, Clock, FeatureStore, Ports, Progress, Window};
 
 /// Quiver: a feature store for real-time fraud detection.
 #[derive(Debug, Parser)]
@@ -111,11 +111,18 @@ pub enum Command {
     Apply,
     /// Show what `apply` would change, without changing anything.
     Plan,
-    /// Serve the applied registry over Arrow Flight.
+    /// Serve the applied registry over Arrow Flight (and Flight SQL and HTTP when
+    /// their addresses are set).
     Serve {
         /// Address to bind (default: QUIVER_SERVER_ADDR, else server.addr of quiver.yaml).
         #[arg(long)]
         addr: Option<String>,
+        /// Flight SQL address (default: server.flight_sql_addr of quiver.yaml; off when neither).
+        #[arg(long)]
+        flight_sql_addr: Option<String>,
+        /// HTTP API address (default: server.http_addr of quiver.yaml; off when neither).
+        #[arg(long)]
+        http_addr: Option<String>,
         /// Allow a non-loopback address without `server.auth` (anyone who reaches
         /// the port can then read every feature and run materialize).
         #[arg(long)]
@@ -366,28 +373,57 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Plan => apply(&cli.repo, true).await,
         Command::Serve {
             addr,
+            flight_sql_addr,
+            http_addr,
             insecure_bind,
         } => {
             let repo = Repo::load(&cli.repo)?;
             let addr = addr.unwrap_or_else(|| repo.config.server.addr.clone());
+            let flight_sql_addr =
+                flight_sql_addr.or_else(|| repo.config.server.flight_sql_addr.clone());
+            let http_addr = http_addr.or_else(|| repo.config.server.http_addr.clone());
             let clock = clock()?;
             let store = FeatureStore::open(&repo, clock).await?;
-            let listener = tokio::net::TcpListener::bind(&addr)
-                .await
-                .with_context(|| format!("cannot bind {addr}"))?;
-            let local = listener.local_addr()?;
-            if !store.has_auth() && !local.ip().is_loopback() {
-                if !insecure_bind {
-                    bail!(
-                        "refusing to serve on {local} without server.auth: anyone who reaches it could read every feature \
-                         and run materialize. Configure server.auth (see docs/security.md), bind to 127.0.0.1, \
-                         or pass --insecure-bind"
-                    );
+            let has_auth = store.has_auth();
+            let bind = |addr: String| async move {
+                let listener = tokio::net::TcpListener::bind(&addr)
+                    .await
+                    .with_context(|| format!("cannot bind {addr}"))?;
+                let local = listener.local_addr()?;
+                if !has_auth && !local.ip().is_loopback() {
+                    if !insecure_bind {
+                        bail!(
+                            "refusing to serve on {local} without server.auth: anyone who reaches it could read every feature \
+                             and run materialize. Configure server.auth (see docs/security.md), bind to 127.0.0.1, \
+                             or pass --insecure-bind"
+                        );
+                    }
+                    tracing::warn!(%local, "serving without authentication on a non-loopback address (--insecure-bind)");
                 }
-                tracing::warn!(%local, "serving without authentication on a non-loopback address (--insecure-bind)");
-            }
+                anyhow::Ok((listener, local))
+            };
+            let (flight, local) = bind(addr).await?;
+            let flight_sql = match flight_sql_addr {
+                Some(a) => Some(bind(a).await?),
+                None => None,
+            };
+            let http = match http_addr {
+                Some(a) => Some(bind(a).await?),
+                None => None,
+            };
             say(format!("quiver serving on {local}"));
-            store.serve(listener, shutdown_signal()).await?;
+            if let Some((_, a)) = &flight_sql {
+                say(format!("quiver flight sql serving on {a}"));
+            }
+            if let Some((_, a)) = &http {
+                say(format!("quiver http serving on {a}"));
+            }
+            let ports = Ports {
+                flight,
+                flight_sql: flight_sql.map(|(l, _)| l),
+                http: http.map(|(l, _)| l),
+            };
+            store.serve_ports(ports, shutdown_signal()).await?;
             Ok(())
         }
         Command::GetHistorical(args) => {
