@@ -73,6 +73,9 @@ pub enum Error {
     /// A Kafka ingest job failed or is misconfigured.
     #[error(transparent)]
     Ingest(#[from] ingest::Error),
+    /// A Feast export could not be written.
+    #[error(transparent)]
+    Feast(#[from] crate::feast::Error),
 }
 
 /// Result type of this module.
@@ -93,6 +96,7 @@ impl Error {
             Error::Transport(_) => ErrorKind::InvalidArgument,
             Error::Auth(e) => e.kind(),
             Error::Ingest(e) => e.kind(),
+            Error::Feast(e) => e.kind(),
         }
     }
 }
@@ -312,6 +316,75 @@ impl FeatureStore {
         self.ingest.add(config, stats);
         job.run(shutdown, RunOptions { until_caught_up }).await?;
         Ok(self.ingest.status().pop().expect("added"))
+    }
+
+    /// Writes a Feast repo config (`feature_store.yaml`) and file registry
+    /// (`registry.db`) into `out` describing the applied repo, for Feast's SDK to
+    /// use a `quiver serve` at `flight_addr` (offline) and `http_addr` (online).
+    /// Returns the lines to show: what was exported, then what was not and why.
+    /// Reads no online data (works while `quiver serve` runs).
+    pub async fn feast_export(
+        repo: &Repo,
+        out: &std::path::Path,
+        flight_addr: &str,
+        http_addr: &str,
+    ) -> Result<Vec<String>> {
+        let (host, port) = flight_addr
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+            .ok_or_else(|| {
+                crate::feast::Error::Invalid(format!(
+                    "the Flight address {flight_addr:?} must be HOST:PORT"
+                ))
+            })?;
+        let registry = applied_registry(repo)?;
+        let (catalog, offline) = open_catalog(repo, registry, EngineOptions::default()).await?;
+        let registry = catalog.registry();
+        let mut uris = std::collections::HashMap::new();
+        for s in &registry.definitions.sources {
+            uris.insert(s.name.clone(), offline.source_url(s)?.to_string());
+        }
+        let write = |path: PathBuf, bytes: &[u8]| -> Result<()> {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, bytes)
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|source| crate::feast::Error::Write { path, source }.into())
+        };
+        std::fs::create_dir_all(out).map_err(|source| crate::feast::Error::Write {
+            path: out.to_path_buf(),
+            source,
+        })?;
+        let out = std::fs::canonicalize(out).map_err(|source| crate::feast::Error::Write {
+            path: out.to_path_buf(),
+            source,
+        })?;
+        let http_url = if http_addr.contains("://") {
+            http_addr.to_string()
+        } else {
+            format!("http://{http_addr}")
+        };
+        let endpoints = crate::feast::export::Endpoints {
+            flight_host: host,
+            flight_port: port,
+            http_url,
+        };
+        let registry_path = out.join("registry.db");
+        let export = crate::feast::export::export(
+            registry,
+            offline.source_schemas(),
+            &uris,
+            &endpoints,
+            &registry_path,
+        );
+        write(registry_path, &export.registry)?;
+        write(out.join("feature_store.yaml"), export.yaml.as_bytes())?;
+        let mut lines: Vec<String> = export
+            .exported
+            .iter()
+            .map(|e| format!("exported {e}"))
+            .collect();
+        lines.extend(export.skipped.iter().map(|s| format!("not exported: {s}")));
+        Ok(lines)
     }
 
     /// Every view's raw online entries (encoded key, encoded value), for

@@ -191,13 +191,14 @@ def online_server(repo):
 def online_http(repo):
     """Like online_server (own RocksDB, clock fixed at ONLINE_NOW), with the HTTP
     (Feast feature server) listener too, materialized up to ONLINE_NOW. Yields
-    {"flight": "grpc://host:port", "http": "http://host:port"}."""
+    {"flight": "grpc://host:port", "http": "http://host:port", "repo": Path} (the
+    served sibling repo, for `quiver feast export`)."""
     d = sibling_repo(repo, "quiver-py-online-http-")
     env = dict(os.environ, QUIVER_NOW=ONLINE_NOW)
     proc, addrs = serve_listeners(d, env=env, http=True)
     try:
         materialize(addrs["flight"])
-        yield addrs
+        yield dict(addrs, repo=d)
     finally:
         stop(proc)
         shutil.rmtree(d, ignore_errors=True)

@@ -2,6 +2,43 @@
 //! Quiver and keep their code: the Feast registry and repo config
 //! `quiver feast export` writes, and the conventions Feast's clients need on the
 //! wire (naive instants as UTC, push source names).
+//!
+//! ```text
+//! export   ─ registry + source schemas ─> feature_store.yaml + registry.db (feast.core.Registry)
+//! offline  ─ Feast's remote offline-store commands (answered by flight)
+//! proto    ─ the Feast protobuf messages, declared by hand
+//! http     ─ Feast's online endpoints live in crate::http
+//! ```
+
+pub(crate) mod export;
+pub(crate) mod offline;
+mod proto;
+
+use std::path::PathBuf;
+
+/// Errors of writing a Feast export.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An option is unusable.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Error {
+    /// How this error should be reported to a caller.
+    pub fn kind(&self) -> crate::ErrorKind {
+        crate::ErrorKind::InvalidArgument
+    }
+}
 
 /// The suffix of the push source `quiver feast export` writes for each source
 /// with feature views (Feast needs a push source apart from the batch source).

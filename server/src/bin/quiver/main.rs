@@ -104,6 +104,24 @@ pub enum TokenCommand {
     },
 }
 
+/// `quiver feast` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum FeastCommand {
+    /// Write a Feast repo (feature_store.yaml and registry.db) whose remote
+    /// offline and online stores are a running `quiver serve`.
+    Export {
+        /// Folder to write into (created).
+        #[arg(long)]
+        out: PathBuf,
+        /// The server's Flight address (default: server.addr of quiver.yaml).
+        #[arg(long)]
+        addr: Option<String>,
+        /// The server's HTTP address (default: server.http_addr of quiver.yaml).
+        #[arg(long)]
+        http_addr: Option<String>,
+    },
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -199,6 +217,9 @@ pub enum Command {
     /// Manage the tokens of `server.auth`.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Feast compatibility: point Feast's SDK at Quiver.
+    #[command(subcommand)]
+    Feast(FeastCommand),
     /// Print a server's gRPC health (SERVING, NOT_SERVING); fails unless SERVING.
     Health {
         /// Server address (default: QUIVER_SERVER_ADDR, else server.addr of quiver.yaml).
@@ -588,6 +609,25 @@ async fn run(cli: Cli) -> Result<()> {
                 .get_online_features(&request)
                 .await?;
             say(arrow::util::pretty::pretty_format_batches(&[batch])?.to_string());
+            Ok(())
+        }
+        Command::Feast(FeastCommand::Export {
+            out,
+            addr,
+            http_addr,
+        }) => {
+            let repo = Repo::load(&cli.repo)?;
+            let addr = addr.unwrap_or_else(|| repo.config.server.addr.clone());
+            let Some(http_addr) = http_addr.or_else(|| repo.config.server.http_addr.clone()) else {
+                bail!("Feast's online store needs Quiver's HTTP API: set server.http_addr in quiver.yaml or pass --http-addr");
+            };
+            for line in FeatureStore::feast_export(&repo, &out, &addr, &http_addr).await? {
+                say(line);
+            }
+            say(format!(
+                "wrote {}/feature_store.yaml and registry.db",
+                out.display()
+            ));
             Ok(())
         }
         Command::Token(TokenCommand::Create {

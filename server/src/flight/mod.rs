@@ -41,6 +41,8 @@ use quiver_client::protocol::{
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{info, warn};
 
+mod feast;
+
 use crate::auth::Role;
 use crate::catalog::{self, Catalog};
 use crate::error::ErrorKind;
@@ -125,6 +127,8 @@ pub struct QuiverFlightService {
     gate: Arc<Gate>,
     /// The server's Kafka ingest jobs (for the `ingest_status` action).
     ingest: Arc<ingest::Jobs>,
+    /// Feast retrievals between their DoPut and their DoGet.
+    feast: Arc<crate::feast::offline::Flights>,
     /// Flips to true when the server shuts down: long-lived lookup streams end then,
     /// so a graceful shutdown does not wait on scorers forever.
     closing: Option<tokio::sync::watch::Receiver<bool>>,
@@ -216,6 +220,7 @@ impl QuiverFlightService {
             materializer,
             gate,
             ingest,
+            feast: Arc::default(),
             closing: None,
         }
     }
@@ -514,6 +519,12 @@ impl FlightService for QuiverFlightService {
             .admit("get_flight_info", authorization(&request))?;
         let descriptor = request.into_inner();
         call.run(async {
+            if descriptor.r#type() == DescriptorType::Cmd {
+                if let Some(command) = crate::feast::offline::parse(&descriptor.cmd) {
+                    let command = command.map_err(|m| feast::feast_status(Status::invalid_argument(m)))?;
+                    return self.feast_info(&call, &command);
+                }
+            }
             if descriptor.r#type() == DescriptorType::Path {
                 // A view or a service by name: its description, as ListFlights gives it.
                 call.authorize(Role::Reader, CallKind::Metadata, "describing a flight")?;
@@ -595,6 +606,12 @@ impl FlightService for QuiverFlightService {
         let call = self.gate.admit("do_get", authorization(&request))?;
         let ticket = request.into_inner();
         call.stream(flight_bytes, async {
+            if let Some(id) = ticket
+                .ticket
+                .strip_prefix(crate::feast::offline::TICKET_PREFIX)
+            {
+                return self.feast_get(&call, id).await;
+            }
             let req = match Command::parse(&ticket.ticket).map_err(protocol_status)? {
                 Command::GetHistoricalFeatures(r) => r,
                 Command::Push(_) => return Err(push_is_do_put()),
@@ -631,8 +648,6 @@ impl FlightService for QuiverFlightService {
         let call = self.gate.admit("do_put", authorization(&request))?;
         let mut input = request.into_inner();
         call.stream(no_bytes, async {
-            // Every DoPut is a push: a write, checked before anything is read.
-            call.authorize(Role::Writer, CallKind::Push, "push")?;
             let first = input.message().await?.ok_or_else(|| {
                 Status::invalid_argument("DoPut received no messages; the first must carry a FlightDescriptor with {\"push\": {...}}")
             })?;
@@ -644,6 +659,13 @@ impl FlightService for QuiverFlightService {
                     ))
                 }
             };
+            // Feast's remote offline store: its own calls and roles.
+            if let Some(command) = crate::feast::offline::parse(&cmd) {
+                let command = command.map_err(|m| feast::feast_status(Status::invalid_argument(m)))?;
+                return self.feast_put(&call, command, first, input).await;
+            }
+            // Every other DoPut is a push: a write, checked before its rows are read.
+            call.authorize(Role::Writer, CallKind::Push, "push")?;
             let req = match Command::parse(&cmd).map_err(protocol_status)? {
                 Command::Push(r) => r,
                 _ => {
@@ -789,6 +811,10 @@ impl FlightService for QuiverFlightService {
                     ))
                 }
             };
+            if let Some(command) = crate::feast::offline::parse(&cmd) {
+                let command = command.map_err(|m| feast::feast_status(Status::invalid_argument(m)))?;
+                return self.feast_exchange(&call, command, first, input).await;
+            }
             let req = match Command::parse(&cmd).map_err(protocol_status)? {
                 Command::GetHistoricalFeatures(r) => r,
                 Command::Push(_) => return Err(push_is_do_put()),
