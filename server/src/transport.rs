@@ -216,11 +216,12 @@ pub(crate) struct Listeners {
     /// Flight SQL's port and service.
     pub flight_sql: Option<(tokio::net::TcpListener, QuiverFlightSql)>,
     /// The HTTP API's port and routes (given the closing flag, for `/health`).
-    pub http: Option<(
-        tokio::net::TcpListener,
-        Box<dyn FnOnce(tokio::sync::watch::Receiver<bool>) -> axum::Router + Send>,
-    )>,
+    pub http: Option<(tokio::net::TcpListener, HttpRoutes)>,
 }
+
+/// Builds the HTTP API's routes, given the closing flag (for `/health`).
+pub(crate) type HttpRoutes =
+    Box<dyn FnOnce(tokio::sync::watch::Receiver<bool>) -> axum::Router + Send>;
 
 /// Accepted connections of `listener`, each holding one of the server's
 /// connection `slots` and closed after `idle`.
