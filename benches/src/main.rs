@@ -8,6 +8,7 @@
 //! quiver-bench fresh      [--cards 100000] [--events 20000000] [--spine-rows 1000000]
 //! quiver-bench ingest     [--cards 100000] [--messages 1000000] [--partitions 3]
 //! quiver-bench score-kafka [--rate 5000] [--seconds 15] [--burst 100000] [--partitions 3]
+//! quiver-bench sql        [--cards 100000] [--days 20] [--runs 3]
 //! ```
 //! generates a daily card_stats view (cards x days rows, ttl 2d, ties and nulls), a
 //! static customers view (90% of cards) and a spine, starts `quiver serve` (the
@@ -40,6 +41,7 @@ mod kafka;
 mod online;
 mod score;
 mod score_kafka;
+mod sql;
 
 const DAY_US: i64 = 86_400_000_000;
 const EPOCH_US: i64 = 1_767_225_600_000_000;
@@ -85,6 +87,8 @@ enum Bench {
     Ingest(ingest::IngestArgs),
     /// The scorer between two Kafka topics: topic-to-topic latency at a paced rate, burst throughput.
     ScoreKafka(score_kafka::ScoreKafkaArgs),
+    /// Flight SQL scan throughput vs DuckDB on the same Parquet file.
+    Sql(sql::SqlArgs),
     /// (internal) The floor server the online benchmark compares against.
     #[command(hide = true)]
     FloorServer {
@@ -304,21 +308,38 @@ fn peak_rss_mib(pid: u32) -> Option<f64> {
 }
 
 /// Starts a server that prints its address as the last word of its first line.
-pub(crate) fn spawn_ready(mut cmd: Command, what: &str) -> Result<(ServerProcess, String)> {
+pub(crate) fn spawn_ready(cmd: Command, what: &str) -> Result<(ServerProcess, String)> {
+    let (server, mut addrs) = spawn_ready_ports(cmd, what, 1)?;
+    Ok((server, addrs.remove(0)))
+}
+
+/// Starts a server and reads the addresses of its first `ports` readiness lines
+/// (`quiver serve` prints one per port: Flight, then Flight SQL, then HTTP).
+pub(crate) fn spawn_ready_ports(
+    mut cmd: Command,
+    what: &str,
+    ports: usize,
+) -> Result<(ServerProcess, Vec<String>)> {
     let mut child = cmd
         .stdout(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {what}"))?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("stdout")?).read_line(&mut line)?;
-    let addr = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .filter(|a| a.contains(':'))
-        .with_context(|| format!("{what} printed {line:?} instead of its address"))?
-        .to_string();
-    Ok((ServerProcess(child), addr))
+    let mut out = BufReader::new(child.stdout.take().context("stdout")?);
+    let server = ServerProcess(child);
+    let mut addrs = Vec::new();
+    for _ in 0..ports {
+        let mut line = String::new();
+        out.read_line(&mut line)?;
+        let addr = line
+            .trim()
+            .rsplit(' ')
+            .next()
+            .filter(|a| a.contains(':'))
+            .with_context(|| format!("{what} printed {line:?} instead of its address"))?
+            .to_string();
+        addrs.push(addr);
+    }
+    Ok((server, addrs))
 }
 
 pub(crate) struct ServerProcess(pub(crate) Child);
@@ -501,6 +522,7 @@ async fn main() -> Result<()> {
         Bench::Fresh(args) => fresh::fresh(args).await,
         Bench::Ingest(args) => ingest::ingest(args).await,
         Bench::ScoreKafka(args) => score_kafka::score_kafka(args).await,
+        Bench::Sql(args) => sql::sql(args).await,
         Bench::FloorServer { dir, cards } => online::floor_server(&dir, cards).await,
     }
 }

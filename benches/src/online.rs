@@ -1,6 +1,7 @@
-//! `quiver-bench online`: materialize throughput and online lookup latency, next to
-//! this machine's floor (a bare Flight server answering a RocksDB get) and Feast
-//! (materialize into SQLite, `feast serve` over HTTP), all measured in the same run.
+//! `quiver-bench online`: materialize throughput and online lookup latency (Flight,
+//! and Quiver's HTTP API with Feast's request), next to this machine's floor (a bare
+//! Flight server answering a RocksDB get) and Feast (materialize into SQLite,
+//! `feast serve` over HTTP), all measured in the same run.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -26,7 +27,7 @@ use quiver_client::{OnlineFeaturesRequest, QuiverClient};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    generate, quiver_bin, spawn_ready, tempfile_dir, Rng, ServerProcess, CARD_BASE, DAY_US,
+    generate, quiver_bin, spawn_ready, spawn_ready_ports, tempfile_dir, Rng, ServerProcess, CARD_BASE, DAY_US,
 };
 
 /// Options of the online benchmark.
@@ -143,7 +144,12 @@ pub(crate) async fn online(args: OnlineArgs) -> Result<()> {
     let quiver_mat_s = t.elapsed().as_secs_f64();
     eprint!("{}", String::from_utf8_lossy(&out.stdout));
 
-    let (server, addr) = spawn_ready(quiver(&["serve", "--addr", "127.0.0.1:0"]), "quiver serve")?;
+    let (server, addrs) = spawn_ready_ports(
+        quiver(&["serve", "--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]),
+        "quiver serve",
+        2,
+    )?;
+    let (addr, http_addr) = (addrs[0].clone(), addrs[1].clone());
     let floor_db = dir.join("floor-rocksdb");
     let (floor, floor_addr) = spawn_ready(
         {
@@ -200,6 +206,17 @@ pub(crate) async fn online(args: OnlineArgs) -> Result<()> {
         &ids,
     )
     .await?;
+    // Quiver's HTTP API, Feast's request and response, one card per request.
+    let http_port: u16 = http_addr.rsplit(':').next().unwrap_or("").parse()?;
+    let mut http = TcpStream::connect(("127.0.0.1", http_port))?;
+    http.set_nodelay(true)?;
+    let first = http_post(&mut http, http_port, id(0))?;
+    if first.matches("PRESENT").count() < 4 {
+        bail!("quiver's HTTP API returned no PRESENT value: {}", &first[..first.len().min(300)]);
+    }
+    let q_http = measure!(args.requests, |i| {
+        http_post(&mut http, http_port, id(i))?;
+    });
     let quiver_rss = crate::peak_rss_mib(server.0.id()).unwrap_or(f64::NAN);
 
     // The floor: same client library, a server doing nothing but one RocksDB get.
@@ -246,6 +263,7 @@ pub(crate) async fn online(args: OnlineArgs) -> Result<()> {
     t.push(row("quiver DoExchange ping-pong, 1 card", &q_ex));
     t.push(row("floor  DoExchange ping-pong, bare get", &f_ex));
     t.push(row("quiver DoExchange, batch of 100 cards", &q_batch));
+    t.push(row("quiver HTTP /get-online-features, 1 card", &q_http));
     for (name, get, ex) in &secured {
         t.push(row(&format!("quiver DoGet, {name}"), get));
         t.push(row(&format!("quiver DoExchange ping-pong, {name}"), ex));
@@ -282,6 +300,11 @@ pub(crate) async fn online(args: OnlineArgs) -> Result<()> {
                 mat_s / quiver_mat_s
             ));
             t.push(row("feast serve (HTTP, sqlite), 1 card", &l));
+            t.push(format!(
+                "feast/quiver over HTTP (same request and response): p50 {:.1}x, p99 {:.1}x",
+                l.p50 / q_http.p50,
+                l.p99 / q_http.p99
+            ));
             t.push(format!(
                 "feast/quiver single-lookup latency: p50 {:.0}x (vs DoGet), {:.0}x (vs DoExchange); p99 {:.0}x / {:.0}x",
                 l.p50 / q_get.p50,
@@ -534,7 +557,7 @@ fn http_post(conn: &mut TcpStream, port: u16, card: i64) -> Result<String> {
     }
     let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
     if !head.starts_with("http/1.1 200") {
-        bail!("feast answered {}", head.lines().next().unwrap_or(""));
+        bail!("the server answered {}", head.lines().next().unwrap_or(""));
     }
     let len: usize = head
         .lines()

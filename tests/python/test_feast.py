@@ -153,9 +153,9 @@ def feast(online_http):
     http_addr = online_http["http"].removeprefix("http://")
     cmd = [quiver_bin(), "--repo", str(online_http["repo"]), "feast", "export", "--out", str(out),
            "--addr", flight_addr, "--http-addr", http_addr]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, f"`{' '.join(cmd[1:])}` failed ({done.returncode}): {done.stderr[-2000:]}"
     try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, f"`{' '.join(cmd[1:])}` failed ({done.returncode}): {done.stderr[-2000:]}"
         yield SimpleNamespace(store=FeatureStore(repo_path=str(out)), out=out, stdout=done.stdout,
                               flight=online_http["flight"], http=online_http["http"], flight_addr=flight_addr,
                               http_addr=http_addr)
