@@ -27,7 +27,8 @@ use quiver_client::{OnlineFeaturesRequest, QuiverClient};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
-    generate, quiver_bin, spawn_ready, spawn_ready_ports, tempfile_dir, Rng, ServerProcess, CARD_BASE, DAY_US,
+    generate, quiver_bin, spawn_ready, spawn_ready_ports, tempfile_dir, Rng, ServerProcess,
+    CARD_BASE, DAY_US,
 };
 
 /// Options of the online benchmark.
@@ -145,7 +146,13 @@ pub(crate) async fn online(args: OnlineArgs) -> Result<()> {
     eprint!("{}", String::from_utf8_lossy(&out.stdout));
 
     let (server, addrs) = spawn_ready_ports(
-        quiver(&["serve", "--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]),
+        quiver(&[
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+        ]),
         "quiver serve",
         2,
     )?;
@@ -212,7 +219,10 @@ pub(crate) async fn online(args: OnlineArgs) -> Result<()> {
     http.set_nodelay(true)?;
     let first = http_post(&mut http, http_port, id(0))?;
     if first.matches("PRESENT").count() < 4 {
-        bail!("quiver's HTTP API returned no PRESENT value: {}", &first[..first.len().min(300)]);
+        bail!(
+            "quiver's HTTP API returned no PRESENT value: {}",
+            first.chars().take(300).collect::<String>()
+        );
     }
     let q_http = measure!(args.requests, |i| {
         http_post(&mut http, http_port, id(i))?;

@@ -122,7 +122,10 @@ pub(crate) async fn sql(args: SqlArgs) -> Result<()> {
                     let last = b.column(b.num_columns() - 1);
                     if sql.contains("sum(") {
                         let c = last.as_primitive::<Float64Type>();
-                        sum += (0..c.len()).filter(|&i| c.is_valid(i)).map(|i| c.value(i)).sum::<f64>();
+                        sum += (0..c.len())
+                            .filter(|&i| c.is_valid(i))
+                            .map(|i| c.value(i))
+                            .sum::<f64>();
                     }
                 }
             }
@@ -143,7 +146,12 @@ pub(crate) async fn sql(args: SqlArgs) -> Result<()> {
         .arg(args.runs.max(1).to_string())
         .args(QUERIES.map(|(_, _, d)| d))
         .output()
-        .with_context(|| format!("running {} (set up by scripts/test.sh; or pass --python)", args.python.display()))?;
+        .with_context(|| {
+            format!(
+                "running {} (set up by scripts/test.sh; or pass --python)",
+                args.python.display()
+            )
+        })?;
     if !o.status.success() {
         bail!("duckdb run failed: {}", String::from_utf8_lossy(&o.stderr));
     }

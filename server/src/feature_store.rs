@@ -329,9 +329,14 @@ impl FeatureStore {
         flight_addr: &str,
         http_addr: &str,
     ) -> Result<Vec<String>> {
+        // A wildcard bind address is no place to connect to: the same host's loopback is.
         let (host, port) = flight_addr
             .rsplit_once(':')
             .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+            .map(|(h, p)| match h.as_str() {
+                "0.0.0.0" | "[::]" | "" => ("127.0.0.1".to_string(), p),
+                _ => (h, p),
+            })
             .ok_or_else(|| {
                 crate::feast::Error::Invalid(format!(
                     "the Flight address {flight_addr:?} must be HOST:PORT"
@@ -361,6 +366,9 @@ impl FeatureStore {
         let http_url = if http_addr.contains("://") {
             http_addr.to_string()
         } else {
+            let http_addr = (http_addr.strip_prefix("0.0.0.0:"))
+                .or_else(|| http_addr.strip_prefix("[::]:"))
+                .map_or(http_addr.to_string(), |p| format!("127.0.0.1:{p}"));
             format!("http://{http_addr}")
         };
         let endpoints = crate::feast::export::Endpoints {
@@ -529,7 +537,11 @@ impl FeatureStore {
                 self.materializer.clone(),
                 gate.clone(),
             );
-            let max_body = server.limits.max_message_bytes;
+            // JSON parses to several times its size: bodies stay well under the gRPC limit.
+            let max_body = server
+                .limits
+                .max_message_bytes
+                .min(crate::http::MAX_BODY_BYTES);
             let routes: Box<dyn FnOnce(_) -> axum::Router + Send> =
                 Box::new(move |closing| Http::new(api.0, api.1, api.2, closing).router(max_body));
             (l, routes)

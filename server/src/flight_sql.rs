@@ -137,8 +137,9 @@ impl QuiverFlightSql {
             .max_encoding_message_size(max_message_bytes)
     }
 
-    /// Admits a call and checks its rights: `trainer`, and no service restriction.
-    fn admit<T>(
+    /// Admits a call and checks its rights: `trainer`, and no service restriction
+    /// (a refusal is counted as the call's outcome).
+    async fn admit<T>(
         &self,
         rpc: &'static str,
         request: &Request<T>,
@@ -146,9 +147,16 @@ impl QuiverFlightSql {
         what: &str,
     ) -> Result<Arc<Call>, Status> {
         let call = self.gate.admit(rpc, authorization(request))?;
-        call.authorize(Role::Trainer, kind, what)?;
-        call.check_services(None, |_| Ok(false))?;
-        Ok(call)
+        let rights = call
+            .authorize(Role::Trainer, kind, what)
+            .and_then(|()| call.check_services(None, |_| Ok(false)));
+        match rights {
+            Ok(()) => Ok(call),
+            Err(refused) => Err(call
+                .run(async { Err::<(), _>(refused) })
+                .await
+                .expect_err("refused")),
+        }
     }
 
     /// The result schema of `sql`, planned and checked, nothing run.
@@ -215,12 +223,14 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let call = self.admit(
-            "sql_get_flight_info",
-            &request,
-            CallKind::Historical,
-            "a SQL query",
-        )?;
+        let call = self
+            .admit(
+                "sql_get_flight_info",
+                &request,
+                CallKind::Historical,
+                "a SQL query",
+            )
+            .await?;
         let ticket = TicketStatementQuery {
             statement_handle: query.query.clone().into(),
         };
@@ -235,12 +245,14 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let call = self.admit(
-            "sql_get_flight_info",
-            &request,
-            CallKind::Historical,
-            "a SQL query",
-        )?;
+        let call = self
+            .admit(
+                "sql_get_flight_info",
+                &request,
+                CallKind::Historical,
+                "a SQL query",
+            )
+            .await?;
         let sql = query_of_handle(&query.prepared_statement_handle)?;
         let descriptor = request.into_inner();
         let ticket = query.as_any().encode_to_vec();
@@ -252,7 +264,9 @@ impl FlightSqlService for QuiverFlightSql {
         ticket: TicketStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let call = self.admit("sql_do_get", &request, CallKind::Historical, "a SQL query")?;
+        let call = self
+            .admit("sql_do_get", &request, CallKind::Historical, "a SQL query")
+            .await?;
         let sql = query_of_handle(&ticket.statement_handle)?;
         self.run_query(&call, sql).await
     }
@@ -262,7 +276,9 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandPreparedStatementQuery,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let call = self.admit("sql_do_get", &request, CallKind::Historical, "a SQL query")?;
+        let call = self
+            .admit("sql_do_get", &request, CallKind::Historical, "a SQL query")
+            .await?;
         let sql = query_of_handle(&query.prepared_statement_handle)?;
         self.run_query(&call, sql).await
     }
@@ -272,12 +288,14 @@ impl FlightSqlService for QuiverFlightSql {
         query: ActionCreatePreparedStatementRequest,
         request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let call = self.admit(
-            "sql_do_action",
-            &request,
-            CallKind::Metadata,
-            "preparing a SQL query",
-        )?;
+        let call = self
+            .admit(
+                "sql_do_action",
+                &request,
+                CallKind::Metadata,
+                "preparing a SQL query",
+            )
+            .await?;
         let response = call
             .run(async {
                 let schema = self.plan_schema(&query.query).await?;
@@ -297,12 +315,14 @@ impl FlightSqlService for QuiverFlightSql {
         request: Request<Action>,
     ) -> Result<(), Status> {
         // Handles hold no server state: closing one frees nothing.
-        let call = self.admit(
-            "sql_do_action",
-            &request,
-            CallKind::Metadata,
-            "closing a SQL query",
-        )?;
+        let call = self
+            .admit(
+                "sql_do_action",
+                &request,
+                CallKind::Metadata,
+                "closing a SQL query",
+            )
+            .await?;
         call.run(async { Ok(()) }).await.map(Response::into_inner)
     }
 
@@ -311,12 +331,14 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let call = self.admit(
-            "sql_get_flight_info",
-            &request,
-            CallKind::Metadata,
-            "listing tables",
-        )?;
+        let call = self
+            .admit(
+                "sql_get_flight_info",
+                &request,
+                CallKind::Metadata,
+                "listing tables",
+            )
+            .await?;
         let descriptor = request.into_inner();
         let ticket = query.as_any().encode_to_vec();
         call.run(async { flight_info(&query.into_builder().schema(), descriptor, ticket) })
@@ -328,7 +350,9 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandGetCatalogs,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let call = self.admit("sql_do_get", &request, CallKind::Metadata, "listing tables")?;
+        let call = self
+            .admit("sql_do_get", &request, CallKind::Metadata, "listing tables")
+            .await?;
         call.stream(crate::flight::flight_bytes, async {
             let mut builder = query.into_builder();
             builder.append(CATALOG);
@@ -342,12 +366,14 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let call = self.admit(
-            "sql_get_flight_info",
-            &request,
-            CallKind::Metadata,
-            "listing tables",
-        )?;
+        let call = self
+            .admit(
+                "sql_get_flight_info",
+                &request,
+                CallKind::Metadata,
+                "listing tables",
+            )
+            .await?;
         let descriptor = request.into_inner();
         let ticket = query.as_any().encode_to_vec();
         call.run(async { flight_info(&query.into_builder().schema(), descriptor, ticket) })
@@ -359,7 +385,9 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandGetDbSchemas,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let call = self.admit("sql_do_get", &request, CallKind::Metadata, "listing tables")?;
+        let call = self
+            .admit("sql_do_get", &request, CallKind::Metadata, "listing tables")
+            .await?;
         call.stream(crate::flight::flight_bytes, async {
             let mut builder = query.into_builder();
             for schema in [SOURCES, FEATURE_VIEWS] {
@@ -375,12 +403,14 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let call = self.admit(
-            "sql_get_flight_info",
-            &request,
-            CallKind::Metadata,
-            "listing tables",
-        )?;
+        let call = self
+            .admit(
+                "sql_get_flight_info",
+                &request,
+                CallKind::Metadata,
+                "listing tables",
+            )
+            .await?;
         let descriptor = request.into_inner();
         let ticket = query.as_any().encode_to_vec();
         call.run(async { flight_info(&query.into_builder().schema(), descriptor, ticket) })
@@ -392,7 +422,9 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandGetTables,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let call = self.admit("sql_do_get", &request, CallKind::Metadata, "listing tables")?;
+        let call = self
+            .admit("sql_do_get", &request, CallKind::Metadata, "listing tables")
+            .await?;
         call.stream(crate::flight::flight_bytes, async {
             let mut builder = query.into_builder();
             for t in self.catalog.tables() {
@@ -410,12 +442,14 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let call = self.admit(
-            "sql_get_flight_info",
-            &request,
-            CallKind::Metadata,
-            "listing tables",
-        )?;
+        let call = self
+            .admit(
+                "sql_get_flight_info",
+                &request,
+                CallKind::Metadata,
+                "listing tables",
+            )
+            .await?;
         let descriptor = request.into_inner();
         let ticket = query.as_any().encode_to_vec();
         call.run(async { flight_info(&query.into_builder().schema(), descriptor, ticket) })
@@ -427,7 +461,9 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandGetTableTypes,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let call = self.admit("sql_do_get", &request, CallKind::Metadata, "listing tables")?;
+        let call = self
+            .admit("sql_do_get", &request, CallKind::Metadata, "listing tables")
+            .await?;
         call.stream(crate::flight::flight_bytes, async {
             let mut builder = query.into_builder();
             builder.append("TABLE");
@@ -442,12 +478,14 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let call = self.admit(
-            "sql_get_flight_info",
-            &request,
-            CallKind::Metadata,
-            "server info",
-        )?;
+        let call = self
+            .admit(
+                "sql_get_flight_info",
+                &request,
+                CallKind::Metadata,
+                "server info",
+            )
+            .await?;
         let descriptor = request.into_inner();
         let ticket = query.as_any().encode_to_vec();
         call.run(async {
@@ -461,7 +499,9 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandGetSqlInfo,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let call = self.admit("sql_do_get", &request, CallKind::Metadata, "server info")?;
+        let call = self
+            .admit("sql_do_get", &request, CallKind::Metadata, "server info")
+            .await?;
         call.stream(crate::flight::flight_bytes, async {
             let batch = query.into_builder(&self.info).build().map_err(internal)?;
             Ok(batch_stream(batch))

@@ -194,6 +194,11 @@ impl Call {
         &self.metrics
     }
 
+    /// The caller's token name (`anonymous` without `server.auth`).
+    pub(crate) fn principal_name(&self) -> &str {
+        &self.principal.name
+    }
+
     /// PERMISSION_DENIED unless the caller has `role`; sets the call's kind (its
     /// deadline and metric label).
     pub(crate) fn authorize(&self, role: Role, kind: CallKind, what: &str) -> Result<(), Status> {

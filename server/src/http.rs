@@ -3,7 +3,7 @@
 //!
 //! | endpoint                      | body                                                        | role   |
 //! |-------------------------------|-------------------------------------------------------------|--------|
-//! | `GET /health`                 | -: 200, or 503 while the server shuts down                  | -      |
+//! | `GET /health`                 | -: 200 (503 once shutdown began, while calls drain)         | -      |
 //! | `POST /get-online-features`   | `{features \| feature_service, entities, full_feature_names}` | reader |
 //! | `POST /push`                  | `{push_source_name, df: {col: [..]}, to}`                   | writer |
 //! | `POST /write-to-online-store` | `{feature_view_name, df: {col: [..]}}` (Feast's writes)      | writer |
@@ -21,6 +21,7 @@ use std::sync::Arc;
 use arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
 use arrow::datatypes::DataType;
 use axum::body::Bytes;
+use axum::extract::Request;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -39,6 +40,9 @@ use crate::materialize::Materializer;
 use crate::online::{NULL_VALUE, PRESENT};
 use crate::online_query::OnlineQuery;
 
+/// The largest HTTP body read (or `server.limits.max_message_bytes`, if smaller).
+pub(crate) const MAX_BODY_BYTES: usize = 64 << 20;
+
 /// What the handlers share.
 #[derive(Clone)]
 pub(crate) struct Http {
@@ -46,6 +50,8 @@ pub(crate) struct Http {
     materializer: Arc<Materializer>,
     gate: Arc<Gate>,
     closing: tokio::sync::watch::Receiver<bool>,
+    /// The largest body read.
+    max_body_bytes: usize,
 }
 
 /// An error response: the status code and Feast's error detail.
@@ -69,21 +75,14 @@ impl From<Status> for HttpError {
     }
 }
 
-impl HttpError {
-    fn bad(message: impl Into<String>) -> Self {
-        HttpError(StatusCode::BAD_REQUEST, message.into())
-    }
-}
-
 impl IntoResponse for HttpError {
     fn into_response(self) -> Response {
         let class = match self.0 {
             StatusCode::NOT_FOUND => "FeastObjectNotFoundException",
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => "FeastPermissionError",
             _ => "FeastError",
         };
         let detail = serde_json::json!({
-            "module": if class == "FeastPermissionError" { "feast.permissions.enforcer" } else { "feast.errors" },
+            "module": "feast.errors",
             "class": class,
             "message": self.1,
         });
@@ -99,9 +98,10 @@ impl IntoResponse for HttpError {
 
 type HttpResult<T> = Result<T, HttpError>;
 
-fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes, example: &str) -> HttpResult<T> {
-    serde_json::from_slice(body)
-        .map_err(|e| HttpError::bad(format!("the body must be JSON such as {example}: {e}")))
+fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes, example: &str) -> Result<T, Status> {
+    serde_json::from_slice(body).map_err(|e| {
+        Status::invalid_argument(format!("the body must be JSON such as {example}: {e}"))
+    })
 }
 
 fn authorization(headers: &HeaderMap) -> Option<&str> {
@@ -116,20 +116,31 @@ struct Needs {
     what: &'static str,
 }
 
-/// Runs `f` as an admitted, authorized call (counted like a gRPC one, under the
-/// same deadline and panic catch).
+/// Runs `f` on the body of `request` as an admitted, authorized call, counted
+/// like a gRPC one: the token is checked before the body is read, and reading
+/// it runs under the call's deadline and the body limit.
 async fn gated<T, F>(
     http: &Http,
-    headers: &HeaderMap,
+    request: Request,
     needs: Needs,
-    f: impl FnOnce(Arc<Call>) -> F,
+    f: impl FnOnce(Arc<Call>, Bytes) -> F,
 ) -> HttpResult<T>
 where
     F: std::future::Future<Output = Result<T, Status>>,
 {
-    let call = http.gate.admit(needs.rpc, authorization(headers))?;
-    call.authorize(needs.role, needs.kind, needs.what)?;
-    Ok(call.run(f(call.clone())).await?.into_inner())
+    let (parts, body) = request.into_parts();
+    let call = http.gate.admit(needs.rpc, authorization(&parts.headers))?;
+    let limit = http.max_body_bytes;
+    let run = call.run(async {
+        call.authorize(needs.role, needs.kind, needs.what)?;
+        let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
+            Status::invalid_argument(format!(
+                "the body could not be read ({e}); the server takes at most {limit} bytes"
+            ))
+        })?;
+        f(call.clone(), body).await
+    });
+    Ok(run.await?.into_inner())
 }
 
 /// `POST /get-online-features`'s body (Feast's `GetOnlineFeaturesRequest`).
@@ -185,7 +196,11 @@ fn json_value(array: &ArrayRef, row: usize) -> Value {
         DataType::UInt16 => array.as_primitive::<UInt16Type>().value(row).into(),
         DataType::UInt32 => array.as_primitive::<UInt32Type>().value(row).into(),
         DataType::UInt64 => array.as_primitive::<UInt64Type>().value(row).into(),
-        DataType::Float32 => float(array.as_primitive::<Float32Type>().value(row) as f64),
+        // Through its shortest decimal, so 0.1f32 reads 0.1, not 0.10000000149011612.
+        DataType::Float32 => {
+            let v = array.as_primitive::<Float32Type>().value(row);
+            float(v.to_string().parse().unwrap_or(f64::NAN))
+        }
         DataType::Float64 => float(array.as_primitive::<Float64Type>().value(row)),
         DataType::Utf8 => array.as_string::<i32>().value(row).into(),
         DataType::LargeUtf8 => array.as_string::<i64>().value(row).into(),
@@ -298,12 +313,14 @@ impl Http {
             materializer,
             gate,
             closing,
+            max_body_bytes: 0,
         }
     }
 
     /// The routes (both `/x` and `//x`: Feast's client joins a `path` ending in
     /// `/` with `/get-online-features`), with a body limit of `max_body_bytes`.
-    pub(crate) fn router(self, max_body_bytes: usize) -> axum::Router {
+    pub(crate) fn router(mut self, max_body_bytes: usize) -> axum::Router {
+        self.max_body_bytes = max_body_bytes;
         let mut router = axum::Router::new().route("/health", get(health));
         for prefix in ["", "/"] {
             router = router
@@ -317,9 +334,7 @@ impl Http {
                     post(write_to_online_store),
                 );
         }
-        router
-            .layer(axum::extract::DefaultBodyLimit::max(max_body_bytes))
-            .with_state(self)
+        router.with_state(self)
     }
 
     /// Output column -> its view, for the features `request` selects.
@@ -383,7 +398,8 @@ impl Http {
             .filter(|f| matches!(f.data_type(), DataType::Timestamp(..)))
             .map(|f| f.name().clone())
             .collect();
-        let mut decoder = Decoder::new(schema, &required).map_err(Status::invalid_argument)?;
+        let mut decoder =
+            Decoder::new(schema.clone(), &required).map_err(Status::invalid_argument)?;
         let mut rows = None;
         for (name, values) in df {
             let Value::Array(values) = values else {
@@ -409,18 +425,55 @@ impl Http {
                 "{rows} rows in one push; the server accepts at most {max} (server.limits.max_push_rows): split it"
             )));
         }
+        // Exactly the source's columns, as a push over Flight takes them: a missing
+        // one would be written as nulls, an unknown one lost.
+        let target = |name: &str| -> String {
+            rename
+                .iter()
+                .find(|(from, _)| from == name)
+                .map_or(name.to_string(), |(_, to)| to.clone())
+        };
+        let sent: Vec<String> = df
+            .keys()
+            .map(|k| target(k))
+            .filter(|t| !t.is_empty())
+            .collect();
+        let unknown: Vec<&String> = sent
+            .iter()
+            .filter(|c| schema.field_with_name(c).is_err())
+            .collect();
+        let missing: Vec<&str> = (schema.fields().iter())
+            .map(|f| f.name().as_str())
+            .filter(|f| !sent.iter().any(|c| c == f))
+            .collect();
+        if !unknown.is_empty() || !missing.is_empty() {
+            let missing = if missing.is_empty() {
+                String::new()
+            } else {
+                format!("missing {missing:?} ")
+            };
+            let unknown = if unknown.is_empty() {
+                String::new()
+            } else {
+                format!("unknown {unknown:?}")
+            };
+            return Err(Status::invalid_argument(format!(
+                "the df must hold exactly the columns of source {source:?} ({}): {missing}{unknown}",
+                crate::catalog::column_list(&schema),
+            )));
+        }
         for r in 0..rows {
             let mut object = Map::new();
             for (name, values) in df {
-                let target = rename
-                    .iter()
-                    .find(|(from, _)| from == name)
-                    .map_or(name.as_str(), |(_, to)| to.as_str());
+                let target = target(name);
+                if target.is_empty() {
+                    continue;
+                }
                 let mut v = values.get(r).cloned().unwrap_or(Value::Null);
-                if timestamps.iter().any(|t| t == target) {
+                if timestamps.iter().any(|t| *t == target) {
                     v = crate::feast::utc_instant(v);
                 }
-                object.insert(target.to_string(), v);
+                object.insert(target, v);
             }
             decoder
                 .push_object(&object)
@@ -429,13 +482,9 @@ impl Http {
         Ok(decoder.finish())
     }
 
-    async fn push_rows(
-        &self,
-        call: &Arc<Call>,
-        source: &str,
-        to: PushTo,
-        batch: RecordBatch,
-    ) -> Result<Value, Status> {
+    /// PERMISSION_DENIED when the caller's token is restricted to services that
+    /// do not serve every view over `source`.
+    fn check_source_services(&self, call: &Call, source: &str) -> Result<(), Status> {
         call.check_services(None, |allowed| {
             let registry = self.catalog.registry();
             let views: Vec<String> = (registry.definitions.feature_views.iter())
@@ -447,7 +496,16 @@ impl Http {
             }
             (registry.refs_within_services(&views, allowed))
                 .map_err(|e| Status::from(catalog::Error::from(e)))
-        })?;
+        })
+    }
+
+    async fn push_rows(
+        &self,
+        call: &Arc<Call>,
+        source: &str,
+        to: PushTo,
+        batch: RecordBatch,
+    ) -> Result<Value, Status> {
         info!(
             request = call.id(),
             source,
@@ -481,18 +539,8 @@ async fn health(State(http): State<Http>) -> StatusCode {
 
 async fn get_online_features(
     State(http): State<Http>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> HttpResult<axum::Json<Value>> {
-    let request: GetOnlineFeatures = json_body(
-        &body,
-        r#"{"features": ["card_stats:avg_amt_1d"], "entities": {"cc_num": [4000000000000005]}}"#,
-    )?;
-    if request.feature_service.is_none() && request.features.is_empty() {
-        return Err(HttpError::bad(
-            "name \"features\" (e.g. [\"card_stats:avg_amt_1d\"]) or a \"feature_service\"",
-        ));
-    }
     let needs = Needs {
         rpc: "http_get_online_features",
         role: Role::Reader,
@@ -500,36 +548,42 @@ async fn get_online_features(
         what: "an online lookup",
     };
     let api = http.clone();
-    let answer = gated(&http, &headers, needs, |call| async move {
+    let answer = gated(&http, request, needs, |call, body| async move {
+        let request: GetOnlineFeatures = json_body(
+            &body,
+            r#"{"features": ["card_stats:avg_amt_1d"], "entities": {"cc_num": [4000000000000005]}}"#,
+        )?;
+        if request.feature_service.is_none() && request.features.is_empty() {
+            return Err(Status::invalid_argument(
+                "name \"features\" (e.g. [\"card_stats:avg_amt_1d\"]) or a \"feature_service\"",
+            ));
+        }
         api.online(&call, request).await
     })
     .await?;
     Ok(axum::Json(answer))
 }
 
-async fn push(
-    State(http): State<Http>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> HttpResult<axum::Json<Value>> {
-    let request: Push = json_body(
-        &body,
-        r#"{"push_source_name": "transactions", "df": {"cc_num": [1], "event_timestamp": ["2026-01-01T00:00:00Z"], ...}, "to": "online"}"#,
-    )?;
-    let to = match request.to.as_str() {
-        "online" => PushTo::Online,
-        "offline" => PushTo::Offline,
-        "online_and_offline" => PushTo::OnlineAndOffline,
-        other => {
-            return Err(HttpError::bad(format!(
-                "\"to\" is {other:?}; use online, offline or online_and_offline"
-            )))
-        }
-    };
-    let registry = http.catalog.registry().clone();
-    let source = crate::feast::push_source(&registry, &request.push_source_name);
+async fn push(State(http): State<Http>, request: Request) -> HttpResult<axum::Json<Value>> {
     let api = http.clone();
-    let answer = gated(&http, &headers, PUSH, |call| async move {
+    let answer = gated(&http, request, PUSH, |call, body| async move {
+        let request: Push = json_body(
+            &body,
+            r#"{"push_source_name": "transactions", "df": {"cc_num": [1], "event_timestamp": ["2026-01-01T00:00:00Z"], ...}, "to": "online"}"#,
+        )?;
+        let to = match request.to.as_str() {
+            "online" => PushTo::Online,
+            "offline" => PushTo::Offline,
+            "online_and_offline" => PushTo::OnlineAndOffline,
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "\"to\" is {other:?}; use online, offline or online_and_offline"
+                )))
+            }
+        };
+        let registry = api.catalog.registry().clone();
+        let source = crate::feast::push_source(&registry, &request.push_source_name);
+        api.check_source_services(&call, source)?;
         let batch = api.decode(source, &request.df, &[])?;
         api.push_rows(&call, source, to, batch).await
     })
@@ -539,34 +593,41 @@ async fn push(
 
 async fn write_to_online_store(
     State(http): State<Http>,
-    headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> HttpResult<axum::Json<Value>> {
-    let request: WriteToOnlineStore = json_body(
-        &body,
-        r#"{"feature_view_name": "card_stats", "df": {"cc_num": [1], "event_timestamp": [".."], ...}}"#,
-    )?;
     let needs = Needs {
         rpc: "http_write_to_online_store",
         ..PUSH
     };
     let api = http.clone();
-    let answer = gated(&http, &headers, needs, |call| async move {
-        let registry = api.catalog.registry();
+    let answer = gated(&http, request, needs, |call, body| async move {
+        let request: WriteToOnlineStore = json_body(
+            &body,
+            r#"{"feature_view_name": "card_stats", "df": {"cc_num": [1], "event_timestamp": [".."], ...}}"#,
+        )?;
+        let registry = api.catalog.registry().clone();
         let view = registry.view(&request.feature_view_name).ok_or_else(|| {
             Status::not_found(format!("no feature view {:?}", request.feature_view_name))
         })?;
         if view.is_aggregation() {
             return Err(Status::invalid_argument(format!(
-                "{:?} is computed by Quiver from the events of source {:?}: push those events instead",
+                "{:?} is computed by Quiver from the events of source {:?}: push those events instead (POST /push)",
                 view.name, view.source
             )));
         }
+        if let Some(others) = crate::feast::other_views(&registry, view) {
+            return Err(Status::invalid_argument(format!(
+                "source {:?} also feeds {others}: a write of view {:?}'s columns alone would reach them too; \
+                 push the source's rows instead (POST /push)",
+                view.source, view.name
+            )));
+        }
+        api.check_source_services(&call, &view.source)?;
         let source = registry.source(&view.source).expect("validated");
         let mut rename = vec![("event_timestamp".to_string(), source.timestamp_field.clone())];
-        if let Some(c) = &source.created_timestamp_field {
-            rename.push(("created".to_string(), c.clone()));
-        }
+        // Feast always sends `created`; a source without one has nowhere to keep it.
+        let created = source.created_timestamp_field.clone().unwrap_or_default();
+        rename.push(("created".to_string(), created));
         let batch = api.decode(&view.source, &request.df, &rename)?;
         api.push_rows(&call, &view.source, PushTo::Online, batch).await
     })

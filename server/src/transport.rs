@@ -231,7 +231,7 @@ fn connections(
     idle: Duration,
     metrics: Arc<Metrics>,
     max_connections: usize,
-) -> impl futures::Stream<Item = Result<Conn, io::Error>> {
+) -> impl futures::Stream<Item = Result<Conn, io::Error>> + Send + 'static {
     tokio_stream::wrappers::TcpListenerStream::new(listener).filter_map(move |r| {
         let mut backoff = false;
         let out = match r {
@@ -375,17 +375,66 @@ pub(crate) async fn serve(
         }
     };
     let http = async {
-        match listeners.http {
-            Some((listener, routes)) => axum::serve(listener, routes(closed.clone()))
-                .with_graceful_shutdown(when_closed(closed.clone()))
-                .await
-                .map_err(Error::Http),
-            None => Ok(()),
+        let Some((listener, routes)) = listeners.http else {
+            return Ok(());
+        };
+        let listener = ConnListener {
+            addr: listener.local_addr().map_err(Error::Http)?,
+            conns: Box::pin(accept(listener)),
+        };
+        let served = axum::serve(listener, routes(closed.clone()))
+            .with_graceful_shutdown(when_closed(closed.clone()));
+        // Calls in flight get HTTP_DRAIN to finish once the server shuts down.
+        let drained = async {
+            when_closed(closed.clone()).await;
+            tokio::time::sleep(HTTP_DRAIN).await;
+        };
+        tokio::select! {
+            r = served => r.map_err(Error::Http),
+            () = drained => {
+                warn!("HTTP calls still open {HTTP_DRAIN:?} after shutdown began: closed");
+                Ok(())
+            }
         }
     };
-    let result = tokio::try_join!(async { Ok::<(), Error>(flight.await?) }, flight_sql, http);
+    // Every port is drained even when another failed; the first error is returned.
+    let (flight, flight_sql, http) =
+        tokio::join!(async { Ok::<(), Error>(flight.await?) }, flight_sql, http);
     if let Some(t) = metrics_task {
         t.abort();
     }
-    result.map(|_| ())
+    flight.and(flight_sql).and(http)
+}
+
+/// How long HTTP calls in flight may take to finish once shutdown begins.
+const HTTP_DRAIN: Duration = Duration::from_secs(30);
+
+/// A port's accepted connections (slots, idle timeout, nodelay: [`connections`])
+/// as an axum listener.
+struct ConnListener {
+    conns: Pin<Box<dyn futures::Stream<Item = Result<Conn, io::Error>> + Send>>,
+    addr: std::net::SocketAddr,
+}
+
+impl axum::serve::Listener for ConnListener {
+    type Io = Conn;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Conn, std::net::SocketAddr) {
+        loop {
+            match self.conns.next().await {
+                Some(Ok(conn)) => {
+                    let peer = conn.io.peer_addr().unwrap_or(self.addr);
+                    return (conn, peer);
+                }
+                Some(Err(_)) => continue,
+                // The listener ended: accept nothing more.
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        Ok(self.addr)
+    }
 }

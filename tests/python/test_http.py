@@ -194,10 +194,16 @@ def test_bad_requests_are_4xx_with_a_json_body(online_http):
         ("wrong column type", {"push_source_name": "transactions", "df": dict(row, amt=["x"]), "to": "online"}, "amt"),
         ("bad timestamp", {"push_source_name": "transactions", "df": dict(row, event_timestamp=["yesterday"]), "to": "online"}, None),
         ("missing column", {"push_source_name": "transactions", "df": {k: v for k, v in row.items() if k != "cc_num"}, "to": "online"}, "cc_num"),
+        # Exactly the source's columns: a nullable one left out would be written as nulls, an unknown one lost.
+        ("nullable column left out", {"push_source_name": "transactions", "df": {k: v for k, v in row.items() if k != "is_fraud"}, "to": "online"}, "is_fraud"),
+        ("unknown column", {"push_source_name": "transactions", "df": dict(row, nope_col=[1]), "to": "online"}, "nope_col"),
     ]
     for what, body, mentions in pushes:
         assert_refused(base, "/push", f"push: {what}", body=body, mentions=mentions)
     assert_refused(base, "/push", "push: malformed JSON", raw=b'{"push_source_name": ')
+    # A view computed from events takes no written values.
+    assert_refused(base, "/write-to-online-store", "write to an aggregation view",
+                   body={"feature_view_name": "card_txn_windows", "df": {"cc_num": [1]}}, mentions="card_txn_windows")
     # Still serving.
     assert call(base, "/health")[0] == 200
     ok = lookup(base, {"feature_service": "fraud_v1", "entities": {"cc_num": [4000000000000005]}})

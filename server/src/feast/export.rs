@@ -5,7 +5,7 @@
 //! |--------------------------------|---------------------------------------------------------------|
 //! | entity (one join key)          | `Entity` (value type from the Parquet data)                   |
 //! | source                         | `FileSource` of the same name (its Parquet URI)               |
-//! | source with plain views        | also `PushSource` `{source}_push` (Feast pushes need one)     |
+//! | source of one plain view       | also `PushSource` `{source}_push` (Feast pushes need one)     |
 //! | feature view                   | `FeatureView` (ttl, entity columns; stream source: the push)  |
 //! | aggregation view               | `FeatureView` of the window outputs, computed by Quiver       |
 //! | feature service                | `FeatureService` of projections                               |
@@ -175,8 +175,11 @@ pub(crate) fn export(
         })
     };
     let exportable = |v: &FeatureView| v.entities.iter().all(|e| single_key.contains(e));
+    // Feast pushes write per view: a push source only where the view is its
+    // source's only one, so a push never reaches another view with nulls.
     let pushed: HashSet<&str> = (defs.feature_views.iter())
         .filter(|v| !v.is_aggregation() && exportable(v))
+        .filter(|v| super::other_views(registry, v).is_none())
         .map(|v| v.source.as_str())
         .collect();
     let mut data_sources = Vec::new();
@@ -231,15 +234,15 @@ pub(crate) fn export(
                 entities: v.entities.clone(),
                 features,
                 ttl: v.ttl.map(|t| prost_types::Duration {
-                    seconds: t.0.as_secs() as i64,
+                    seconds: i64::try_from(t.0.as_secs()).unwrap_or(i64::MAX),
                     nanos: t.0.subsec_nanos() as i32,
                 }),
                 batch_source: file_source(&v.source),
                 online: true,
-                stream_source: if v.is_aggregation() {
-                    None
-                } else {
+                stream_source: if pushed.contains(v.source.as_str()) {
                     push_source(&v.source)
+                } else {
+                    None
                 },
                 description,
                 entity_columns,

@@ -44,6 +44,20 @@ impl Error {
 /// with feature views (Feast needs a push source apart from the batch source).
 pub(crate) const PUSH_SUFFIX: &str = "_push";
 
+/// The other views over `view`'s source (feature and aggregation views), named
+/// in words, or `None` when `view` is its source's only view. A write of one
+/// view's columns (Feast writes per view) would reach every view of the source.
+pub(crate) fn other_views(
+    registry: &crate::registry::Registry,
+    view: &crate::registry::FeatureView,
+) -> Option<String> {
+    let others: Vec<&str> = (registry.definitions.feature_views.iter())
+        .filter(|v| v.source == view.source && v.name != view.name)
+        .map(|v| v.name.as_str())
+        .collect();
+    (!others.is_empty()).then(|| format!("views {}", others.join(", ")))
+}
+
 /// The Quiver source a push names: a source's own name, or the name of the
 /// push source `quiver feast export` wrote for it (`{source}_push`).
 pub(crate) fn push_source<'a>(registry: &crate::registry::Registry, name: &'a str) -> &'a str {
@@ -77,7 +91,9 @@ pub(crate) fn utc_instant(v: serde_json::Value) -> serde_json::Value {
     if !shaped {
         return v;
     }
-    let tail = &s[19..];
+    let Some(tail) = s.get(19..) else {
+        return v;
+    };
     let has_offset = tail.ends_with('Z') || tail.ends_with('z') || tail.rfind(['+', '-']).is_some();
     let mut out = s.clone();
     out.replace_range(10..11, "T");
@@ -103,6 +119,7 @@ mod tests {
         assert_eq!(f("2026-01-31T12:00:00-05:00"), "2026-01-31T12:00:00-05:00");
         assert_eq!(f("2026-01-31T12:00:00Z"), "2026-01-31T12:00:00Z");
         assert_eq!(f("merchant_17"), "merchant_17");
+        assert_eq!(f("2026-01-31T12:00:0\u{e9}"), "2026-01-31T12:00:0\u{e9}");
         assert_eq!(utc_instant(5.into()), serde_json::Value::from(5));
     }
 }

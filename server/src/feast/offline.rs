@@ -90,12 +90,16 @@ pub(crate) struct Pull {
 }
 
 /// What the entity df's DoPut carried.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub(crate) struct Upload {
     /// Its schema (none when the client sent no data).
     pub schema: Option<SchemaRef>,
     /// Its rows.
     pub batches: Vec<RecordBatch>,
+    /// Their memory in the engine's pool, held as long as the rows are (never
+    /// read: dropping it releases the memory).
+    #[allow(dead_code)]
+    pub held: Option<datafusion::execution::memory_pool::MemoryReservation>,
 }
 
 impl Upload {
@@ -205,6 +209,8 @@ pub(crate) struct Flight {
     pub command: Command,
     /// The uploaded table.
     pub upload: Upload,
+    /// Who put it: only they may fetch it.
+    owner: String,
     at: Instant,
 }
 
@@ -215,13 +221,18 @@ pub(crate) struct Flights {
 }
 
 impl Flights {
-    /// Keeps a retrieval; forgets expired ones and refuses past [`MAX_FLIGHTS`].
-    pub(crate) fn put(&self, command: Command, upload: Upload) -> Result<(), String> {
+    /// Keeps `owner`'s retrieval; forgets expired ones and refuses past
+    /// [`MAX_FLIGHTS`] (and past half of them for one owner).
+    pub(crate) fn put(&self, owner: &str, command: Command, upload: Upload) -> Result<(), String> {
         let mut map = self.map.lock().expect("not poisoned");
         map.retain(|_, f| f.at.elapsed() < FLIGHT_TTL);
-        if map.len() >= MAX_FLIGHTS && !map.contains_key(&command.command_id) {
+        let mine = map.values().filter(|f| f.owner == owner).count();
+        if !map.contains_key(&command.command_id)
+            && (map.len() >= MAX_FLIGHTS || mine >= MAX_FLIGHTS / 2)
+        {
             return Err(format!(
-                "{MAX_FLIGHTS} Feast retrievals are waiting to be fetched; fetch them (GetFlightInfo, DoGet) or retry later"
+                "{} Feast retrievals are waiting to be fetched; fetch them (GetFlightInfo, DoGet) or retry later",
+                map.len()
             ));
         }
         map.insert(
@@ -229,20 +240,29 @@ impl Flights {
             Flight {
                 command,
                 upload,
+                owner: owner.to_string(),
                 at: Instant::now(),
             },
         );
         Ok(())
     }
 
-    /// Whether the retrieval `id` is waiting.
-    pub(crate) fn contains(&self, id: &str) -> bool {
-        self.map.lock().expect("not poisoned").contains_key(id)
+    /// The command of `owner`'s waiting retrieval `id`.
+    pub(crate) fn command(&self, owner: &str, id: &str) -> Option<Command> {
+        let map = self.map.lock().expect("not poisoned");
+        (map.get(id))
+            .filter(|f| f.owner == owner)
+            .map(|f| f.command.clone())
     }
 
-    /// Takes the retrieval `id` (it is answered once).
-    pub(crate) fn take(&self, id: &str) -> Option<Flight> {
-        self.map.lock().expect("not poisoned").remove(id)
+    /// Takes `owner`'s retrieval `id` (it is answered once).
+    pub(crate) fn take(&self, owner: &str, id: &str) -> Option<Flight> {
+        let mut map = self.map.lock().expect("not poisoned");
+        if map.get(id).is_some_and(|f| f.owner == owner) {
+            map.remove(id)
+        } else {
+            None
+        }
     }
 }
 
@@ -291,12 +311,31 @@ mod tests {
             api: "get_historical_features".into(),
             params: Default::default(),
         };
-        for i in 0..MAX_FLIGHTS {
-            flights.put(cmd(&i.to_string()), Upload::default()).unwrap();
+        for i in 0..MAX_FLIGHTS / 2 {
+            flights
+                .put("a", cmd(&i.to_string()), Upload::default())
+                .unwrap();
         }
-        assert!(flights.put(cmd("one more"), Upload::default()).is_err());
-        assert!(flights.take("0").is_some());
-        assert!(flights.take("0").is_none());
-        flights.put(cmd("one more"), Upload::default()).unwrap();
+        // One owner holds at most half.
+        assert!(flights
+            .put("a", cmd("one more"), Upload::default())
+            .is_err());
+        for i in MAX_FLIGHTS / 2..MAX_FLIGHTS {
+            flights
+                .put("b", cmd(&i.to_string()), Upload::default())
+                .unwrap();
+        }
+        assert!(flights
+            .put("c", cmd("one more"), Upload::default())
+            .is_err());
+        // Only the owner sees and takes a flight, once.
+        assert!(flights.command("b", "0").is_none());
+        assert!(flights.take("b", "0").is_none());
+        assert!(flights.command("a", "0").is_some());
+        assert!(flights.take("a", "0").is_some());
+        assert!(flights.take("a", "0").is_none());
+        flights
+            .put("c", cmd("one more"), Upload::default())
+            .unwrap();
     }
 }

@@ -128,9 +128,11 @@ impl QuiverFlightService {
             rows.push(batch.map_err(flight_status).map_err(feast_status)?)
                 .map_err(|e| feast_status(Status::from(e)))?;
         }
+        let (batches, held) = rows.into_held();
         Ok(Upload {
             schema: decoder.schema().cloned(),
-            batches: rows.into_batches(),
+            batches,
+            held: Some(held),
         })
     }
 
@@ -170,7 +172,7 @@ impl QuiverFlightService {
         info!(request = call.id(), api = %command.api, "feast offline-store call");
         if let Some(upload) = self.feast_put_only(&command, upload).await? {
             self.feast
-                .put(command, upload)
+                .put(call.principal_name(), command, upload)
                 .map_err(|m| feast_status(Status::resource_exhausted(m)))?;
         }
         Ok(futures::stream::empty().boxed())
@@ -197,7 +199,11 @@ impl QuiverFlightService {
     /// GetFlightInfo of a kept retrieval: one endpoint whose ticket fetches it.
     pub(super) fn feast_info(&self, call: &Call, command: &Command) -> Result<FlightInfo, Status> {
         self.feast_authorize(call, &command.api)?;
-        if !self.feast.contains(&command.command_id) {
+        if self
+            .feast
+            .command(call.principal_name(), &command.command_id)
+            .is_none()
+        {
             return Err(feast_status(Status::not_found(format!(
                 "no Feast flight {:?}: DoPut the command first (each is answered once)",
                 command.command_id
@@ -217,12 +223,15 @@ impl QuiverFlightService {
         id: &[u8],
     ) -> Result<BoxedFlightStream<FlightData>, Status> {
         let id = String::from_utf8_lossy(id).to_string();
-        let flight = self.feast.take(&id).ok_or_else(|| {
+        let missing = || {
             feast_status(Status::not_found(format!(
-                "no Feast flight {id:?}: DoPut the command first (each is answered once)"
+                "no Feast flight {id:?} of this caller: DoPut the command first (each is answered once)"
             )))
-        })?;
-        self.feast_authorize(call, &flight.command.api)?;
+        };
+        let owner = call.principal_name();
+        let command = self.feast.command(owner, &id).ok_or_else(missing)?;
+        self.feast_authorize(call, &command.api)?;
+        let flight = self.feast.take(owner, &id).ok_or_else(missing)?;
         self.feast_answer(call, &flight.command, flight.upload)
             .await
     }
@@ -408,8 +417,10 @@ impl QuiverFlightService {
         .map_err(|e| feast_status(Status::internal(e.to_string())))
     }
 
-    /// `offline_write_batch`: the rows, cast to the source's types, into the view's
-    /// source as new Parquet files.
+    /// `offline_write_batch`: the rows into the view's source as new Parquet
+    /// files, checked like any push (every column, its type, non-null keys and
+    /// times), when the view is its source's only one (else Feast, which writes
+    /// per view, would write each row once per view).
     async fn feast_write(&self, command: &Command, upload: Upload) -> Result<(), Status> {
         let views: Vec<String> = (command.params.get("feature_view_names"))
             .and_then(|v| serde_json::from_value(v.clone()).ok())
@@ -423,35 +434,17 @@ impl QuiverFlightService {
         let view = registry
             .view(view)
             .ok_or_else(|| feast_status(Status::not_found(format!("no feature view {view:?}"))))?;
-        let Some(schema) = upload.schema.clone() else {
-            return Ok(());
-        };
-        let target = (self.catalog.source_schema(&view.source))
-            .expect("registered")
-            .clone();
-        let mut batches = Vec::new();
-        for b in &upload.batches {
-            let mut columns = Vec::new();
-            for f in target.fields() {
-                let column = match schema.index_of(f.name()) {
-                    Ok(i) => arrow::compute::cast(b.column(i), f.data_type())
-                        .map_err(|e| invalid(format!("column {:?}: {e}", f.name())))?,
-                    Err(_) => arrow::array::new_null_array(f.data_type(), b.num_rows()),
-                };
-                columns.push(column);
-            }
-            let relaxed = Arc::new(Schema::new(
-                (target.fields().iter())
-                    .map(|f| f.as_ref().clone().with_nullable(true))
-                    .collect::<Vec<_>>(),
-            ));
-            batches
-                .push(RecordBatch::try_new(relaxed, columns).map_err(|e| invalid(e.to_string()))?);
+        if let Some(others) = crate::feast::other_views(&registry, view) {
+            return Err(invalid(format!(
+                "source {:?} also feeds {others}: a write of view {:?} alone would reach them too; \
+                 push the source's rows to Quiver instead (DoPut push, or POST /push)",
+                view.source, view.name
+            )));
         }
-        let Some(first) = batches.first() else {
+        if upload.schema.is_none() || upload.batches.is_empty() {
             return Ok(());
-        };
-        let schema = first.schema();
+        }
+        let (schema, batches) = spine(upload)?;
         self.materializer
             .push(&view.source, PushTo::Offline, &schema, batches)
             .await

@@ -172,6 +172,17 @@ impl SpineBuffer {
     pub(crate) fn into_batches(self) -> Vec<arrow::array::RecordBatch> {
         self.batches
     }
+
+    /// The batches with their reservation, for batches held past this call (the
+    /// memory stays accounted for until the reservation is dropped).
+    pub(crate) fn into_held(
+        self,
+    ) -> (
+        Vec<arrow::array::RecordBatch>,
+        datafusion::execution::memory_pool::MemoryReservation,
+    ) {
+        (self.batches, self.reservation)
+    }
 }
 
 /// Tuning of the query engine.
