@@ -526,23 +526,30 @@ async fn feast(
         .stderr(Stdio::null())
         .spawn()?;
     let _server = ServerProcess(child);
+    // gunicorn listens before its worker is up: early connections are reset, so
+    // the first lookup is retried on a fresh connection until it is answered.
     let t = Instant::now();
-    let mut conn = loop {
-        match TcpStream::connect(("127.0.0.1", port)) {
-            Ok(c) => break c,
-            Err(_) if t.elapsed() < Duration::from_secs(60) => {
-                std::thread::sleep(Duration::from_millis(200))
+    let (mut conn, first) = loop {
+        let attempt = TcpStream::connect(("127.0.0.1", port))
+            .map_err(anyhow::Error::from)
+            .and_then(|mut c| {
+                c.set_nodelay(true)?;
+                let first = http_post(&mut c, port, ids[0])?;
+                Ok((c, first))
+            });
+        match attempt {
+            Ok(ok) => break ok,
+            Err(_) if t.elapsed() < Duration::from_secs(90) => {
+                std::thread::sleep(Duration::from_millis(500))
             }
-            Err(e) => bail!("feast serve did not start: {e}"),
+            Err(e) => bail!("feast serve did not answer: {e:#}"),
         }
     };
-    conn.set_nodelay(true)?;
-    let first = http_post(&mut conn, port, ids[0])?;
     // The entity key itself is always PRESENT; the features must be too.
     if first.matches("PRESENT").count() < 4 {
         bail!(
             "feast returned no PRESENT value: {}",
-            &first[..first.len().min(300)]
+            first.chars().take(300).collect::<String>()
         );
     }
     let l = measure!(args.feast_requests, |i| {

@@ -470,7 +470,7 @@ impl Http {
                     continue;
                 }
                 let mut v = values.get(r).cloned().unwrap_or(Value::Null);
-                if timestamps.iter().any(|t| *t == target) {
+                if timestamps.contains(&target) {
                     v = crate::feast::utc_instant(v);
                 }
                 object.insert(target, v);

@@ -35,8 +35,8 @@ pub enum Error {
 
 impl Error {
     /// How this error should be reported to a caller.
-    pub fn kind(&self) -> crate::ErrorKind {
-        crate::ErrorKind::InvalidArgument
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::InvalidArgument
     }
 }
 
