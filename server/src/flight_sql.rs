@@ -132,9 +132,7 @@ impl QuiverFlightSql {
         self,
         max_message_bytes: usize,
     ) -> FlightServiceServer<Self> {
-        FlightServiceServer::new(self)
-            .max_decoding_message_size(max_message_bytes)
-            .max_encoding_message_size(max_message_bytes)
+        crate::flight::server_with_limit(self, max_message_bytes)
     }
 
     /// Admits a call and checks its rights: `trainer`, and no service restriction
@@ -157,6 +155,47 @@ impl QuiverFlightSql {
                 .await
                 .expect_err("refused")),
         }
+    }
+
+    /// GetFlightInfo of a listing (catalogs, schemas, tables, types, server info):
+    /// its `schema`, and a `ticket` that is the command itself.
+    async fn listing_info(
+        &self,
+        request: Request<FlightDescriptor>,
+        schema: SchemaRef,
+        ticket: Vec<u8>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        let call = self
+            .admit(
+                "sql_get_flight_info",
+                &request,
+                CallKind::Metadata,
+                "listing the catalog",
+            )
+            .await?;
+        let descriptor = request.into_inner();
+        call.run(async { flight_info(&schema, descriptor, ticket) })
+            .await
+    }
+
+    /// DoGet of a listing: the one batch `build` makes.
+    async fn listing<E: std::fmt::Display>(
+        &self,
+        request: Request<Ticket>,
+        build: impl FnOnce() -> Result<RecordBatch, E>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let call = self
+            .admit(
+                "sql_do_get",
+                &request,
+                CallKind::Metadata,
+                "listing the catalog",
+            )
+            .await?;
+        call.stream(crate::flight::flight_bytes, async {
+            Ok(batch_stream(build().map_err(internal)?))
+        })
+        .await
     }
 
     /// The result schema of `sql`, planned and checked, nothing run.
@@ -331,17 +370,8 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let call = self
-            .admit(
-                "sql_get_flight_info",
-                &request,
-                CallKind::Metadata,
-                "listing tables",
-            )
-            .await?;
-        let descriptor = request.into_inner();
         let ticket = query.as_any().encode_to_vec();
-        call.run(async { flight_info(&query.into_builder().schema(), descriptor, ticket) })
+        self.listing_info(request, query.into_builder().schema(), ticket)
             .await
     }
 
@@ -350,13 +380,10 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandGetCatalogs,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let call = self
-            .admit("sql_do_get", &request, CallKind::Metadata, "listing tables")
-            .await?;
-        call.stream(crate::flight::flight_bytes, async {
+        self.listing(request, || {
             let mut builder = query.into_builder();
             builder.append(CATALOG);
-            Ok(batch_stream(builder.build().map_err(internal)?))
+            builder.build()
         })
         .await
     }
@@ -366,17 +393,8 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandGetDbSchemas,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let call = self
-            .admit(
-                "sql_get_flight_info",
-                &request,
-                CallKind::Metadata,
-                "listing tables",
-            )
-            .await?;
-        let descriptor = request.into_inner();
         let ticket = query.as_any().encode_to_vec();
-        call.run(async { flight_info(&query.into_builder().schema(), descriptor, ticket) })
+        self.listing_info(request, query.into_builder().schema(), ticket)
             .await
     }
 
@@ -385,15 +403,12 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandGetDbSchemas,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let call = self
-            .admit("sql_do_get", &request, CallKind::Metadata, "listing tables")
-            .await?;
-        call.stream(crate::flight::flight_bytes, async {
+        self.listing(request, || {
             let mut builder = query.into_builder();
             for schema in [SOURCES, FEATURE_VIEWS] {
                 builder.append(CATALOG, schema);
             }
-            Ok(batch_stream(builder.build().map_err(internal)?))
+            builder.build()
         })
         .await
     }
@@ -403,17 +418,8 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandGetTables,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let call = self
-            .admit(
-                "sql_get_flight_info",
-                &request,
-                CallKind::Metadata,
-                "listing tables",
-            )
-            .await?;
-        let descriptor = request.into_inner();
         let ticket = query.as_any().encode_to_vec();
-        call.run(async { flight_info(&query.into_builder().schema(), descriptor, ticket) })
+        self.listing_info(request, query.into_builder().schema(), ticket)
             .await
     }
 
@@ -422,17 +428,12 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandGetTables,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let call = self
-            .admit("sql_do_get", &request, CallKind::Metadata, "listing tables")
-            .await?;
-        call.stream(crate::flight::flight_bytes, async {
+        self.listing(request, || {
             let mut builder = query.into_builder();
             for t in self.catalog.tables() {
-                builder
-                    .append(CATALOG, t.db_schema, &t.name, t.table_type, &t.schema)
-                    .map_err(internal)?;
+                builder.append(CATALOG, t.db_schema, &t.name, t.table_type, &t.schema)?;
             }
-            Ok(batch_stream(builder.build().map_err(internal)?))
+            builder.build()
         })
         .await
     }
@@ -442,17 +443,8 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandGetTableTypes,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let call = self
-            .admit(
-                "sql_get_flight_info",
-                &request,
-                CallKind::Metadata,
-                "listing tables",
-            )
-            .await?;
-        let descriptor = request.into_inner();
         let ticket = query.as_any().encode_to_vec();
-        call.run(async { flight_info(&query.into_builder().schema(), descriptor, ticket) })
+        self.listing_info(request, query.into_builder().schema(), ticket)
             .await
     }
 
@@ -461,14 +453,11 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandGetTableTypes,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let call = self
-            .admit("sql_do_get", &request, CallKind::Metadata, "listing tables")
-            .await?;
-        call.stream(crate::flight::flight_bytes, async {
+        self.listing(request, || {
             let mut builder = query.into_builder();
             builder.append("TABLE");
             builder.append("VIEW");
-            Ok(batch_stream(builder.build().map_err(internal)?))
+            builder.build()
         })
         .await
     }
@@ -478,20 +467,9 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandGetSqlInfo,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        let call = self
-            .admit(
-                "sql_get_flight_info",
-                &request,
-                CallKind::Metadata,
-                "server info",
-            )
-            .await?;
-        let descriptor = request.into_inner();
         let ticket = query.as_any().encode_to_vec();
-        call.run(async {
-            flight_info(&query.into_builder(&self.info).schema(), descriptor, ticket)
-        })
-        .await
+        let schema = query.into_builder(&self.info).schema();
+        self.listing_info(request, schema, ticket).await
     }
 
     async fn do_get_sql_info(
@@ -499,14 +477,8 @@ impl FlightSqlService for QuiverFlightSql {
         query: CommandGetSqlInfo,
         request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let call = self
-            .admit("sql_do_get", &request, CallKind::Metadata, "server info")
-            .await?;
-        call.stream(crate::flight::flight_bytes, async {
-            let batch = query.into_builder(&self.info).build().map_err(internal)?;
-            Ok(batch_stream(batch))
-        })
-        .await
+        self.listing(request, || query.into_builder(&self.info).build())
+            .await
     }
 
     async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}

@@ -486,16 +486,11 @@ impl Http {
     /// do not serve every view over `source`.
     fn check_source_services(&self, call: &Call, source: &str) -> Result<(), Status> {
         call.check_services(None, |allowed| {
-            let registry = self.catalog.registry();
-            let views: Vec<String> = (registry.definitions.feature_views.iter())
-                .filter(|v| v.source == source)
-                .map(|v| v.name.clone())
-                .collect();
-            if views.is_empty() {
-                return Ok(false);
-            }
-            (registry.refs_within_services(&views, allowed))
-                .map_err(|e| Status::from(catalog::Error::from(e)))
+            (self
+                .catalog
+                .registry()
+                .source_within_services(source, allowed))
+            .map_err(|e| Status::from(catalog::Error::from(e)))
         })
     }
 

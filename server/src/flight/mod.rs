@@ -332,9 +332,7 @@ impl QuiverFlightService {
         self,
         max_message_bytes: usize,
     ) -> FlightServiceServer<Self> {
-        FlightServiceServer::new(self)
-            .max_decoding_message_size(max_message_bytes)
-            .max_encoding_message_size(max_message_bytes)
+        server_with_limit(self, max_message_bytes)
     }
 
     fn historical_request(bytes: &[u8]) -> Result<HistoricalFeaturesRequest, Status> {
@@ -520,8 +518,7 @@ impl FlightService for QuiverFlightService {
         let descriptor = request.into_inner();
         call.run(async {
             if descriptor.r#type() == DescriptorType::Cmd {
-                if let Some(command) = crate::feast::offline::parse(&descriptor.cmd) {
-                    let command = command.map_err(|m| feast::feast_status(Status::invalid_argument(m)))?;
+                if let Some(command) = feast_command(&descriptor.cmd)? {
                     return self.feast_info(&call, &command);
                 }
             }
@@ -648,20 +645,14 @@ impl FlightService for QuiverFlightService {
         let call = self.gate.admit("do_put", authorization(&request))?;
         let mut input = request.into_inner();
         call.stream(no_bytes, async {
-            let first = input.message().await?.ok_or_else(|| {
-                Status::invalid_argument("DoPut received no messages; the first must carry a FlightDescriptor with {\"push\": {...}}")
-            })?;
-            let cmd = match &first.flight_descriptor {
-                Some(d) if d.r#type() == DescriptorType::Cmd => d.cmd.clone(),
-                _ => {
-                    return Err(Status::invalid_argument(
-                        "the first DoPut message must carry a FlightDescriptor of type CMD with {\"push\": {\"source\": ..}}",
-                    ))
-                }
-            };
+            let (first, cmd) = first_command(
+                &mut input,
+                "DoPut received no messages; the first must carry a FlightDescriptor with {\"push\": {...}}",
+                "the first DoPut message must carry a FlightDescriptor of type CMD with {\"push\": {\"source\": ..}}",
+            )
+            .await?;
             // Feast's remote offline store: its own calls and roles.
-            if let Some(command) = crate::feast::offline::parse(&cmd) {
-                let command = command.map_err(|m| feast::feast_status(Status::invalid_argument(m)))?;
+            if let Some(command) = feast_command(&cmd)? {
                 return self.feast_put(&call, command, first, input).await;
             }
             // Every other DoPut is a push: a write, checked before its rows are read.
@@ -677,15 +668,7 @@ impl FlightService for QuiverFlightService {
             // A token restricted to services pushes only into sources whose every
             // view its services serve.
             call.check_services(None, |allowed| {
-                let registry = self.catalog.registry();
-                let views: Vec<String> = (registry.definitions.feature_views.iter())
-                    .filter(|v| v.source == req.source)
-                    .map(|v| v.name.clone())
-                    .collect();
-                if views.is_empty() {
-                    return Ok(false);
-                }
-                (registry.refs_within_services(&views, allowed))
+                (self.catalog.registry().source_within_services(&req.source, allowed))
                     .map_err(|e| Status::from(catalog::Error::from(e)))
             })?;
             let mut decoder =
@@ -800,19 +783,13 @@ impl FlightService for QuiverFlightService {
         let call = self.gate.admit("do_exchange", authorization(&request))?;
         let mut input = request.into_inner();
         call.stream(flight_bytes, async {
-            let first = input.message().await?.ok_or_else(|| {
-                Status::invalid_argument("DoExchange received no messages; the first must carry a FlightDescriptor with a command")
-            })?;
-            let cmd = match &first.flight_descriptor {
-                Some(d) if d.r#type() == DescriptorType::Cmd => d.cmd.clone(),
-                _ => {
-                    return Err(Status::invalid_argument(
-                        "the first DoExchange message must carry a FlightDescriptor of type CMD with a JSON command",
-                    ))
-                }
-            };
-            if let Some(command) = crate::feast::offline::parse(&cmd) {
-                let command = command.map_err(|m| feast::feast_status(Status::invalid_argument(m)))?;
+            let (first, cmd) = first_command(
+                &mut input,
+                "DoExchange received no messages; the first must carry a FlightDescriptor with a command",
+                "the first DoExchange message must carry a FlightDescriptor of type CMD with a JSON command",
+            )
+            .await?;
+            if let Some(command) = feast_command(&cmd)? {
                 return self.feast_exchange(&call, command, first, input).await;
             }
             let req = match Command::parse(&cmd).map_err(protocol_status)? {
@@ -853,6 +830,38 @@ impl FlightService for QuiverFlightService {
         })
         .await
     }
+}
+
+/// `service` as a tonic server with message size limits of `max_message_bytes`.
+pub(crate) fn server_with_limit<S: FlightService>(
+    service: S,
+    max_message_bytes: usize,
+) -> FlightServiceServer<S> {
+    FlightServiceServer::new(service)
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes)
+}
+
+/// The first message of a DoPut or DoExchange stream and its descriptor's
+/// command; `missing` and `not_cmd` say what was expected.
+async fn first_command(
+    input: &mut Streaming<FlightData>,
+    missing: &'static str,
+    not_cmd: &'static str,
+) -> Result<(FlightData, bytes::Bytes), Status> {
+    let first = (input.message().await?).ok_or_else(|| Status::invalid_argument(missing))?;
+    let cmd = match &first.flight_descriptor {
+        Some(d) if d.r#type() == DescriptorType::Cmd => d.cmd.clone(),
+        _ => return Err(Status::invalid_argument(not_cmd)),
+    };
+    Ok((first, cmd))
+}
+
+/// The Feast offline-store command in `cmd`, if it is one.
+fn feast_command(cmd: &[u8]) -> Result<Option<crate::feast::offline::Command>, Status> {
+    crate::feast::offline::parse(cmd)
+        .transpose()
+        .map_err(|m| feast::feast_status(Status::invalid_argument(m)))
 }
 
 fn push_is_do_put() -> Status {

@@ -74,6 +74,19 @@ impl Registry {
         self.resolve_refs(&s.features, full_names)
     }
 
+    /// Whether a token restricted to the services `allowed` may push into
+    /// `source`: every view over it is served by one of them.
+    pub(crate) fn source_within_services(&self, source: &str, allowed: &[String]) -> Result<bool> {
+        let views: Vec<String> = (self.definitions.feature_views.iter())
+            .filter(|v| v.source == source)
+            .map(|v| v.name.clone())
+            .collect();
+        if views.is_empty() {
+            return Ok(false);
+        }
+        self.refs_within_services(&views, allowed)
+    }
+
     /// Whether every feature that `refs` names is also served by one of `services`
     /// (what a token restricted to those services may read).
     pub(crate) fn refs_within_services(
