@@ -1,11 +1,17 @@
 //! Point-in-time correct training sets (`get_historical_features`).
 //!
 //! ```text
-//! spine batches ──+ __quiver_row, __quiver_ts (ns UTC)──┐
-//!                                                        ├─ AsofJoinExec(view 1) ─ ... ─ AsofJoinExec(view n)
-//! view 1 source ──filter(ts range)──project(keys, ts)───┘                                    │
-//!                                            SortExec(__quiver_row) + merge ── drop helpers ─┴─> output
+//! spine batches ─┬─ narrow: __quiver_row, __quiver_ts (ns UTC), keys ─┐
+//!                │                                                     ├─ AsofJoinExec(view 1) ─ ... ─ AsofJoinExec(view n)
+//!                │  view 1 source ──filter(ts range)──project(keys, ts)┘                                  │
+//!                └──────────────────────────── spine_order: spine batches ++ features by row number <─────┘
 //! ```
+//!
+//! The joins carry only the row number, the time and the join keys; views
+//! sharing the spine's keys are joined one after the other on the spine sorted
+//! once. The spine's own columns never go through the joins: `spine_order`
+//! appends each row's features to the batches as received, by row number,
+//! without a sort.
 //!
 //! Semantics (Feast's): for each spine row and each view, the view row with the same
 //! join keys and `spine.ts - ttl <= row.ts <= spine.ts` with the largest
@@ -19,16 +25,15 @@ use std::sync::Arc;
 use arrow::array::{ArrayRef, AsArray, Int64Array, RecordBatch, UInt64Array};
 use arrow::compute::cast;
 use arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef, TimeUnit};
-use datafusion::common::ScalarValue;
+use datafusion::common::{internal_datafusion_err, ScalarValue};
 use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::error::DataFusionError;
+use datafusion::execution::memory_pool::MemoryConsumer;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::{cast as cast_expr, ident, lit, Expr};
 use datafusion::physical_expr::expressions::{cast as phys_cast, Column, Literal};
-use datafusion::physical_expr::{LexOrdering, PhysicalExpr, PhysicalSortExpr};
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
-use datafusion::physical_plan::sorts::sort::SortExec;
-use datafusion::physical_plan::sorts::sort_preserving_merge::SortPreservingMergeExec;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{execute_stream, ExecutionPlan};
 use futures::StreamExt;
@@ -36,6 +41,7 @@ use quiver_client::protocol::HistoricalFeaturesRequest;
 use tracing::{info, instrument};
 
 use super::pit::{AsofJoinExec, AsofSpec};
+use super::spine_order::{self, SpineOrder};
 use super::{Error, OfflineStore, Result};
 use crate::catalog::{self, Catalog, Plan, RESERVED_PREFIX};
 use crate::instant::unit_nanos;
@@ -88,18 +94,18 @@ fn col_expr(schema: &Schema, name: &str) -> Result<Arc<dyn PhysicalExpr>> {
     Ok(Arc::new(Column::new_with_schema(name, schema)?))
 }
 
-/// Keeps the columns of `input` that do not start with `__quiver_`, and those in
-/// `keep` (helpers still needed, and the hidden inputs of on-demand features).
-fn drop_helpers(input: Arc<dyn ExecutionPlan>, keep: &[&str]) -> Result<Arc<dyn ExecutionPlan>> {
-    let schema = input.schema();
-    let exprs: Vec<ProjectionExpr> = (schema.fields().iter().enumerate())
-        .filter(|(_, f)| !f.name().starts_with(HELPER_PREFIX) || keep.contains(&f.name().as_str()))
-        .map(|(i, f)| ProjectionExpr {
-            expr: Arc::new(Column::new(f.name(), i)),
-            alias: f.name().clone(),
-        })
-        .collect();
-    Ok(Arc::new(ProjectionExec::try_new(exprs, input)?))
+/// The name of the spine's `j`th key column, cast for key set `set`.
+fn key_column(set: usize, j: usize) -> String {
+    format!("{HELPER_PREFIX}k{set}_{j}")
+}
+
+/// One as-of join of the request: a feature view (at each spine row's time) or
+/// a label view (at `as_of`), with the normalized kinds of its keys.
+#[derive(Clone, Copy)]
+struct Join<'v, 'a> {
+    view: &'v ViewRequest<'a>,
+    as_of: Option<i64>,
+    kinds: &'v [KeyType],
 }
 
 /// What one join needs from its left side: the normalized key columns, the spine's
@@ -137,15 +143,8 @@ impl OfflineStore {
             labels,
             on_demand,
         } = plan;
-        // Helper columns kept through the joins: row number, time, hidden inputs.
-        let mut keep = vec![ROW, TS];
-        keep.extend(views.iter().flat_map(|v| {
-            (v.features.iter())
-                .filter(|s| s.hidden)
-                .map(|s| s.output.as_str())
-        }));
         let ts_col = request.timestamp_column();
-        let (tagged, info, tagged_schema) = tag_spine(&spine_schema, spine, ts_col)?;
+        let (tagged, info, tagged_schema) = tag_spine(&spine_schema, &spine, ts_col)?;
         info!(
             rows = info.rows,
             views = views.len(),
@@ -156,38 +155,87 @@ impl OfflineStore {
         for (i, b) in tagged.into_iter().enumerate() {
             parts[i % partitions].push(b);
         }
-        let mut plan: Arc<dyn ExecutionPlan> =
-            MemorySourceConfig::try_new_exec(&parts, tagged_schema, None)?;
 
-        let joins =
-            (views.iter().map(|v| (v, None))).chain(labels.iter().map(|v| (v, Some(labels_as_of))));
-        for (vi, ((v, as_of), kinds)) in joins.zip(&key_kinds).enumerate() {
-            // Left: the current plan plus the view's keys cast to the normalized
-            // types (and, for labels, the constant as-of time).
-            let schema = plan.schema();
-            let mut exprs: Vec<ProjectionExpr> = (schema.fields().iter().enumerate())
-                .filter(|(_, f)| f.name() != LABEL_TS)
-                .map(|(i, f)| ProjectionExpr {
-                    expr: Arc::new(Column::new(f.name(), i)),
-                    alias: f.name().clone(),
+        // One join per view; joins on the same spine keys (same columns, same
+        // normalized types) share their key columns and run one after the
+        // other, so the spine is partitioned and sorted once per key set.
+        let joins: Vec<Join<'_, '_>> = (views.iter().map(|v| (v, None)))
+            .chain(labels.iter().map(|v| (v, Some(labels_as_of))))
+            .zip(&key_kinds)
+            .map(|((view, as_of), kinds)| Join {
+                view,
+                as_of,
+                kinds,
+            })
+            .collect();
+        let mut key_sets: Vec<(&[String], &[KeyType])> = Vec::new();
+        let key_set_of: Vec<usize> = (joins.iter())
+            .map(|j| {
+                let set = (j.view.join_keys.as_slice(), j.kinds);
+                key_sets.iter().position(|s| *s == set).unwrap_or_else(|| {
+                    key_sets.push(set);
+                    key_sets.len() - 1
                 })
+            })
+            .collect();
+
+        // The joins see a narrow spine: row number, time and the keys cast to
+        // their normalized types. The spine's own columns wait for the end.
+        let mut exprs: Vec<ProjectionExpr> = [ROW, TS]
+            .into_iter()
+            .map(|c| {
+                Ok(ProjectionExpr {
+                    expr: col_expr(&tagged_schema, c)?,
+                    alias: c.into(),
+                })
+            })
+            .collect::<Result<_>>()?;
+        for (s, (keys, kinds)) in key_sets.iter().enumerate() {
+            for (j, (k, kind)) in keys.iter().zip(*kinds).enumerate() {
+                exprs.push(ProjectionExpr {
+                    expr: phys_cast(
+                        col_expr(&tagged_schema, k)?,
+                        &tagged_schema,
+                        kind.data_type(),
+                    )?,
+                    alias: key_column(s, j),
+                });
+            }
+        }
+        let source = MemorySourceConfig::try_new_exec(&parts, tagged_schema, None)?;
+        let mut plan: Arc<dyn ExecutionPlan> = Arc::new(ProjectionExec::try_new(exprs, source)?);
+
+        let mut run_order: Vec<usize> = (0..joins.len()).collect();
+        run_order.sort_by_key(|&i| key_set_of[i]);
+        // The value columns each join appended, by name, in request order.
+        let mut added: Vec<Vec<String>> = vec![Vec::new(); joins.len()];
+        for i in run_order {
+            let Join {
+                view: v,
+                as_of,
+                kinds,
+            } = joins[i];
+            let schema = plan.schema();
+            // A label join's constant as-of time replaces the previous one's.
+            if as_of.is_some() || schema.index_of(LABEL_TS).is_ok() {
+                let mut exprs: Vec<ProjectionExpr> = (schema.fields().iter().enumerate())
+                    .filter(|(_, f)| f.name() != LABEL_TS)
+                    .map(|(i, f)| ProjectionExpr {
+                        expr: Arc::new(Column::new(f.name(), i)),
+                        alias: f.name().clone(),
+                    })
+                    .collect();
+                if let Some(t) = as_of {
+                    exprs.push(ProjectionExpr {
+                        expr: Arc::new(Literal::new(ScalarValue::Int64(Some(t)))),
+                        alias: LABEL_TS.into(),
+                    });
+                }
+                plan = Arc::new(ProjectionExec::try_new(exprs, plan)?);
+            }
+            let left_keys = (0..v.join_keys.len())
+                .map(|j| key_column(key_set_of[i], j))
                 .collect();
-            let mut left_keys = Vec::new();
-            for (j, (k, kind)) in v.join_keys.iter().zip(kinds).enumerate() {
-                let name = format!("{HELPER_PREFIX}k{vi}_{j}");
-                exprs.push(ProjectionExpr {
-                    expr: phys_cast(col_expr(&schema, k)?, &schema, kind.data_type())?,
-                    alias: name.clone(),
-                });
-                left_keys.push(name);
-            }
-            if let Some(t) = as_of {
-                exprs.push(ProjectionExpr {
-                    expr: Arc::new(Literal::new(ScalarValue::Int64(Some(t)))),
-                    alias: LABEL_TS.into(),
-                });
-            }
-            plan = Arc::new(ProjectionExec::try_new(exprs, plan)?);
             let key_set = small_key_set(&parts, v, kinds)?;
             let (right, spec) = self
                 .view_plan(
@@ -203,17 +251,40 @@ impl OfflineStore {
                     },
                 )
                 .await?;
+            let before = plan.schema().fields().len();
             plan = Arc::new(AsofJoinExec::try_new(plan, right, spec, partitions)?);
-            plan = drop_helpers(plan, &keep)?;
+            added[i] = (plan.schema().fields()[before..].iter())
+                .map(|f| f.name().clone())
+                .collect();
         }
 
-        let schema = plan.schema();
-        let order = LexOrdering::new([PhysicalSortExpr::new_default(col_expr(&schema, ROW)?)])
-            .expect("one sort expression");
-        plan = Arc::new(SortExec::new(order.clone(), plan).with_preserve_partitioning(true));
-        plan = Arc::new(SortPreservingMergeExec::new(order, plan));
-        plan = drop_helpers(plan, &keep[2..])?;
-        let stream = execute_stream(plan, self.context().task_ctx())?;
+        // Back in spine order: the spine's batches as received, each followed by
+        // its rows' features (and the hidden inputs of on-demand features).
+        let joined = plan.schema();
+        let mut fields: Vec<Field> = (spine_schema.fields().iter())
+            .map(|f| f.as_ref().clone())
+            .collect();
+        let mut values = Vec::new();
+        for name in added.iter().flatten() {
+            let i = joined.index_of(name).map_err(|_| {
+                internal_datafusion_err!("joined column {name:?} went missing")
+            })?;
+            values.push(i);
+            fields.push(joined.field(i).clone());
+        }
+        let order = SpineOrder {
+            spine,
+            rows: info.rows,
+            row_column: joined.index_of(ROW).map_err(DataFusionError::from)?,
+            values,
+            schema: Arc::new(Schema::new_with_metadata(
+                fields,
+                spine_schema.metadata().clone(),
+            )),
+            reservation: MemoryConsumer::new("get_historical_features: spine order")
+                .register(&self.context().runtime_env().memory_pool),
+        };
+        let stream = spine_order::restore(execute_stream(plan, self.context().task_ctx())?, order);
         let Some(stage) = on_demand else {
             return Ok(stream);
         };
@@ -403,7 +474,7 @@ fn small_key_set(
 /// in ns UTC) to every spine batch, checking the batches agree with `schema`.
 fn tag_spine(
     schema: &SchemaRef,
-    spine: Vec<RecordBatch>,
+    spine: &[RecordBatch],
     ts_col: &str,
 ) -> Result<(Vec<RecordBatch>, SpineInfo, SchemaRef)> {
     let mut fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone()).collect();

@@ -17,6 +17,7 @@ mod asof_spec;
 pub(crate) mod entity_sql;
 pub(crate) mod historical;
 pub(crate) mod pit;
+mod spine_order;
 pub(crate) mod sql_catalog;
 pub(crate) mod window;
 mod window_join;

@@ -7,21 +7,25 @@
 //! that row's value columns, or nulls when there is none. A null key matches nothing.
 //!
 //! ```text
-//!  left  --RepartitionExec(hash keys)--SortExec(keys, time)----------\
-//!                                                                      AsofJoinExec (per partition merge)
-//!  right --RepartitionExec(hash keys)--SortExec(keys, time, created)--/
+//!  left  --RepartitionExec(hash keys)--SortExec(keys)--\
+//!                                                       AsofJoinExec (per partition merge)
+//!  right --RepartitionExec(hash keys)--SortExec(keys)--/
 //! ```
 //!
 //! Both inputs are hash-partitioned on the keys, so equal keys meet in the same
-//! partition, and sorted per partition (DataFusion's `SortExec` spills to disk under
-//! memory pressure). The merge then walks both sorted streams once, holding only the
-//! current key's feature rows and the right batches they point into; it flushes its
+//! partition, and sorted by key per partition (DataFusion's `SortExec` spills to
+//! disk under memory pressure; a single integer key sorts and merges on its
+//! primitive fast paths). The merge then walks both sorted streams once, holding
+//! only the current key's feature rows (put in time order there) and the right
+//! batches they point into; it flushes its
 //! output early when more than [`MAX_RETAINED_BATCHES`] right batches would be held,
 //! so memory stays bounded however large the feature view is.
 //!
 //! Output: every left column unchanged, followed by the right value columns (made
-//! nullable), partitioned like the left input (left row order is *not* preserved;
-//! callers carry a row number and sort on it).
+//! nullable), partitioned and (outside window mode) ordered like the sorted left
+//! input, and declared so: a following join on the same keys finds its left side
+//! already partitioned and sorted and does neither again. The spine's own order
+//! is not kept; callers carry a row number (`spine_order.rs` puts rows back).
 //!
 //! Window mode ([`AsofSpec::windows`]) gives each left row an aggregation view's
 //! windows instead of one right row; it partitions both inputs the same way but
@@ -80,6 +84,21 @@ fn sort_exprs(schema: &Schema, cols: &[usize]) -> Option<LexOrdering> {
             PhysicalSortExpr::new_default(Arc::new(Column::new(schema.field(i).name(), i)))
         }),
     )
+}
+
+/// Whether `plan` is hash-partitioned into `partitions` on exactly the columns
+/// `cols`, in that order (the hash a `RepartitionExec` on them would give).
+fn hash_partitioned_on(plan: &Arc<dyn ExecutionPlan>, cols: &[usize], partitions: usize) -> bool {
+    let schema = plan.schema();
+    match plan.output_partitioning() {
+        Partitioning::Hash(exprs, n) if *n == partitions && exprs.len() == cols.len() => {
+            exprs.iter().zip(cols).all(|(e, &c)| {
+                e.downcast_ref::<Column>()
+                    .is_some_and(|col| col.index() == c && col.name() == schema.field(c).name())
+            })
+        }
+        _ => false,
+    }
 }
 
 fn index_of(schema: &Schema, name: &str, side: &str) -> Result<usize> {
@@ -176,17 +195,27 @@ impl AsofJoinExec {
                     as Arc<dyn ExecutionPlan>,
             )
         };
-        let mut left = partition(left, &idx.left_keys)?;
+        // A left side coming out of an earlier join on the same keys is already
+        // partitioned (and sorted) as this join wants: the spine is sorted once
+        // for all the views sharing its keys.
+        let partitions = partitions.max(1);
+        let mut left = if hash_partitioned_on(&left, &idx.left_keys, partitions) {
+            left
+        } else {
+            partition(left, &idx.left_keys)?
+        };
         let mut right = partition(right, &idx.right_keys)?;
         // Window mode groups by hash and needs neither side sorted (window_join.rs).
         if spec.windows.is_none() {
-            let mut lcols = idx.left_keys.clone();
-            lcols.push(idx.left_time);
-            let mut rcols = idx.right_keys.clone();
-            rcols.push(idx.right_time);
-            rcols.extend(idx.right_created);
-            left = sort(left, lcols)?;
-            right = sort(right, rcols)?;
+            // Sorted by key only: a single integer key sorts and merges on
+            // DataFusion's primitive fast paths (no row format), and each key's
+            // feature rows are put in time order by the merge itself, a few at
+            // a time. A key's spine rows need no order among themselves.
+            let order = sort_exprs(&left.schema(), &idx.left_keys).expect("keys are non-empty");
+            if !left.equivalence_properties().ordering_satisfy(order)? {
+                left = sort(left, idx.left_keys.clone())?;
+            }
+            right = sort(right, idx.right_keys.clone())?;
         }
         Self::from_inputs(left, right, spec, idx)
     }
@@ -212,10 +241,17 @@ impl AsofJoinExec {
             }
         }
         let schema = Arc::new(Schema::new(fields));
-        let partitions = left.output_partitioning().partition_count();
+        // The left columns come first and keep their positions, so the left's
+        // partitioning holds for the output; the merge emits left rows in their
+        // order, so its ordering does too (window mode keeps the order it was
+        // given but is not relied on for it).
+        let ordering = match (&spec.windows, left.output_ordering()) {
+            (None, Some(o)) => vec![o.clone()],
+            _ => Vec::new(),
+        };
         let props = PlanProperties::new(
-            EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(partitions),
+            EquivalenceProperties::new_with_orderings(schema.clone(), ordering),
+            left.output_partitioning().clone(),
             EmissionType::Incremental,
             Boundedness::Bounded,
         );
@@ -556,7 +592,7 @@ impl Merge {
             columns.push(interleave(&sources, &picks)?);
         }
         let out = RecordBatch::try_new(self.schema.clone(), columns)?;
-        let keep_from = self.group.first().map_or(self.right.cur_id, |g| g.batch);
+        let keep_from = (self.group.iter().map(|g| g.batch).min()).unwrap_or(self.right.cur_id);
         self.right.release_before(keep_from);
         Ok((out, left))
     }
@@ -593,6 +629,9 @@ impl Merge {
             }
             self.right.cur_row += 1;
         }
+        // Ordered by (time, created): the answer for a spine time is found by
+        // binary search and, with a created cutoff, a short walk back.
+        self.group.sort_unstable_by_key(|g| (g.time, g.created));
         self.group_key = Some(key.owned());
         Ok(())
     }
