@@ -8,6 +8,7 @@
 //!   path: ./data/online      # RocksDB folder
 //!   block_cache_mb: 256      # RocksDB block cache
 //!   bulk_min_keys: 50000     # empty views receiving this many keys are loaded as one SST
+//!   materialize_memory_mb: 512   # materialize's newest rows per entity in memory, then spilled to disk
 //! server:
 //!   addr: 127.0.0.1:8815
 //!   flight_sql_addr: 127.0.0.1:8816   # Flight SQL over the offline store (off when absent)
@@ -240,10 +241,22 @@ pub struct OnlineStoreConfig {
     /// them as one ingested SST file instead of a write batch.
     #[serde(default = "default_bulk_min_keys")]
     pub bulk_min_keys: usize,
+    /// Memory (MiB, estimated) a materialization may hold a plain view's newest
+    /// row per entity in; past it, those rows spill to sorted runs on disk, under
+    /// the online store's folder, and are merged from there.
+    #[serde(default = "default_materialize_memory_mb")]
+    pub materialize_memory_mb: usize,
 }
 
 fn default_bulk_min_keys() -> usize {
     50_000
+}
+
+/// The smallest `online_store.materialize_memory_mb` accepted.
+const MIN_MATERIALIZE_MEMORY_MB: usize = 16;
+
+fn default_materialize_memory_mb() -> usize {
+    512
 }
 
 fn default_online_path() -> String {
@@ -260,6 +273,7 @@ impl Default for OnlineStoreConfig {
             path: default_online_path(),
             block_cache_mb: default_block_cache_mb(),
             bulk_min_keys: default_bulk_min_keys(),
+            materialize_memory_mb: default_materialize_memory_mb(),
         }
     }
 }
@@ -438,6 +452,16 @@ impl Repo {
         })?;
         let repo = Self { dir, config };
         repo.offline_url()?;
+        if repo.config.online_store.materialize_memory_mb < MIN_MATERIALIZE_MEMORY_MB {
+            return Err(Error::Invalid {
+                path: repo.dir.join(CONFIG_FILE),
+                message: format!(
+                    "online_store.materialize_memory_mb is {}; it must be at least {MIN_MATERIALIZE_MEMORY_MB} \
+                     (below that a large view would spill into thousands of tiny runs)",
+                    repo.config.online_store.materialize_memory_mb
+                ),
+            });
+        }
         Ok(repo)
     }
 
@@ -588,5 +612,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("scheme \"gs\" is not supported"), "{e}");
+    }
+
+    #[test]
+    fn materialize_memory_has_a_floor() {
+        let r = repo("project: p\nonline_store:\n  materialize_memory_mb: 64\n").unwrap();
+        assert_eq!(r.config.online_store.materialize_memory_mb, 64);
+        let e = repo("project: p\nonline_store:\n  materialize_memory_mb: 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("materialize_memory_mb is 0; it must be at least 16"),
+            "{e}"
+        );
     }
 }

@@ -153,6 +153,15 @@ async fn open_catalog(
     Ok((Arc::new(catalog), offline))
 }
 
+/// The catalog and offline store of an applied repo, for tests that build
+/// their own materializers.
+#[cfg(test)]
+pub(crate) async fn open_offline(repo: &Repo) -> Result<(Arc<Catalog>, Arc<OfflineStore>)> {
+    let registry = applied_registry(repo)?;
+    let (catalog, offline) = open_catalog(repo, registry, EngineOptions::default()).await?;
+    Ok((catalog, Arc::new(offline)))
+}
+
 impl FeatureStore {
     /// Opens the repo's applied registry, offline store and online store (which
     /// only one process may hold), judging online ttls by `clock`.
@@ -177,6 +186,7 @@ impl FeatureStore {
             Arc::new(online),
             MaterializeOptions {
                 bulk_min_keys: repo.config.online_store.bulk_min_keys,
+                memory_budget_bytes: repo.config.online_store.materialize_memory_mb << 20,
             },
         )?;
         Ok(Self {

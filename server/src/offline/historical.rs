@@ -162,11 +162,7 @@ impl OfflineStore {
         let joins: Vec<Join<'_, '_>> = (views.iter().map(|v| (v, None)))
             .chain(labels.iter().map(|v| (v, Some(labels_as_of))))
             .zip(&key_kinds)
-            .map(|((view, as_of), kinds)| Join {
-                view,
-                as_of,
-                kinds,
-            })
+            .map(|((view, as_of), kinds)| Join { view, as_of, kinds })
             .collect();
         let mut key_sets: Vec<(&[String], &[KeyType])> = Vec::new();
         let key_set_of: Vec<usize> = (joins.iter())
@@ -266,9 +262,9 @@ impl OfflineStore {
             .collect();
         let mut values = Vec::new();
         for name in added.iter().flatten() {
-            let i = joined.index_of(name).map_err(|_| {
-                internal_datafusion_err!("joined column {name:?} went missing")
-            })?;
+            let i = joined
+                .index_of(name)
+                .map_err(|_| internal_datafusion_err!("joined column {name:?} went missing"))?;
             values.push(i);
             fields.push(joined.field(i).clone());
         }

@@ -80,7 +80,14 @@ async fn gather(
         if batch.num_rows() == 0 {
             continue;
         }
-        let batch = batch.project(&order.values.iter().copied().chain([order.row_column]).collect::<Vec<_>>())?;
+        let batch = batch.project(
+            &order
+                .values
+                .iter()
+                .copied()
+                .chain([order.row_column])
+                .collect::<Vec<_>>(),
+        )?;
         let bytes = batch.get_array_memory_size();
         order.reservation.try_grow(bytes).map_err(exhausted)?;
         held_bytes += bytes;
@@ -96,11 +103,16 @@ async fn gather(
     for batch in &held {
         let rows = batch.column(row_column).as_primitive::<UInt64Type>();
         for &row in rows.values() {
-            let slot = position
-                .get_mut(row as usize)
-                .ok_or_else(|| internal_datafusion_err!("joined row number {row} is past the spine's {} rows", order.rows))?;
+            let slot = position.get_mut(row as usize).ok_or_else(|| {
+                internal_datafusion_err!(
+                    "joined row number {row} is past the spine's {} rows",
+                    order.rows
+                )
+            })?;
             if *slot != u64::MAX {
-                return Err(internal_datafusion_err!("spine row {row} came out of the joins twice"));
+                return Err(internal_datafusion_err!(
+                    "spine row {row} came out of the joins twice"
+                ));
             }
             *slot = at;
             at += 1;
@@ -124,7 +136,11 @@ async fn gather(
     }
     drop(held);
     order.reservation.shrink(held_bytes);
-    Ok((columns, UInt64Array::new(ScalarBuffer::from(position), None), order))
+    Ok((
+        columns,
+        UInt64Array::new(ScalarBuffer::from(position), None),
+        order,
+    ))
 }
 
 /// The output batches: each spine batch (cut at [`MAX_OUTPUT_ROWS`]) with its
@@ -187,11 +203,15 @@ mod tests {
             joined_schema(),
             vec![
                 Arc::new(UInt64Array::from(rows.to_vec())),
-                Arc::new(Int64Array::from_iter_values(rows.iter().map(|&r| r as i64 * 7))),
+                Arc::new(Int64Array::from_iter_values(
+                    rows.iter().map(|&r| r as i64 * 7),
+                )),
                 Arc::new(Float64Array::from_iter(
                     rows.iter().map(|&r| (r % 3 != 0).then_some(r as f64 / 2.0)),
                 )),
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| format!("v{r}")))),
+                Arc::new(StringArray::from_iter_values(
+                    rows.iter().map(|r| format!("v{r}")),
+                )),
             ],
         )
         .unwrap()
@@ -242,7 +262,12 @@ mod tests {
     #[test]
     fn puts_shuffled_rows_back_in_spine_order_keeping_batch_bounds() {
         // 10 spine rows in batches of 4, 0 and 6; joined in a scrambled order.
-        let parts = vec![joined(&[7, 2, 9]), joined(&[]), joined(&[0, 5, 1, 8]), joined(&[4, 6, 3])];
+        let parts = vec![
+            joined(&[7, 2, 9]),
+            joined(&[]),
+            joined(&[0, 5, 1, 8]),
+            joined(&[4, 6, 3]),
+        ];
         let out = run(spine(&[4, 0, 6]), parts, pool()).unwrap();
         let lens: Vec<usize> = out.iter().map(RecordBatch::num_rows).collect();
         assert_eq!(lens, vec![4, 6], "empty spine batches are dropped");
@@ -278,7 +303,10 @@ mod tests {
     #[test]
     fn a_missing_or_repeated_row_is_an_error_not_a_wrong_answer() {
         let missing = run(spine(&[3]), vec![joined(&[0, 2])], pool()).unwrap_err();
-        assert!(missing.to_string().contains("2 of the spine's 3 rows"), "{missing}");
+        assert!(
+            missing.to_string().contains("2 of the spine's 3 rows"),
+            "{missing}"
+        );
         let twice = run(spine(&[3]), vec![joined(&[0, 2, 2])], pool()).unwrap_err();
         assert!(twice.to_string().contains("twice"), "{twice}");
         let past = run(spine(&[3]), vec![joined(&[0, 1, 5])], pool()).unwrap_err();
@@ -288,8 +316,12 @@ mod tests {
     #[test]
     fn a_full_memory_pool_fails_the_query_with_a_clear_error() {
         let small: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(64));
-        let err = run(spine(&[100]), vec![joined(&(0..100).collect::<Vec<_>>())], small)
-            .unwrap_err();
+        let err = run(
+            spine(&[100]),
+            vec![joined(&(0..100).collect::<Vec<_>>())],
+            small,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("server.memory_limit_mb"), "{err}");
     }
 }

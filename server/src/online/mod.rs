@@ -1,7 +1,7 @@
 //! The online store: the latest feature values per entity, in an embedded RocksDB.
 //!
 //! ```text
-//! materialize ──write_view(entries + ViewState, one write batch or one SST)──> RocksDB
+//! materialize ──entries + ViewState: one write batch, or SST files ingested at once──> RocksDB
 //! Flight DoGet / DoExchange ──LookupPlan + key columns──> lookup ──> Arrow columns
 //! ```
 //!
@@ -25,7 +25,9 @@ use std::sync::Arc;
 
 use self::encoding::CorruptValue;
 pub(crate) use self::lookup::LookupPlan;
-pub(crate) use self::store::{Entries, OnlineOptions, OnlineStore, ViewLayout, ViewState};
+pub(crate) use self::store::{
+    Entries, OnlineOptions, OnlineStore, ScratchDir, SortedCommit, Versioned, ViewLayout, ViewState,
+};
 use crate::error::ErrorKind;
 use crate::registry;
 

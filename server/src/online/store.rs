@@ -1,19 +1,32 @@
 //! The RocksDB database behind the online store: opening it (read-write, or
 //! read-only beside a running server), each view's layout and recorded state,
 //! and the writes materialize makes — newer values only, committed with the
-//! view's state in one write batch or one ingested SST file.
+//! view's state in one write batch or in SST files ingested in one step.
+//!
+//! ```text
+//! small run:  entries ── newer_only ── commit_batch (one write batch, data + ViewState)
+//!             entries of an empty view ── commit_bulk (one SST, data + ViewState)
+//! large run:  sorted stream ──8192 keys: read stored, keep newer──> SST 1, SST 2, ...
+//!                           └─ ViewState ──> last SST ── one ingest of all files
+//! ```
+//!
+//! SST files are written under [`OnlineStore::staging_dir`] in a [`ScratchDir`]
+//! removed once they are ingested (or on error); the staging folder itself is
+//! removed when the store opens, so files of a killed run never linger.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arrow::datatypes::DataType;
 use rocksdb::compaction_filter::Decision as CompactionDecision;
 use rocksdb::{
-    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType,
-    DataBlockIndexType, Direction, IngestExternalFileOptions, IteratorMode, Options, ReadOptions,
-    SstFileWriter, WriteBatch, WriteOptions, DB,
+    BlockBasedIndexType, BlockBasedOptions, BlockBasedTablePinningTier, Cache,
+    ColumnFamilyDescriptor, DBCompressionType, DataBlockIndexType, Direction,
+    IngestExternalFileOptions, IteratorMode, Options, ReadOptions, SstFileWriter, WriteBatch,
+    WriteOptions, DB,
 };
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info};
@@ -26,6 +39,16 @@ use quiver_client::protocol::MaterializeReport;
 
 /// Encoded `(data key, value)` pairs, as materialize writes them.
 pub(crate) type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// An encoded `(data key, (event ns, created ns), value)`: a value with the
+/// version newer-only writes compare, as materialize's sorted runs carry it.
+pub(crate) type Versioned = (Vec<u8>, (i64, i64), Vec<u8>);
+
+/// Keys [`OnlineStore::commit_sorted`] reads and filters at a time.
+const SORTED_CHUNK_KEYS: usize = 8192;
+
+/// Size at which [`OnlineStore::commit_sorted`] starts a new SST file.
+const SST_FILE_BYTES: u64 = 256 << 20;
 
 /// How one feature view is laid out in the store.
 #[derive(Debug, Clone, PartialEq)]
@@ -159,8 +182,14 @@ fn db_options(block_cache_bytes: usize) -> Options {
     table.set_block_cache(&Cache::new_lru_cache(block_cache_bytes.max(1 << 20)));
     table.set_bloom_filter(10.0, false);
     table.set_whole_key_filtering(true);
+    // Index and filter blocks are charged to the block cache and pinned there
+    // for every file of every level: a lookup never waits for its file's index
+    // or filter to be read back after data blocks pushed it out, which is what
+    // made lookups slow down as the key count grew (docs/benchmarks.md).
     table.set_cache_index_and_filter_blocks(true);
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    table.set_unpartitioned_pinning_tier(BlockBasedTablePinningTier::All);
+    table.set_optimize_filters_for_memory(true);
     table.set_index_type(BlockBasedIndexType::BinarySearch);
     table.set_data_block_index_type(DataBlockIndexType::BinaryAndHash);
     table.set_format_version(5);
@@ -222,7 +251,8 @@ impl OnlineStore {
             }
         })?;
         let staging = path.join(STAGING_DIR);
-        // Files left by a bulk load killed before its ingest: never part of the store.
+        // Files left by a bulk load or a spilling materialization killed before
+        // its end: never part of the store.
         let _ = std::fs::remove_dir_all(&staging);
         Ok(Self {
             db,
@@ -274,6 +304,12 @@ impl OnlineStore {
         .flatten()
         .unwrap_or(0);
         (ratio, sst)
+    }
+
+    /// The folder for files not yet part of the store (SST files before their
+    /// ingest, materialize's spill runs); removed when the store opens.
+    pub(crate) fn staging_dir(&self) -> PathBuf {
+        self.path.join(STAGING_DIR)
     }
 
     /// Now, by the store's clock (ns).
@@ -471,7 +507,7 @@ impl OnlineStore {
     ) -> Result<()> {
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         entries.dedup_by(|a, b| a.0 == b.0);
-        let staging = self.path.join(STAGING_DIR);
+        let staging = self.staging_dir();
         std::fs::create_dir_all(&staging).map_err(|source| Error::Io {
             path: staging.clone(),
             source,
@@ -491,6 +527,7 @@ impl OnlineStore {
         // b'm' sorts after b'd': the state goes last, in the same file.
         writer.put(meta_key(&layout.name), encode_state(state))?;
         writer.finish()?;
+        keep_in_page_cache(&file);
         let mut opts = IngestExternalFileOptions::default();
         opts.set_move_files(true);
         let ingested = self.db.ingest_external_file_opts(&opts, vec![&file]);
@@ -499,6 +536,258 @@ impl OnlineStore {
         info!(view = %layout.name, keys = entries.len(), "ingested SST");
         Ok(())
     }
+
+    /// Writes a large, key-sorted stream of `entries` into a view, with the
+    /// view's new state, in one atomic step and in bounded memory:
+    ///
+    /// ```text
+    /// entries ──8192 at a time── stored values (none read if the view is empty)
+    ///         ──newer only (all with `replace`)── SST files of ~256 MiB
+    /// state(&summary) ── ViewState in its own last SST ── ingest all files at once
+    /// ```
+    ///
+    /// # `entries`
+    /// Strictly ascending by key (each key once), as materialize's merge of its
+    /// sorted runs yields them; the version is the value's `(event, created)`.
+    /// An out-of-order key fails the commit (RocksDB refuses it), writing nothing.
+    /// Errors of the stream are returned as they come, writing nothing.
+    ///
+    /// # `replace`
+    /// Keep every entry, even those older than the stored value (an operator's
+    /// repair); stored values are still read to count the new keys.
+    ///
+    /// # `state`
+    /// Called once the data files are written, with what was found and kept; its
+    /// [`ViewState`] goes last (the meta key sorts after every data key).
+    ///
+    /// A run killed at any instant leaves the old or the new state of the view:
+    /// nothing is visible before the single ingest, which gives the files a
+    /// newer sequence number than everything stored. For writers holding the
+    /// view's lock.
+    pub(crate) fn commit_sorted<E: From<Error>>(
+        &self,
+        layout: &ViewLayout,
+        entries: impl Iterator<Item = Result<Versioned, E>>,
+        replace: bool,
+        state: impl FnOnce(&SortedCommit) -> ViewState,
+    ) -> Result<SortedCommit, E> {
+        let mut done = SortedCommit {
+            view_was_empty: self.view_is_empty(layout)?,
+            ..Default::default()
+        };
+        let staging = ScratchDir::create(&self.staging_dir(), "ingest")?;
+        let mut files = SstFiles::new(&self.options, staging.path());
+        let mut chunk = Vec::with_capacity(SORTED_CHUNK_KEYS);
+        for entry in entries {
+            chunk.push(entry?);
+            if chunk.len() == SORTED_CHUNK_KEYS {
+                self.write_newer(layout, &mut chunk, replace, &mut files, &mut done)?;
+            }
+        }
+        self.write_newer(layout, &mut chunk, replace, &mut files, &mut done)?;
+        let state = state(&done);
+        let paths = files.finish(&meta_key(&layout.name), &encode_state(&state))?;
+        let count = paths.len();
+        paths.iter().for_each(|p| keep_in_page_cache(p));
+        let mut opts = IngestExternalFileOptions::default();
+        opts.set_move_files(true);
+        // One call: RocksDB ingests the files all together or not at all.
+        (self.db)
+            .ingest_external_file_opts(&opts, paths)
+            .map_err(Error::from)?;
+        drop(staging);
+        info!(view = %layout.name, keys = done.written, files = count, "ingested sorted SSTs");
+        Ok(done)
+    }
+
+    /// Writes, of `chunk` (emptied), the entries newer than what is stored (all
+    /// with `replace`; nothing is read when the view was empty) and counts them.
+    fn write_newer(
+        &self,
+        layout: &ViewLayout,
+        chunk: &mut Vec<Versioned>,
+        replace: bool,
+        files: &mut SstFiles<'_>,
+        done: &mut SortedCommit,
+    ) -> Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        done.entities += chunk.len() as u64;
+        let stored = if done.view_was_empty {
+            vec![None; chunk.len()]
+        } else {
+            let keys: Vec<&[u8]> = chunk.iter().map(|(k, _, _)| k.as_slice()).collect();
+            // Large materializations would flush the lookups' hot blocks: no block cache.
+            self.read_many(&keys, false)?
+        };
+        for ((key, version, value), old) in chunk.drain(..).zip(stored) {
+            let keep = match old {
+                None => {
+                    done.new_keys += 1;
+                    true
+                }
+                Some(_) if replace => true,
+                Some(old) => {
+                    version > value_version(&old).map_err(|e| Error::corrupt(&layout.name, e))?
+                }
+            };
+            if keep {
+                files.put(&key, &value)?;
+                done.written += 1;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What [`OnlineStore::commit_sorted`] found and wrote.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct SortedCommit {
+    /// The view held no key before the commit (so nothing was read).
+    pub view_was_empty: bool,
+    /// Keys offered.
+    pub entities: u64,
+    /// Keys written: newer than stored, or all of them with `replace`.
+    pub written: u64,
+    /// Keys the view did not hold.
+    pub new_keys: u64,
+}
+
+/// A folder for files on their way into the store, removed with everything in
+/// it when dropped (after an ingest, on an error, on a panic).
+#[derive(Debug)]
+pub(crate) struct ScratchDir {
+    path: PathBuf,
+}
+
+impl ScratchDir {
+    /// Creates `parent/{prefix}-{pid}-{n}` (and `parent` if needed), a folder
+    /// no other scratch folder of any running process has.
+    pub(crate) fn create(parent: &Path, prefix: &str) -> Result<Self> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = parent.join(format!("{prefix}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(parent)
+            .and_then(|()| std::fs::create_dir(&path))
+            .map_err(|source| Error::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(Self { path })
+    }
+
+    /// The folder.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.path) {
+            debug!(path = %self.path.display(), error = %e, "scratch folder not removed");
+        }
+    }
+}
+
+/// Sorted SST files written one after the other into a folder, each closed
+/// once it reaches [`SST_FILE_BYTES`].
+struct SstFiles<'a> {
+    options: &'a Options,
+    dir: &'a Path,
+    writer: Option<SstFileWriter<'a>>,
+    files: Vec<PathBuf>,
+}
+
+impl<'a> SstFiles<'a> {
+    fn new(options: &'a Options, dir: &'a Path) -> Self {
+        Self {
+            options,
+            dir,
+            writer: None,
+            files: Vec::new(),
+        }
+    }
+
+    /// Adds a key after every key added so far (an empty value deletes it).
+    fn put(&mut self, key: &[u8], value: &[u8]) -> Result<()> {
+        if (self.writer.as_ref()).is_some_and(|w| w.file_size() >= SST_FILE_BYTES) {
+            self.close()?;
+        }
+        if self.writer.is_none() {
+            self.writer = Some(self.open_next()?);
+        }
+        let writer = self.writer.as_mut().expect("opened above");
+        if value.is_empty() {
+            writer.delete(key)?;
+        } else {
+            writer.put(key, value)?;
+        }
+        Ok(())
+    }
+
+    fn open_next(&mut self) -> Result<SstFileWriter<'a>> {
+        let path = self.dir.join(format!("{:06}.sst", self.files.len()));
+        let writer = SstFileWriter::create(self.options);
+        writer.open(&path)?;
+        self.files.push(path);
+        Ok(writer)
+    }
+
+    fn close(&mut self) -> Result<()> {
+        if let Some(mut writer) = self.writer.take() {
+            writer.finish()?;
+        }
+        Ok(())
+    }
+
+    /// Closes the data files and writes `meta` (which sorts after every data
+    /// key) into its own last file; returns every file, in key order.
+    fn finish(mut self, meta: &[u8], state: &[u8]) -> Result<Vec<PathBuf>> {
+        self.close()?;
+        let mut writer = self.open_next()?;
+        writer.put(meta, state)?;
+        writer.finish()?;
+        Ok(self.files)
+    }
+}
+
+/// Asks the OS to read a just-written SST file back into its page cache, in
+/// the background. RocksDB's `SstFileWriter` drops the pages of the files it
+/// writes (`invalidate_page_cache`, not settable through its C API), so after
+/// a bulk load every lookup of a not yet cached block read the disk: at 1M
+/// cards the first pass of lookups ran at twice the p50 of later ones
+/// (docs/benchmarks.md). Moving the file into the store keeps its pages.
+fn keep_in_page_cache(path: &Path) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        // The kernel reads ahead at most its readahead window per call: one
+        // call per window-sized range covers the file.
+        const RANGE: u64 = 2 << 20;
+        let Ok(file) = std::fs::File::open(path) else {
+            return;
+        };
+        let len = file.metadata().map_or(0, |m| m.len());
+        for offset in (0..len).step_by(RANGE as usize) {
+            // SAFETY: a valid open descriptor; the call only advises the kernel.
+            let rc = unsafe {
+                libc::posix_fadvise(
+                    file.as_raw_fd(),
+                    offset as libc::off_t,
+                    RANGE as libc::off_t,
+                    libc::POSIX_FADV_WILLNEED,
+                )
+            };
+            if rc != 0 {
+                debug!(path = %path.display(), rc, "posix_fadvise(WILLNEED) failed");
+                return;
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = path;
 }
 
 fn encode_state(state: &ViewState) -> Vec<u8> {
@@ -577,5 +866,95 @@ mod tests {
         assert_ne!(changed.fingerprint, l.fingerprint);
         assert!(sb.view_is_empty(&changed).unwrap());
         assert_eq!(sb.view_state(&changed).unwrap(), None);
+    }
+
+    /// `entries` sorted, with their versions, as a merge yields them.
+    fn versioned(mut e: Entries) -> impl Iterator<Item = Result<Versioned>> {
+        e.sort_by(|a, b| a.0.cmp(&b.0));
+        e.into_iter()
+            .map(|(k, v)| Ok((k, value_version(&v).unwrap(), v)))
+    }
+
+    fn staging_is_empty(s: &OnlineStore) -> bool {
+        std::fs::read_dir(s.staging_dir()).map_or(true, |mut d| d.next().is_none())
+    }
+
+    #[test]
+    fn sorted_commits_equal_newer_only_write_batches() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (sa, sb) = (store(a.path()), store(b.path()));
+        let l = layout();
+        // More keys than one chunk: into the empty view; then older, newer and
+        // new keys; then a replace of older rows.
+        let first: Vec<_> = (0..20_000)
+            .map(|i| (i, 500, 1, Some(i as f64), None))
+            .collect();
+        let second: Vec<_> = (10_000..30_000)
+            .map(|i| (i, if i % 2 == 0 { 400 } else { 600 }, 1, None, Some("z")))
+            .collect();
+        let third: Vec<_> = (0..100).map(|i| (i, 1, 1, Some(-1.0), None)).collect();
+        for (round, (rows, replace)) in [(first, false), (second, false), (third, true)]
+            .into_iter()
+            .enumerate()
+        {
+            let e = entries(&l, &rows);
+            let count = |s: &OnlineStore| s.view_state(&l).unwrap().map_or(0, |s| s.key_count);
+            let new_state = |key_count| ViewState {
+                fingerprint: l.fingerprint,
+                watermark: Some(round as i64),
+                key_count,
+                ..Default::default()
+            };
+            let (keep, new_keys) = sa.newer_only(&l, e.clone(), replace).unwrap();
+            sa.commit_batch(&l, &keep, &new_state(count(&sa) + new_keys), true)
+                .unwrap();
+            let old = count(&sb);
+            let done = sb
+                .commit_sorted(&l, versioned(e), replace, |done| {
+                    new_state(old + done.new_keys)
+                })
+                .unwrap();
+            let want = SortedCommit {
+                view_was_empty: round == 0,
+                entities: rows.len() as u64,
+                written: keep.len() as u64,
+                new_keys,
+            };
+            assert_eq!(done, want, "round {round}");
+            assert_eq!(sa.scan_view(&l).unwrap(), sb.scan_view(&l).unwrap());
+            assert_eq!(sa.view_state(&l).unwrap(), sb.view_state(&l).unwrap());
+            assert!(staging_is_empty(&sb), "staging is cleaned");
+        }
+        assert_eq!(sb.scan_view(&l).unwrap().len(), 30_000);
+    }
+
+    #[test]
+    fn a_failed_sorted_commit_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let l = layout();
+        let e = entries(
+            &l,
+            &[(1, 950, 1, Some(1.0), None), (2, 950, 1, Some(2.0), None)],
+        );
+        let state = |_: &SortedCommit| ViewState {
+            fingerprint: l.fingerprint,
+            ..Default::default()
+        };
+        // The stream fails.
+        let failing = versioned(e.clone())
+            .take(1)
+            .chain([Err(Error::InvalidKeys("boom".into()))]);
+        let err = s.commit_sorted(&l, failing, false, state).unwrap_err();
+        assert_eq!(err.to_string(), "boom");
+        // Keys out of order: RocksDB refuses them.
+        let mut unsorted: Vec<_> = versioned(e).collect();
+        unsorted.reverse();
+        assert!(s
+            .commit_sorted(&l, unsorted.into_iter(), false, state)
+            .is_err());
+        assert!(s.view_is_empty(&l).unwrap());
+        assert_eq!(s.view_state(&l).unwrap(), None);
+        assert!(staging_is_empty(&s), "staging is cleaned");
     }
 }
