@@ -616,9 +616,9 @@ mod tests {
 
     #[test]
     fn materialize_memory_has_a_floor() {
-        let r = repo("project: p\nonline_store:\n  materialize_memory_mb: 64\n").unwrap();
+        let r = repo("project: p\noffline_store:\n  url: ./data\nonline_store:\n  materialize_memory_mb: 64\n").unwrap();
         assert_eq!(r.config.online_store.materialize_memory_mb, 64);
-        let e = repo("project: p\nonline_store:\n  materialize_memory_mb: 0\n")
+        let e = repo("project: p\noffline_store:\n  url: ./data\nonline_store:\n  materialize_memory_mb: 0\n")
             .unwrap_err()
             .to_string();
         assert!(

@@ -171,7 +171,7 @@ impl Default for MaterializeOptions {
 }
 
 /// Rows folded between two checks of a partition's memory budget.
-pub(crate) const FOLD_SLICE_ROWS: usize = 1024;
+pub(crate) const FOLD_SLICE_ROWS: usize = 8192;
 
 /// The online layouts of every view, from the registry and the Parquet schemas.
 pub(crate) fn view_layouts(catalog: &Catalog) -> Result<BTreeMap<String, Arc<ViewLayout>>> {
@@ -1153,13 +1153,15 @@ feature_views:
         let spilling = materializer(&catalog, &offline, b.path(), 4 << 10);
         let layout = memory.layouts()["points"].clone();
 
-        // A few KB force many runs; 512 MiB none.
+        // A few KB force a run per folded slice (several, with keys in each); 512 MiB none.
         let (found, rows) = spilling
             .scan(&layout, None, at(100), &NoProgress)
             .await
             .unwrap();
         assert_eq!(rows, 6 * KEYS as u64);
-        assert!(matches!(found, Found::Spilled(_, ref runs) if runs.len() > 6));
+        assert!(matches!(found, Found::Spilled(_, ref runs) if runs.len() > 1));
+        // Its runs go with it.
+        drop(found);
         let (found, _) = memory
             .scan(&layout, None, at(100), &NoProgress)
             .await

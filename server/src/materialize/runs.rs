@@ -348,9 +348,12 @@ mod tests {
         )
     }
 
+    /// A key's version and value.
+    type Newest = ((i64, i64), Vec<u8>);
+
     /// The newest of `entries` per key, the first given on a tie, in key order.
     fn reference(entries: &[Versioned]) -> Vec<Versioned> {
-        let mut best: BTreeMap<Vec<u8>, ((i64, i64), Vec<u8>)> = BTreeMap::new();
+        let mut best: BTreeMap<Vec<u8>, Newest> = BTreeMap::new();
         for (k, v, value) in entries {
             match best.get(k) {
                 Some((have, _)) if have >= v => {}

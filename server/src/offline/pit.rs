@@ -762,22 +762,55 @@ mod tests {
             ),
         ])
         .unwrap();
-        let join = AsofJoinExec::try_new(source(l, 2), source(r, 2), spec(ttl, cutoff), 3).unwrap();
-        let out = collect(Arc::new(join), ctx(batch_size)).await.unwrap();
+        let join = AsofJoinExec::try_new(source(l, 2), source(r.clone(), 2), spec(ttl, cutoff), 3)
+            .unwrap();
+        let join: Arc<dyn ExecutionPlan> = Arc::new(join);
+        // A second view on the same keys (the same rows, other rules) joins the
+        // first join's output as it is: no second partitioning or sort.
+        let r2 = RecordBatch::try_new(
+            Arc::new(Schema::new(
+                (r.schema().fields().iter())
+                    .map(|f| match f.name().as_str() {
+                        "v" => f.as_ref().clone().with_name("v2"),
+                        _ => f.as_ref().clone(),
+                    })
+                    .collect::<Vec<_>>(),
+            )),
+            r.columns().to_vec(),
+        )
+        .unwrap();
+        let spec2 = AsofSpec {
+            right_values: vec!["v2".into()],
+            ..spec(ttl.map(|t| t / 2), !cutoff)
+        };
+        let chained = AsofJoinExec::try_new(join.clone(), source(r2, 2), spec2, 3).unwrap();
+        assert!(
+            Arc::ptr_eq(chained.children()[0], &join),
+            "the spine was partitioned and sorted again"
+        );
+        let out = collect(Arc::new(chained), ctx(batch_size)).await.unwrap();
         let mut got = vec![None; left.len()];
+        let mut got2 = vec![None; left.len()];
         let mut seen = vec![0; left.len()];
         for b in &out {
             let row = b.column_by_name("row").unwrap().as_primitive::<Int64Type>();
             let v = b.column_by_name("v").unwrap().as_primitive::<Int64Type>();
+            let v2 = b.column_by_name("v2").unwrap().as_primitive::<Int64Type>();
             for i in 0..b.num_rows() {
                 let r = row.value(i) as usize;
                 seen[r] += 1;
                 got[r] = v.is_valid(i).then(|| v.value(i));
+                got2[r] = v2.is_valid(i).then(|| v2.value(i));
             }
         }
         assert!(
             seen.iter().all(|&s| s == 1),
             "every left row exactly once: {seen:?}"
+        );
+        assert_eq!(
+            got2,
+            oracle(left, right, ttl.map(|t| t / 2), !cutoff),
+            "the second view, joined on the sorted output of the first"
         );
         got
     }

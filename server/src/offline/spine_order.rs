@@ -17,7 +17,7 @@
 //! The held features and the permutation are reserved in the query's memory pool
 //! (what a sort by row number held as well, minus the spine's columns).
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt64Array};
+use arrow::array::{new_empty_array, Array, ArrayRef, AsArray, RecordBatch, UInt64Array};
 use arrow::buffer::ScalarBuffer;
 use arrow::compute::{concat, take};
 use arrow::datatypes::{SchemaRef, UInt64Type};
@@ -74,6 +74,7 @@ async fn gather(
     mut joined: SendableRecordBatchStream,
     order: SpineOrder,
 ) -> Result<(Vec<ArrayRef>, UInt64Array, SpineOrder)> {
+    let schema = joined.schema();
     let mut held: Vec<RecordBatch> = Vec::new();
     let mut held_bytes = 0;
     while let Some(batch) = joined.next().await.transpose()? {
@@ -125,9 +126,13 @@ async fn gather(
         ));
     }
     let mut columns = Vec::with_capacity(order.values.len());
-    for c in 0..order.values.len() {
+    for (c, &i) in order.values.iter().enumerate() {
         let parts: Vec<&dyn Array> = held.iter().map(|b| b.column(c).as_ref()).collect();
-        let column = concat(&parts)?;
+        let column = match parts.as_slice() {
+            // An empty spine: nothing joined, nothing to take from.
+            [] => new_empty_array(schema.field(i).data_type()),
+            _ => concat(&parts)?,
+        };
         order
             .reservation
             .try_grow(column.get_array_memory_size())
@@ -278,8 +283,8 @@ mod tests {
             let g = b.column(2).as_string::<i32>();
             for i in 0..b.num_rows() {
                 assert_eq!(ids.value(i), row as i64);
-                assert_eq!(f.is_null(i), row % 3 == 0, "row {row}");
-                if row % 3 != 0 {
+                assert_eq!(f.is_null(i), row.is_multiple_of(3), "row {row}");
+                if !row.is_multiple_of(3) {
                     assert_eq!(f.value(i), row as f64 / 2.0);
                 }
                 assert_eq!(g.value(i), format!("v{row}"));
@@ -287,6 +292,14 @@ mod tests {
             }
         }
         assert_eq!(row, 10);
+    }
+
+    #[test]
+    fn an_empty_spine_gives_no_batches() {
+        assert!(run(Vec::new(), Vec::new(), pool()).unwrap().is_empty());
+        assert!(run(spine(&[0]), vec![joined(&[])], pool())
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
