@@ -757,7 +757,9 @@ impl Materializer {
         let mut reports = Vec::new();
         for layout in layouts {
             reports.push(self.run_view(&layout, window, progress).await?);
-            release_free_memory();
+            // Off the async workers: a trim of a large heap takes a while and
+            // each arena's lock.
+            let _ = tokio::task::spawn_blocking(release_free_memory).await;
         }
         Ok(reports)
     }

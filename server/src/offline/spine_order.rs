@@ -4,22 +4,22 @@
 //! and sorted by key; their output, the features of every spine row, comes back
 //! in that order. Every row number `0..n` appears exactly once, so the original
 //! order is a permutation known in one pass: `position[row]` is where the row's
-//! features landed. Each spine batch then gets its features with one `take` per
-//! column, and keeps its own columns untouched (never copied, never carried
-//! through the joins).
+//! features landed (held batch, row). Each spine batch then gets its features
+//! interleaved from the held batches, and keeps its own columns untouched
+//! (never copied, never carried through the joins).
 //!
 //! ```text
-//! joined (row, features) ── hold, concat per column ──┐
-//!                         └─ position[row] = i ───────┼─ per spine batch: take(features, position[a..b])
-//! spine batches (as received) ────────────────────────┘   ──> spine columns ++ features
+//! joined (row, features) ── hold as they come ───────────┐
+//!                         └─ position[row] = (batch, i) ──┼─ per spine batch: interleave(features, position[a..b])
+//! spine batches (as received) ────────────────────────────┘   ──> spine columns ++ features
 //! ```
 //!
-//! The held features and the permutation are reserved in the query's memory pool
-//! (what a sort by row number held as well, minus the spine's columns).
+//! The held features (their own rows' bytes: the joins emit slices of shared
+//! buffers) and the permutation are reserved in the query's memory pool. Nothing
+//! is concatenated, so no array grows past the joins' batch size.
 
-use arrow::array::{new_empty_array, Array, ArrayRef, AsArray, RecordBatch, UInt64Array};
-use arrow::buffer::ScalarBuffer;
-use arrow::compute::{concat, take};
+use arrow::array::{new_empty_array, Array, AsArray, RecordBatch};
+use arrow::compute::interleave;
 use arrow::datatypes::{SchemaRef, UInt64Type};
 use datafusion::common::{internal_datafusion_err, DataFusionError, Result};
 use datafusion::execution::memory_pool::MemoryReservation;
@@ -54,8 +54,8 @@ pub(crate) fn restore(
 ) -> SendableRecordBatchStream {
     let schema = order.schema.clone();
     let batches = futures::stream::once(async move {
-        let (columns, position, order) = gather(joined, order).await?;
-        Ok::<_, DataFusionError>(futures::stream::iter(emit(columns, position, order)))
+        let held = gather(joined, &order).await?;
+        Ok::<_, DataFusionError>(futures::stream::iter(emit(held, order)))
     })
     .try_flatten();
     Box::pin(RecordBatchStreamAdapter::new(schema, batches))
@@ -68,99 +68,90 @@ fn exhausted(e: DataFusionError) -> DataFusionError {
     ))
 }
 
-/// Holds the joined values, one array per value column, and where each spine
-/// row's values are in them.
-async fn gather(
-    mut joined: SendableRecordBatchStream,
-    order: SpineOrder,
-) -> Result<(Vec<ArrayRef>, UInt64Array, SpineOrder)> {
-    let schema = joined.schema();
-    let mut held: Vec<RecordBatch> = Vec::new();
-    let mut held_bytes = 0;
+/// The joined values as they came (value columns, then the row number), and
+/// where each spine row's values are: (held batch, row in it).
+struct Held {
+    batches: Vec<RecordBatch>,
+    position: Vec<(usize, usize)>,
+}
+
+/// Bytes of `batch`'s own rows: the joins emit slices of shared buffers (an
+/// early flush cuts one left batch into many), which must not count the whole
+/// buffer once per slice.
+fn slice_bytes(batch: &RecordBatch) -> Result<usize> {
+    let mut bytes = 0;
+    for c in batch.columns() {
+        bytes += c.to_data().get_slice_memory_size()?;
+    }
+    Ok(bytes)
+}
+
+/// Holds the joined values and finds where each spine row's are. Nothing is
+/// concatenated: a string feature of more than 2 GiB over the whole training
+/// set would overflow one array's offsets, and a copy would double the memory.
+async fn gather(mut joined: SendableRecordBatchStream, order: &SpineOrder) -> Result<Held> {
+    let mut batches: Vec<RecordBatch> = Vec::new();
+    let projection: Vec<usize> = (order.values.iter().copied())
+        .chain([order.row_column])
+        .collect();
     while let Some(batch) = joined.next().await.transpose()? {
         if batch.num_rows() == 0 {
             continue;
         }
-        let batch = batch.project(
-            &order
-                .values
-                .iter()
-                .copied()
-                .chain([order.row_column])
-                .collect::<Vec<_>>(),
-        )?;
-        let bytes = batch.get_array_memory_size();
-        order.reservation.try_grow(bytes).map_err(exhausted)?;
-        held_bytes += bytes;
-        held.push(batch);
+        let batch = batch.project(&projection)?;
+        order
+            .reservation
+            .try_grow(slice_bytes(&batch)?)
+            .map_err(exhausted)?;
+        batches.push(batch);
     }
     let row_column = order.values.len();
     order
         .reservation
-        .try_grow(order.rows * std::mem::size_of::<u64>())
+        .try_grow(order.rows * std::mem::size_of::<(usize, usize)>())
         .map_err(exhausted)?;
-    let mut position = vec![u64::MAX; order.rows];
-    let mut at = 0u64;
-    for batch in &held {
+    const UNSEEN: (usize, usize) = (usize::MAX, usize::MAX);
+    let mut position = vec![UNSEEN; order.rows];
+    let mut seen = 0usize;
+    for (b, batch) in batches.iter().enumerate() {
         let rows = batch.column(row_column).as_primitive::<UInt64Type>();
-        for &row in rows.values() {
+        for (i, &row) in rows.values().iter().enumerate() {
             let slot = position.get_mut(row as usize).ok_or_else(|| {
                 internal_datafusion_err!(
                     "joined row number {row} is past the spine's {} rows",
                     order.rows
                 )
             })?;
-            if *slot != u64::MAX {
+            if *slot != UNSEEN {
                 return Err(internal_datafusion_err!(
                     "spine row {row} came out of the joins twice"
                 ));
             }
-            *slot = at;
-            at += 1;
+            *slot = (b, i);
+            seen += 1;
         }
     }
-    if at as usize != order.rows {
+    if seen != order.rows {
         return Err(internal_datafusion_err!(
-            "the joins returned {at} of the spine's {} rows",
+            "the joins returned {seen} of the spine's {} rows",
             order.rows
         ));
     }
-    let mut columns = Vec::with_capacity(order.values.len());
-    for (c, &i) in order.values.iter().enumerate() {
-        let parts: Vec<&dyn Array> = held.iter().map(|b| b.column(c).as_ref()).collect();
-        let column = match parts.as_slice() {
-            // An empty spine: nothing joined, nothing to take from.
-            [] => new_empty_array(schema.field(i).data_type()),
-            _ => concat(&parts)?,
-        };
-        order
-            .reservation
-            .try_grow(column.get_array_memory_size())
-            .map_err(exhausted)?;
-        columns.push(column);
-    }
-    drop(held);
-    order.reservation.shrink(held_bytes);
-    Ok((
-        columns,
-        UInt64Array::new(ScalarBuffer::from(position), None),
-        order,
-    ))
+    Ok(Held { batches, position })
 }
 
 /// The output batches: each spine batch (cut at [`MAX_OUTPUT_ROWS`]) with its
-/// values taken in its row order.
-fn emit(
-    columns: Vec<ArrayRef>,
-    position: UInt64Array,
-    order: SpineOrder,
-) -> impl Iterator<Item = Result<RecordBatch>> {
+/// rows' values, interleaved from the held batches.
+fn emit(held: Held, order: SpineOrder) -> impl Iterator<Item = Result<RecordBatch>> {
     let SpineOrder {
         spine,
         schema,
         reservation,
+        values,
         ..
     } = order;
+    let Held { batches, position } = held;
+    let value_fields: Vec<_> = schema.fields()[schema.fields().len() - values.len()..].to_vec();
     let mut start = 0;
     spine
         .into_iter()
@@ -174,11 +165,17 @@ fn emit(
         .map(move |chunk| {
             // Held until the last batch is out.
             let _held = &reservation;
-            let rows = position.slice(start, chunk.num_rows());
+            let picks = &position[start..start + chunk.num_rows()];
             start += chunk.num_rows();
             let mut out = chunk.columns().to_vec();
-            for c in &columns {
-                out.push(take(c.as_ref(), &rows, None)?);
+            for (c, field) in value_fields.iter().enumerate() {
+                let sources: Vec<&dyn Array> =
+                    batches.iter().map(|b| b.column(c).as_ref()).collect();
+                out.push(if sources.is_empty() {
+                    new_empty_array(field.data_type())
+                } else {
+                    interleave(&sources, picks)?
+                });
             }
             Ok(RecordBatch::try_new(schema.clone(), out)?)
         })
@@ -189,7 +186,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use arrow::array::{Float64Array, Int64Array, StringArray};
+    use arrow::array::{Float64Array, Int64Array, StringArray, UInt64Array};
     use arrow::datatypes::{DataType, Field, Schema};
     use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryConsumer, MemoryPool};
     use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -324,6 +321,18 @@ mod tests {
         assert!(twice.to_string().contains("twice"), "{twice}");
         let past = run(spine(&[3]), vec![joined(&[0, 1, 5])], pool()).unwrap_err();
         assert!(past.to_string().contains("past the spine"), "{past}");
+    }
+
+    #[test]
+    fn slices_of_one_batch_are_counted_once() {
+        // An early flush of the join emits slices of one batch: 100 slices of
+        // 1,000 rows must reserve about one batch, not a hundred.
+        let whole = joined(&(0..1000).collect::<Vec<_>>());
+        let full = whole.get_array_memory_size();
+        let parts: Vec<RecordBatch> = (0..100).map(|i| whole.slice(i * 10, 10)).collect();
+        let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(10 * full));
+        let out = run(spine(&[1000]), parts, pool).unwrap();
+        assert_eq!(out.iter().map(RecordBatch::num_rows).sum::<usize>(), 1000);
     }
 
     #[test]
