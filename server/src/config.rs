@@ -7,7 +7,7 @@
 //! online_store:
 //!   path: ./data/online      # RocksDB folder
 //!   block_cache_mb: 256      # RocksDB block cache
-//!   bulk_min_keys: 50000     # empty views receiving this many keys are loaded as one SST
+//!   bulk_min_keys: 50000     # empty views receiving this many keys are loaded as SST files
 //!   materialize_memory_mb: 512   # materialize's newest rows per entity in memory, then spilled to disk
 //! server:
 //!   addr: 127.0.0.1:8815
@@ -238,7 +238,7 @@ pub struct OnlineStoreConfig {
     #[serde(default = "default_block_cache_mb")]
     pub block_cache_mb: usize,
     /// A materialization writing at least this many keys into an empty view loads
-    /// them as one ingested SST file instead of a write batch.
+    /// them as ingested SST files instead of a write batch.
     #[serde(default = "default_bulk_min_keys")]
     pub bulk_min_keys: usize,
     /// Memory (MiB, estimated) a materialization may hold a plain view's newest

@@ -7,7 +7,7 @@
 //!            └── drain into a sorted run on disk (runs)                           │
 //! within the budget everywhere:                                                   ├─ merge
 //!     view lock ── newer_only(stored) ── one write batch (data + ViewState) <─────┤
-//!                └─ view empty and large: one SST (data + ViewState), ingested    │
+//!                └─ view empty and large: SSTs (data, then ViewState), ingested   │
 //! spilled anywhere (every partition's rest is spilled too):                       │
 //!     view lock ── k-way merge of the runs ── commit_sorted: newer only, 8192 <───┘
 //!                  keys at a time, SST files + ViewState, ingested in one step

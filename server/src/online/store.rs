@@ -496,9 +496,9 @@ impl OnlineStore {
         Ok(out)
     }
 
-    /// Loads `entries` into a view that holds no key yet by writing one sorted SST
-    /// file (the data keys, then the view's state) and ingesting it: one atomic
-    /// step, much cheaper than a write batch for large loads.
+    /// Loads `entries` into a view that holds no key yet by writing sorted SST
+    /// files (the data keys, then the view's state in the last) and ingesting
+    /// them in one atomic step, much cheaper than a write batch for large loads.
     pub(crate) fn commit_bulk(
         &self,
         layout: &ViewLayout,
@@ -507,32 +507,12 @@ impl OnlineStore {
     ) -> Result<()> {
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         entries.dedup_by(|a, b| a.0 == b.0);
-        let staging = self.staging_dir();
-        std::fs::create_dir_all(&staging).map_err(|source| Error::Io {
-            path: staging.clone(),
-            source,
-        })?;
-        let file = staging.join(format!(
-            "{}-{:016x}-{}.sst",
-            layout.name,
-            layout.fingerprint,
-            std::process::id()
-        ));
-        let writer = SstFileWriter::create(&self.options);
-        writer.open(&file)?;
-        let mut writer = writer;
+        let staging = ScratchDir::create(&self.staging_dir(), "bulk")?;
+        let mut files = SstFiles::new(&self.options, staging.path());
         for (k, v) in &entries {
-            writer.put(k, v)?;
+            files.put(k, v)?;
         }
-        // b'm' sorts after b'd': the state goes last, in the same file.
-        writer.put(meta_key(&layout.name), encode_state(state))?;
-        writer.finish()?;
-        keep_in_page_cache(&file);
-        let mut opts = IngestExternalFileOptions::default();
-        opts.set_move_files(true);
-        let ingested = self.db.ingest_external_file_opts(&opts, vec![&file]);
-        let _ = std::fs::remove_file(&file);
-        ingested?;
+        self.ingest(files.finish(&meta_key(&layout.name), &encode_state(state))?)?;
         info!(view = %layout.name, keys = entries.len(), "ingested SST");
         Ok(())
     }
@@ -588,16 +568,21 @@ impl OnlineStore {
         let state = state(&done);
         let paths = files.finish(&meta_key(&layout.name), &encode_state(&state))?;
         let count = paths.len();
-        paths.iter().for_each(|p| keep_in_page_cache(p));
-        let mut opts = IngestExternalFileOptions::default();
-        opts.set_move_files(true);
-        // One call: RocksDB ingests the files all together or not at all.
-        (self.db)
-            .ingest_external_file_opts(&opts, paths)
-            .map_err(Error::from)?;
+        self.ingest(paths)?;
         drop(staging);
         info!(view = %layout.name, keys = done.written, files = count, "ingested sorted SSTs");
         Ok(done)
+    }
+
+    /// Ingests `paths` (SST files in key order, the view's state in the last)
+    /// in ONE call: RocksDB takes them all together or none. Their pages are
+    /// advised back into the page cache first ([`keep_in_page_cache`]).
+    fn ingest(&self, paths: Vec<PathBuf>) -> Result<()> {
+        paths.iter().for_each(|p| keep_in_page_cache(p));
+        let mut opts = IngestExternalFileOptions::default();
+        opts.set_move_files(true);
+        self.db.ingest_external_file_opts(&opts, paths)?;
+        Ok(())
     }
 
     /// Writes, of `chunk` (emptied), the entries newer than what is stored (all
