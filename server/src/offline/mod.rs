@@ -16,7 +16,9 @@
 mod asof_spec;
 pub(crate) mod entity_sql;
 pub(crate) mod historical;
+mod latest_join;
 pub(crate) mod pit;
+mod spine_index;
 mod spine_order;
 pub(crate) mod sql_catalog;
 pub(crate) mod window;

@@ -1,0 +1,339 @@
+//! Latest mode of the as-of join (`AsofJoinExec`, pit.rs): every spine row gets
+//! the feature row of its key with the largest `(time, created)` it can see.
+//!
+//! ```text
+//!  spine    --RepartitionExec(hash keys)--> held, grouped by key, each group in time order (spine_index.rs)
+//!  features --RepartitionExec(hash keys)--> one pass: each row offers itself to ONE slot, the
+//!                                           first spine row of its key that can see it
+//!  then per group, in time order: carry the best offer forward; per spine batch: take the values
+//! ```
+//!
+//! Neither side is sorted. A feature row `(time, created)` is visible to the
+//! spine rows of its key at or after `time` (with the created cutoff: at or
+//! after `max(time, created)`), so to a suffix of the key's spine rows in time
+//! order. It is offered to the first of them only, and kept there when it beats
+//! what that slot holds. Afterwards a walk through each key's spine rows in time
+//! order carries the best offer so far forward: a spine row's answer is the best
+//! of the offers to it and to every earlier row of its key, which is the best
+//! row it can see; the time to live is checked on that one (the newest visible
+//! row is the last that can be inside it). Rows visible to no spine row, or
+//! already too old for the first that sees them, cost a hash probe and a binary
+//! search and are not kept.
+//!
+//! Only winning rows' values are kept, copied out of their batch; a row beaten
+//! later becomes garbage, and when garbage outgrows the live rows the kept
+//! values are compacted into one copy of the live ones. Memory is the spine
+//! partition, 24 bytes per spine row, and at most about three kept rows per
+//! spine row, whatever the size of the feature view; all of it is reserved in
+//! the query's memory pool, and a query that does not fit fails with a clear
+//! error instead of spilling.
+
+use std::sync::Arc;
+
+use arrow::array::{new_null_array, Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
+use arrow::compute::{interleave, take};
+use arrow::datatypes::{Int64Type, SchemaRef};
+use arrow::row::RowConverter;
+use datafusion::common::{DataFusionError, Result};
+use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use futures::{StreamExt, TryStreamExt};
+
+use super::asof_spec::{AsofSpec, Indices};
+use super::spine_index::{Spine, SpineColumns, NO_GROUP};
+
+/// Kept rows are compacted when more than this many, and more than twice the
+/// live ones, are held.
+const COMPACT_AT_LEAST: usize = 1024;
+
+/// Live rows per compacted batch (keeps string offsets far from `i32::MAX`).
+const COMPACT_BATCH_ROWS: usize = 64 * 1024;
+
+/// The best offer a spine row (in its group's time order) has had: the kept
+/// row `(batch, row)` and its times. `batch == NONE` for none.
+#[derive(Clone, Copy)]
+struct Slot {
+    time: i64,
+    created: i64,
+    batch: u32,
+    row: u32,
+}
+
+const NONE: u32 = u32::MAX;
+
+impl Slot {
+    const EMPTY: Slot = Slot {
+        time: i64::MIN,
+        created: i64::MIN,
+        batch: NONE,
+        row: 0,
+    };
+
+    fn beaten_by(&self, time: i64, created: i64) -> bool {
+        self.batch == NONE || (time, created) > (self.time, self.created)
+    }
+}
+
+/// The latest-mode stream of one partition; see the module docs.
+pub(super) fn execute(
+    left: SendableRecordBatchStream,
+    right: SendableRecordBatchStream,
+    idx: Arc<Indices>,
+    join: &AsofSpec,
+    schema: SchemaRef,
+    partition: usize,
+    context: Arc<TaskContext>,
+) -> Result<SendableRecordBatchStream> {
+    let converter = RowConverter::new(idx.key_fields.clone())?;
+    let reservation =
+        MemoryConsumer::new(format!("AsofJoinExec[{partition}]")).register(context.memory_pool());
+    let rs = right.schema();
+    let nulls: Vec<ArrayRef> = (idx.right_values.iter())
+        .map(|&v| new_null_array(rs.field(v).data_type(), 1))
+        .collect();
+    let mut job = Job {
+        idx,
+        converter,
+        reservation,
+        ttl: join.ttl_nanos,
+        cutoff: join.created_cutoff,
+        kept: Vec::new(),
+        kept_rows: 0,
+        live: 0,
+    };
+    let out_schema = schema.clone();
+    let batches = futures::stream::once(async move {
+        let cols = SpineColumns {
+            keys: &job.idx.left_keys,
+            time: job.idx.left_time,
+        };
+        let reservation = &mut job.reservation;
+        let spine =
+            Spine::build(left, cols, &job.converter, |bytes| grow(reservation, bytes)).await?;
+        let slots = job.probe(&spine, right).await?;
+        let picks = job.resolve(&spine, slots);
+        Ok::<_, DataFusionError>(futures::stream::iter(emit(
+            spine.batches,
+            picks,
+            job,
+            nulls,
+            schema,
+        )))
+    })
+    .try_flatten();
+    Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, batches)))
+}
+
+fn grow(reservation: &mut MemoryReservation, bytes: usize) -> Result<()> {
+    reservation.try_grow(bytes).map_err(|e| {
+        DataFusionError::ResourcesExhausted(format!(
+            "the spine and the feature rows it sees do not fit in the query memory \
+             (server.memory_limit_mb); split the spine by time or raise the limit: {e}"
+        ))
+    })
+}
+
+struct Job {
+    idx: Arc<Indices>,
+    converter: RowConverter,
+    reservation: MemoryReservation,
+    ttl: Option<i64>,
+    cutoff: bool,
+    /// Kept value columns, one entry per kept batch.
+    kept: Vec<Vec<ArrayRef>>,
+    /// Rows held in `kept`, live or not.
+    kept_rows: usize,
+    /// Slots holding an offer.
+    live: usize,
+}
+
+fn bytes_of(columns: &[ArrayRef]) -> usize {
+    columns.iter().map(|c| c.get_array_memory_size()).sum()
+}
+
+impl Job {
+    /// Streams the feature rows once, each offered to the first spine row of its
+    /// key that sees it; returns the slots (one per spine row, in group order).
+    async fn probe(
+        &mut self,
+        spine: &Spine,
+        mut right: SendableRecordBatchStream,
+    ) -> Result<Vec<Slot>> {
+        let slot_bytes = std::mem::size_of::<Slot>() * spine.times.len();
+        grow(&mut self.reservation, slot_bytes)?;
+        let mut slots = vec![Slot::EMPTY; spine.times.len()];
+        if spine.groups() == 0 {
+            return Ok(slots);
+        }
+        let (mut groups, mut offers, mut take_rows) = (Vec::new(), Vec::new(), Vec::new());
+        while let Some(batch) = right.next().await.transpose()? {
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let key_cols: Vec<ArrayRef> = (self.idx.right_keys.iter())
+                .map(|&i| batch.column(i).clone())
+                .collect();
+            let keys = self.converter.convert_columns(&key_cols)?;
+            let time = batch
+                .column(self.idx.right_time)
+                .as_primitive::<Int64Type>();
+            let created =
+                (self.idx.right_created).map(|c| batch.column(c).as_primitive::<Int64Type>());
+            let id = self.kept.len() as u32;
+            let n = batch.num_rows();
+            let times_and_created = |r: usize| {
+                let c = match created {
+                    Some(c) if c.is_valid(r) => c.value(r),
+                    _ => i64::MIN,
+                };
+                (time.value(r), c)
+            };
+            // Three passes over the batch, each with short independent steps,
+            // so the processor overlaps the cache misses of many rows (one loop
+            // doing all three per row waited on each in turn).
+            // 1. Each row's group.
+            groups.clear();
+            groups.extend((0..n).map(|r| match time.is_valid(r) {
+                true => spine.group(keys.row(r).as_ref()).unwrap_or(NO_GROUP),
+                false => NO_GROUP,
+            }));
+            // 2. Each row's slot: the first spine row of its key that sees it,
+            //    unless even that one finds it past the time to live.
+            offers.clear();
+            for (r, &g) in groups.iter().enumerate() {
+                if g == NO_GROUP {
+                    continue;
+                }
+                let (t, c) = times_and_created(r);
+                let visible_from = if self.cutoff { t.max(c) } else { t };
+                let range = spine.range(g);
+                let times = &spine.times[range.clone()];
+                let p = times.partition_point(|&s| s < visible_from);
+                if p == times.len() || self.ttl.is_some_and(|ttl| times[p].saturating_sub(ttl) > t)
+                {
+                    continue;
+                }
+                offers.push(((range.start + p) as u32, r as u32));
+            }
+            // 3. Offers that beat what their slot holds are kept.
+            take_rows.clear();
+            for &(s, r) in &offers {
+                let (t, c) = times_and_created(r as usize);
+                let slot = &mut slots[s as usize];
+                if !slot.beaten_by(t, c) {
+                    continue;
+                }
+                if slot.batch == NONE {
+                    self.live += 1;
+                }
+                *slot = Slot {
+                    time: t,
+                    created: c,
+                    batch: id,
+                    row: take_rows.len() as u32,
+                };
+                take_rows.push(r);
+            }
+            if take_rows.is_empty() {
+                continue;
+            }
+            let rows = UInt32Array::from_iter_values(take_rows.iter().copied());
+            let values: Vec<ArrayRef> = (self.idx.right_values.iter())
+                .map(|&v| take(batch.column(v), &rows, None))
+                .collect::<std::result::Result<_, _>>()?;
+            grow(&mut self.reservation, bytes_of(&values))?;
+            self.kept_rows += rows.len();
+            self.kept.push(values);
+            if self.kept_rows > COMPACT_AT_LEAST.max(2 * self.live) {
+                self.compact(&mut slots)?;
+            }
+        }
+        Ok(slots)
+    }
+
+    /// Copies the live kept rows into new batches and drops the old ones.
+    fn compact(&mut self, slots: &mut [Slot]) -> Result<()> {
+        let live: Vec<usize> = (0..slots.len())
+            .filter(|&s| slots[s].batch != NONE)
+            .collect();
+        let mut kept = Vec::with_capacity(live.len().div_ceil(COMPACT_BATCH_ROWS));
+        for (id, chunk) in live.chunks(COMPACT_BATCH_ROWS).enumerate() {
+            let at: Vec<(usize, usize)> = (chunk.iter())
+                .map(|&s| (slots[s].batch as usize, slots[s].row as usize))
+                .collect();
+            let columns: Vec<ArrayRef> = (0..self.idx.right_values.len())
+                .map(|v| {
+                    let sources: Vec<&dyn Array> =
+                        self.kept.iter().map(|b| b[v].as_ref()).collect();
+                    interleave(&sources, &at)
+                })
+                .collect::<std::result::Result<_, _>>()?;
+            grow(&mut self.reservation, bytes_of(&columns))?;
+            for (row, &s) in chunk.iter().enumerate() {
+                slots[s].batch = id as u32;
+                slots[s].row = row as u32;
+            }
+            kept.push(columns);
+        }
+        let old: usize = self.kept.iter().map(|b| bytes_of(b)).sum();
+        self.reservation.shrink(old.min(self.reservation.size()));
+        self.kept = kept;
+        self.kept_rows = live.len();
+        Ok(())
+    }
+
+    /// Each spine row's answer, by row number: the kept `(batch, row)`, or
+    /// `None`. Per group, the best offer so far is carried forward in time order.
+    fn resolve(&mut self, spine: &Spine, slots: Vec<Slot>) -> Vec<Option<(u32, u32)>> {
+        let rows: usize = spine.batches.iter().map(|(b, _)| b.num_rows()).sum();
+        let mut picks = vec![None; rows];
+        for g in 0..spine.groups() as u32 {
+            let mut best = Slot::EMPTY;
+            for p in spine.range(g) {
+                let offer = slots[p];
+                if offer.batch != NONE && best.beaten_by(offer.time, offer.created) {
+                    best = offer;
+                }
+                let fresh = self
+                    .ttl
+                    .is_none_or(|ttl| best.time >= spine.times[p].saturating_sub(ttl));
+                if best.batch != NONE && fresh {
+                    picks[spine.rows[p] as usize] = Some((best.batch, best.row));
+                }
+            }
+        }
+        let slot_bytes = std::mem::size_of::<Slot>() * slots.len();
+        self.reservation
+            .shrink(slot_bytes.min(self.reservation.size()));
+        picks
+    }
+}
+
+/// Each spine batch with its rows' values appended, in the order received, as
+/// the consumer asks for them. The reservation lives as long as the held spine
+/// and values.
+fn emit(
+    batches: Vec<(RecordBatch, Vec<u32>)>,
+    picks: Vec<Option<(u32, u32)>>,
+    job: Job,
+    nulls: Vec<ArrayRef>,
+    schema: SchemaRef,
+) -> impl Iterator<Item = Result<RecordBatch>> + Send {
+    let mut start = 0;
+    batches.into_iter().map(move |(batch, _)| {
+        let n = batch.num_rows();
+        // interleave sources: 0 is the one-row null batch, then the kept batches.
+        let at: Vec<(usize, usize)> = (picks[start..start + n].iter())
+            .map(|p| p.map_or((0, 0), |(b, r)| (b as usize + 1, r as usize)))
+            .collect();
+        start += n;
+        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
+        for (v, null) in nulls.iter().enumerate() {
+            let mut sources: Vec<&dyn Array> = vec![null.as_ref()];
+            sources.extend(job.kept.iter().map(|b| b[v].as_ref()));
+            columns.push(interleave(&sources, &at)?);
+        }
+        Ok(RecordBatch::try_new(schema.clone(), columns)?)
+    })
+}

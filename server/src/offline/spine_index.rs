@@ -1,0 +1,336 @@
+//! The spine side of the hash-grouped as-of joins (`latest_join.rs`,
+//! `window_join.rs`): one partition of the spine, held, its rows grouped by
+//! join key and each group's rows in time order.
+//!
+//! ```text
+//!  spine batches (held, as received) ──> key (row format) -> group id   (hash table)
+//!                                        group g: times[at[g]..at[g + 1]]  sorted
+//!                                                 rows[at[g]..at[g + 1]]   their row numbers
+//! ```
+//!
+//! Rows are numbered in arrival order across the partition's batches. A row
+//! with a null key or time belongs to no group ([`NO_GROUP`]): it sees nothing.
+//! Short keys sit in the hash table itself, so a probe compares bytes already
+//! in the table's slot instead of following a pointer.
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::ops::Range;
+
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::datatypes::Int64Type;
+use arrow::row::{RowConverter, Rows};
+use datafusion::common::{DataFusionError, Result};
+use datafusion::execution::SendableRecordBatchStream;
+use futures::StreamExt;
+
+/// Marks a spine row that belongs to no group (a null key or time).
+pub(super) const NO_GROUP: u32 = u32::MAX;
+
+/// Key bytes up to this long are kept in the hash table itself.
+const INLINE_KEY: usize = 22;
+
+/// A key in arrow's row format (a single 64-bit key takes 9 bytes). Short keys
+/// are stored inline; it hashes and compares as its bytes.
+#[derive(Clone)]
+enum GroupKey {
+    Inline(u8, [u8; INLINE_KEY]),
+    Heap(Box<[u8]>),
+}
+
+impl GroupKey {
+    fn new(bytes: &[u8]) -> Self {
+        if bytes.len() > INLINE_KEY {
+            return GroupKey::Heap(bytes.into());
+        }
+        let mut inline = [0; INLINE_KEY];
+        inline[..bytes.len()].copy_from_slice(bytes);
+        GroupKey::Inline(bytes.len() as u8, inline)
+    }
+}
+
+impl Borrow<[u8]> for GroupKey {
+    fn borrow(&self) -> &[u8] {
+        match self {
+            GroupKey::Inline(n, bytes) => &bytes[..*n as usize],
+            GroupKey::Heap(bytes) => bytes,
+        }
+    }
+}
+
+impl Hash for GroupKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        Borrow::<[u8]>::borrow(self).hash(state)
+    }
+}
+
+impl PartialEq for GroupKey {
+    fn eq(&self, other: &Self) -> bool {
+        Borrow::<[u8]>::borrow(self) == Borrow::<[u8]>::borrow(other)
+    }
+}
+
+impl Eq for GroupKey {}
+
+/// A held spine partition; see the module docs.
+pub(super) struct Spine {
+    /// The batches as received, each with its rows' groups.
+    pub batches: Vec<(RecordBatch, Vec<u32>)>,
+    index: HashMap<GroupKey, u32, foldhash::fast::RandomState>,
+    /// Group `g`'s spine times, sorted, are `times[at[g]..at[g + 1]]`.
+    pub times: Vec<i64>,
+    /// The row number of each entry of `times`.
+    pub rows: Vec<u32>,
+    pub at: Vec<u32>,
+}
+
+/// The columns of the spine the grouping reads.
+pub(super) struct SpineColumns<'a> {
+    pub keys: &'a [usize],
+    pub time: usize,
+}
+
+impl Spine {
+    /// Holds the partition `left` and groups its rows by key. `grow` is asked
+    /// for the bytes held before they are: an error from it ends the build.
+    pub(super) async fn build(
+        mut left: SendableRecordBatchStream,
+        cols: SpineColumns<'_>,
+        converter: &RowConverter,
+        mut grow: impl FnMut(usize) -> Result<()>,
+    ) -> Result<Spine> {
+        let mut batches = Vec::new();
+        let mut index = HashMap::default();
+        let (mut groups, mut held) = (0u32, 0usize);
+        // A group's hash slot (inline key and id) and its two offsets.
+        const GROUP_BYTES: usize = 40;
+        // Per row: its group, its time and row number in the sorted groups, and
+        // the (time, row) pair they are sorted as.
+        const ROW_BYTES: usize = 4 + 12 + 16;
+        while let Some(batch) = left.next().await.transpose()? {
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let key_cols: Vec<ArrayRef> =
+                cols.keys.iter().map(|&i| batch.column(i).clone()).collect();
+            let keys: Rows = converter.convert_columns(&key_cols)?;
+            grow(batch.get_array_memory_size() + keys.size() + ROW_BYTES * batch.num_rows())?;
+            let time = batch.column(cols.time).as_primitive::<Int64Type>();
+            let mut rows = Vec::with_capacity(batch.num_rows());
+            let index_len = groups as usize;
+            for i in 0..batch.num_rows() {
+                if time.is_null(i) || key_cols.iter().any(|c| c.is_null(i)) {
+                    rows.push(NO_GROUP);
+                    continue;
+                }
+                let key = keys.row(i);
+                let g = match index.get(key.as_ref()) {
+                    Some(&g) => g,
+                    None => {
+                        index.insert(GroupKey::new(key.as_ref()), groups);
+                        groups += 1;
+                        groups - 1
+                    }
+                };
+                rows.push(g);
+            }
+            held += rows.len();
+            rows_fit(held, "spine rows")?;
+            grow(GROUP_BYTES * (groups as usize - index_len))?;
+            batches.push((batch, rows));
+        }
+        let grouped = || batches.iter().flat_map(|(_, rows)| rows.iter().copied());
+        let at = group_offsets(groups as usize, grouped().filter(|&g| g != NO_GROUP));
+        let mut pairs = scatter(
+            &at,
+            (batches.iter())
+                .scan(0u32, |start, (batch, rows)| {
+                    let first = *start;
+                    *start += rows.len() as u32;
+                    Some((first, batch, rows))
+                })
+                .flat_map(|(first, batch, rows)| {
+                    let time = batch.column(cols.time).as_primitive::<Int64Type>();
+                    (rows.iter().enumerate())
+                        .filter(|(_, &g)| g != NO_GROUP)
+                        .map(move |(i, &g)| (g, (time.value(i), first + i as u32)))
+                }),
+        );
+        for g in 0..groups as usize {
+            pairs[at[g] as usize..at[g + 1] as usize].sort_unstable();
+        }
+        let (times, rows) = pairs.into_iter().unzip();
+        Ok(Spine {
+            batches,
+            index,
+            times,
+            rows,
+            at,
+        })
+    }
+
+    /// The group of a key in row format, if a spine row has it.
+    pub(super) fn group(&self, key: &[u8]) -> Option<u32> {
+        self.index.get(key).copied()
+    }
+
+    /// How many groups (distinct keys) there are.
+    pub(super) fn groups(&self) -> usize {
+        self.at.len() - 1
+    }
+
+    /// Group `g`'s positions in `times` and `rows`.
+    pub(super) fn range(&self, g: u32) -> Range<usize> {
+        self.at[g as usize] as usize..self.at[g as usize + 1] as usize
+    }
+
+    /// Group `g`'s spine times, sorted.
+    pub(super) fn times(&self, g: u32) -> &[i64] {
+        &self.times[self.range(g)]
+    }
+}
+
+/// Where each group's items start once grouped (`groups` holds `n` groups' ids,
+/// one per item), with the total at the end.
+pub(super) fn group_offsets(n: usize, groups: impl Iterator<Item = u32>) -> Vec<u32> {
+    let mut at = vec![0u32; n + 1];
+    for g in groups {
+        at[g as usize + 1] += 1;
+    }
+    for g in 0..n {
+        at[g + 1] += at[g];
+    }
+    at
+}
+
+/// Counting sort: the items placed by group (`at` from [`group_offsets`]),
+/// keeping their order within a group.
+pub(super) fn scatter<T: Copy + Default>(
+    at: &[u32],
+    items: impl Iterator<Item = (u32, T)>,
+) -> Vec<T> {
+    let mut next = at[..at.len() - 1].to_vec();
+    let mut out = vec![T::default(); *at.last().unwrap_or(&0) as usize];
+    for (g, item) in items {
+        let slot = &mut next[g as usize];
+        out[*slot as usize] = item;
+        *slot += 1;
+    }
+    out
+}
+
+/// Refuses a partition of more rows (spine rows, or kept events) than `u32`
+/// row numbers can hold.
+pub(super) fn rows_fit(n: usize, what: &str) -> Result<()> {
+    if n >= NO_GROUP as usize {
+        return Err(DataFusionError::ResourcesExhausted(format!(
+            "{n} {what} in one partition of an as-of join; split the spine by time"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    use arrow::array::Int64Array;
+    use arrow::datatypes::DataType;
+    use arrow::row::SortField;
+    use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+
+    #[test]
+    fn group_keys_hash_and_compare_as_their_bytes_inline_or_not() {
+        let mut index: HashMap<GroupKey, u32, foldhash::fast::RandomState> = HashMap::default();
+        let keys: Vec<Vec<u8>> = [0usize, 1, 9, 21, 22, 23, 64]
+            .iter()
+            .map(|&n| (0..n).map(|i| i as u8 ^ 0x5a).collect())
+            .collect();
+        for (g, k) in keys.iter().enumerate() {
+            let key = GroupKey::new(k);
+            assert_eq!(matches!(key, GroupKey::Inline(..)), k.len() <= INLINE_KEY);
+            index.insert(key, g as u32);
+        }
+        for (g, k) in keys.iter().enumerate() {
+            assert_eq!(
+                index.get(k.as_slice()),
+                Some(&(g as u32)),
+                "key of {} bytes",
+                k.len()
+            );
+        }
+        // A prefix of a key, or the key with a trailing zero, is another key.
+        assert_eq!(index.get(&keys[3][..20]), None);
+        let mut padded = keys[3].clone();
+        padded.push(0);
+        assert_eq!(index.get(padded.as_slice()), None);
+    }
+
+    #[test]
+    fn counting_sort_groups_items_and_keeps_their_order() {
+        let groups = [2u32, 0, 2, 1, 2, 0];
+        let at = group_offsets(4, groups.iter().copied());
+        assert_eq!(at, [0, 2, 3, 6, 6]);
+        let placed = scatter(&at, groups.iter().copied().zip(10u32..));
+        assert_eq!(placed, [11, 15, 13, 10, 12, 14]);
+        assert_eq!(group_offsets(0, std::iter::empty()), [0]);
+        assert!(scatter::<u32>(&[0], std::iter::empty()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn groups_rows_by_key_in_time_order_numbered_across_batches() {
+        let batch = |k: Vec<Option<i64>>, t: Vec<Option<i64>>| {
+            RecordBatch::try_from_iter([
+                ("k", Arc::new(Int64Array::from(k)) as ArrayRef),
+                ("t", Arc::new(Int64Array::from(t)) as ArrayRef),
+            ])
+            .unwrap()
+        };
+        let batches = vec![
+            batch(
+                vec![Some(7), Some(8), None],
+                vec![Some(30), Some(5), Some(1)],
+            ),
+            batch(
+                vec![Some(7), Some(7), Some(8)],
+                vec![Some(10), None, Some(2)],
+            ),
+        ];
+        let schema = batches[0].schema();
+        let stream = Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            futures::stream::iter(batches.into_iter().map(Ok)),
+        ));
+        let converter = RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap();
+        let mut asked = 0;
+        let spine = Spine::build(
+            stream,
+            SpineColumns {
+                keys: &[0],
+                time: 1,
+            },
+            &converter,
+            |b| {
+                asked += b;
+                Ok(())
+            },
+        )
+        .await
+        .unwrap();
+        assert!(asked > 0);
+        assert_eq!(spine.groups(), 2);
+        assert_eq!(spine.batches[0].1, [0, 1, NO_GROUP]);
+        assert_eq!(spine.batches[1].1, [0, NO_GROUP, 1]);
+        // Key 7: rows 0 (t 30) and 3 (t 10); key 8: rows 1 (t 5) and 5 (t 2).
+        assert_eq!(spine.times(0), [10, 30]);
+        assert_eq!(&spine.rows[spine.range(0)], [3, 0]);
+        assert_eq!(spine.times(1), [2, 5]);
+        assert_eq!(&spine.rows[spine.range(1)], [5, 1]);
+        let key7 = converter
+            .convert_columns(&[Arc::new(Int64Array::from(vec![7])) as ArrayRef])
+            .unwrap();
+        assert_eq!(spine.group(key7.row(0).as_ref()), Some(0));
+    }
+}
