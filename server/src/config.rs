@@ -285,7 +285,8 @@ pub struct ServerConfig {
     /// Address `quiver serve` binds.
     #[serde(default = "default_addr")]
     pub addr: String,
-    /// Memory the query engine may use before sorts spill to disk, in MiB.
+    /// Memory the query engine may use, in MiB: SQL sorts spill to disk past
+    /// it; a training set that does not fit fails with a clear error.
     #[serde(default = "default_memory_limit_mb")]
     pub memory_limit_mb: usize,
     /// TLS for the Flight port (`{cert, key, client_ca}`); plaintext when absent.

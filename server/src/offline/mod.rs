@@ -193,7 +193,7 @@ impl SpineBuffer {
 pub(crate) struct EngineOptions {
     /// Partitions joins and sorts are spread over (default: the number of cores).
     pub partitions: usize,
-    /// Memory the engine may hold before sorts spill to disk, in bytes.
+    /// Memory the engine may hold, in bytes (SQL sorts spill past it).
     pub memory_limit: usize,
     /// Bounds on client SQL (`entity_sql`).
     pub sql: SqlLimits,

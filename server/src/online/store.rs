@@ -576,9 +576,14 @@ impl OnlineStore {
 
     /// Ingests `paths` (SST files in key order, the view's state in the last)
     /// in ONE call: RocksDB takes them all together or none. Their pages are
-    /// advised back into the page cache first ([`keep_in_page_cache`]).
+    /// advised back into the page cache first ([`keep_in_page_cache`]), up to
+    /// a quarter of the memory available now: a load larger than that would
+    /// only push other pages out.
     fn ingest(&self, paths: Vec<PathBuf>) -> Result<()> {
-        paths.iter().for_each(|p| keep_in_page_cache(p));
+        let mut budget = page_cache_budget();
+        paths
+            .iter()
+            .for_each(|p| keep_in_page_cache(p, &mut budget));
         let mut opts = IngestExternalFileOptions::default();
         opts.set_move_files(true);
         self.db.ingest_external_file_opts(&opts, paths)?;
@@ -755,7 +760,8 @@ impl<'a> SstFiles<'a> {
 /// a bulk load every lookup of a not yet cached block read the disk: at 1M
 /// cards the first pass of lookups ran at twice the p50 of later ones
 /// (docs/benchmarks.md). Moving the file into the store keeps its pages.
-fn keep_in_page_cache(path: &Path) {
+/// Advises at most `budget` bytes and takes them off it.
+fn keep_in_page_cache(path: &Path, budget: &mut u64) {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
@@ -765,7 +771,8 @@ fn keep_in_page_cache(path: &Path) {
         let Ok(file) = std::fs::File::open(path) else {
             return;
         };
-        let len = file.metadata().map_or(0, |m| m.len());
+        let len = file.metadata().map_or(0, |m| m.len()).min(*budget);
+        *budget -= len;
         for offset in (0..len).step_by(RANGE as usize) {
             // SAFETY: a valid open descriptor; the call only advises the kernel.
             let rc = unsafe {
@@ -783,7 +790,18 @@ fn keep_in_page_cache(path: &Path) {
         }
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = path;
+    let _ = (path, budget);
+}
+
+/// A quarter of the memory the kernel reports available (`MemAvailable` in
+/// /proc/meminfo); 1 GiB where that cannot be read.
+fn page_cache_budget() -> u64 {
+    let available_kib = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        m.lines()
+            .find_map(|l| l.strip_prefix("MemAvailable:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+    });
+    available_kib.map_or(1 << 30, |kib| kib * 1024 / 4)
 }
 
 fn encode_state(state: &ViewState) -> Vec<u8> {
@@ -794,6 +812,23 @@ fn encode_state(state: &ViewState) -> Vec<u8> {
 mod tests {
     use super::super::fixture::{entries, layout, store};
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn page_cache_advice_stays_within_its_budget() {
+        assert!(page_cache_budget() > 0);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.sst");
+        std::fs::write(&path, vec![7u8; 5000]).unwrap();
+        let mut budget = 3000;
+        keep_in_page_cache(&path, &mut budget);
+        assert_eq!(budget, 0, "a file larger than the budget uses all of it");
+        let mut budget = 8000;
+        keep_in_page_cache(&path, &mut budget);
+        assert_eq!(budget, 3000);
+        keep_in_page_cache(&dir.path().join("missing"), &mut budget);
+        assert_eq!(budget, 3000, "a missing file costs nothing");
+    }
 
     #[test]
     fn writes_are_newer_only() {
