@@ -8,7 +8,8 @@
 //!                                                 rows[at[g]..at[g + 1]]   their row numbers
 //! ```
 //!
-//! Rows are numbered in arrival order across the partition's batches. A row
+//! Groups are numbered in key order (of the row format's bytes), rows in
+//! arrival order across the partition's batches. A row
 //! with a null key or time belongs to no group ([`NO_GROUP`]): it sees nothing.
 //! Short keys sit in the hash table itself, so a probe compares bytes already
 //! in the table's slot instead of following a pointer.
@@ -103,8 +104,9 @@ impl Spine {
         let mut batches = Vec::new();
         let mut index = HashMap::default();
         let (mut groups, mut held) = (0u32, 0usize);
-        // A group's hash slot (inline key and id) and its two offsets.
-        const GROUP_BYTES: usize = 40;
+        // A group's hash slot (inline key and id), its two offsets and its
+        // entry while groups are renumbered.
+        const GROUP_BYTES: usize = 64;
         // Per row: its group, its time and row number in the sorted groups, and
         // the (time, row) pair they are sorted as.
         const ROW_BYTES: usize = 4 + 12 + 16;
@@ -140,6 +142,23 @@ impl Spine {
             grow(GROUP_BYTES * (groups as usize - index_len))?;
             batches.push((batch, rows));
         }
+        // Groups numbered in key order: feature files are often written sorted
+        // by key, and then consecutive feature rows touch neighbouring groups'
+        // times (and the joins' per-row state) instead of random ones.
+        let mut by_key: Vec<(&[u8], u32)> = index.iter().map(|(k, &g)| (k.borrow(), g)).collect();
+        by_key.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut renumber = vec![0u32; groups as usize];
+        for (new, &(_, old)) in by_key.iter().enumerate() {
+            renumber[old as usize] = new as u32;
+        }
+        drop(by_key);
+        index.values_mut().for_each(|g| *g = renumber[*g as usize]);
+        for g in batches.iter_mut().flat_map(|(_, rows)| rows.iter_mut()) {
+            if *g != NO_GROUP {
+                *g = renumber[*g as usize];
+            }
+        }
+        drop(renumber);
         let grouped = || batches.iter().flat_map(|(_, rows)| rows.iter().copied());
         let at = group_offsets(groups as usize, grouped().filter(|&g| g != NO_GROUP));
         let mut pairs = scatter(
@@ -288,10 +307,11 @@ mod tests {
             ])
             .unwrap()
         };
+        // Key 8 comes first, but groups are numbered in key order: 7 is group 0.
         let batches = vec![
             batch(
-                vec![Some(7), Some(8), None],
-                vec![Some(30), Some(5), Some(1)],
+                vec![Some(8), Some(7), None],
+                vec![Some(5), Some(30), Some(1)],
             ),
             batch(
                 vec![Some(7), Some(7), Some(8)],
@@ -321,13 +341,13 @@ mod tests {
         .unwrap();
         assert!(asked > 0);
         assert_eq!(spine.groups(), 2);
-        assert_eq!(spine.batches[0].1, [0, 1, NO_GROUP]);
+        assert_eq!(spine.batches[0].1, [1, 0, NO_GROUP]);
         assert_eq!(spine.batches[1].1, [0, NO_GROUP, 1]);
-        // Key 7: rows 0 (t 30) and 3 (t 10); key 8: rows 1 (t 5) and 5 (t 2).
+        // Key 7: rows 1 (t 30) and 3 (t 10); key 8: rows 0 (t 5) and 5 (t 2).
         assert_eq!(spine.times(0), [10, 30]);
-        assert_eq!(&spine.rows[spine.range(0)], [3, 0]);
+        assert_eq!(&spine.rows[spine.range(0)], [3, 1]);
         assert_eq!(spine.times(1), [2, 5]);
-        assert_eq!(&spine.rows[spine.range(1)], [5, 1]);
+        assert_eq!(&spine.rows[spine.range(1)], [5, 0]);
         let key7 = converter
             .convert_columns(&[Arc::new(Int64Array::from(vec![7])) as ArrayRef])
             .unwrap();

@@ -1,8 +1,8 @@
 //! Puts a training set back in spine order without sorting it.
 //!
 //! The as-of joins see a narrow spine (row number, time, join keys) partitioned
-//! and sorted by key; their output, the features of every spine row, comes back
-//! in that order. Every row number `0..n` appears exactly once, so the original
+//! by key; their output, the features of every spine row, comes back in their
+//! order, not the spine's. Every row number `0..n` appears exactly once, so the original
 //! order is a permutation known in one pass: `position[row]` is where the row's
 //! features landed (held batch, row). Each spine batch then gets its features
 //! interleaved from the held batches, and keeps its own columns untouched
@@ -72,7 +72,7 @@ fn exhausted(e: DataFusionError) -> DataFusionError {
 /// where each spine row's values are: (held batch, row in it).
 struct Held {
     batches: Vec<RecordBatch>,
-    position: Vec<(usize, usize)>,
+    position: Vec<(u32, u32)>,
 }
 
 /// Bytes of `batch`'s own rows: the joins emit slices of shared buffers (an
@@ -108,9 +108,9 @@ async fn gather(mut joined: SendableRecordBatchStream, order: &SpineOrder) -> Re
     let row_column = order.values.len();
     order
         .reservation
-        .try_grow(order.rows * std::mem::size_of::<(usize, usize)>())
+        .try_grow(order.rows * std::mem::size_of::<(u32, u32)>())
         .map_err(exhausted)?;
-    const UNSEEN: (usize, usize) = (usize::MAX, usize::MAX);
+    const UNSEEN: (u32, u32) = (u32::MAX, u32::MAX);
     let mut position = vec![UNSEEN; order.rows];
     let mut seen = 0usize;
     for (b, batch) in batches.iter().enumerate() {
@@ -127,7 +127,7 @@ async fn gather(mut joined: SendableRecordBatchStream, order: &SpineOrder) -> Re
                     "spine row {row} came out of the joins twice"
                 ));
             }
-            *slot = (b, i);
+            *slot = (b as u32, i as u32);
             seen += 1;
         }
     }
@@ -165,7 +165,9 @@ fn emit(held: Held, order: SpineOrder) -> impl Iterator<Item = Result<RecordBatc
         .map(move |chunk| {
             // Held until the last batch is out.
             let _held = &reservation;
-            let picks = &position[start..start + chunk.num_rows()];
+            let picks: Vec<(usize, usize)> = (position[start..start + chunk.num_rows()].iter())
+                .map(|&(b, i)| (b as usize, i as usize))
+                .collect();
             start += chunk.num_rows();
             let mut out = chunk.columns().to_vec();
             for (c, field) in value_fields.iter().enumerate() {
@@ -174,7 +176,7 @@ fn emit(held: Held, order: SpineOrder) -> impl Iterator<Item = Result<RecordBatc
                 out.push(if sources.is_empty() {
                     new_empty_array(field.data_type())
                 } else {
-                    interleave(&sources, picks)?
+                    interleave(&sources, &picks)?
                 });
             }
             Ok(RecordBatch::try_new(schema.clone(), out)?)

@@ -2,7 +2,13 @@
 //! the online store.
 
 use datafusion::execution::SendableRecordBatchStream;
+use std::sync::Arc;
+
 use datafusion::logical_expr::{ident, lit};
+use datafusion::physical_expr::expressions::Column;
+use datafusion::physical_expr::{Partitioning, PhysicalExpr};
+use datafusion::physical_plan::repartition::RepartitionExec;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::Expr;
 
 use super::historical::ts_literal;
@@ -26,7 +32,8 @@ pub(crate) struct WindowColumns {
 impl OfflineStore {
     /// The rows of `view`'s source with event time in `[start, end]` (ns since the
     /// epoch, `start` unbounded when `None`), projected to join keys, timestamps and
-    /// features, as one stream per partition so callers can reduce them in parallel.
+    /// features, as one stream per partition so callers can reduce them in parallel;
+    /// all rows of one entity are in one partition.
     pub(crate) async fn scan_window(
         &self,
         catalog: &Catalog,
@@ -77,12 +84,29 @@ impl OfflineStore {
         names.push(&columns.timestamp);
         names.extend(columns.created.as_deref());
         names.extend(columns.features.iter().map(String::as_str));
-        let df = self
+        let plan = self
             .context()
             .table(source.name.as_str())
             .await?
             .filter(filter)?
-            .select_columns(&names)?;
-        Ok((columns, df.execute_stream_partitioned().await?))
+            .select_columns(&names)?
+            .create_physical_plan()
+            .await?;
+        // Hash-partitioned on the keys: each entity's rows all reach one
+        // partition, so the partitions' newest rows per entity are disjoint (a
+        // view with many rows per entity is held once, not once per partition).
+        // Added after planning: the optimizer drops a repartition nothing above
+        // it asks for.
+        let schema = plan.schema();
+        let keys = (columns.join_keys.iter())
+            .map(|k| Ok(Arc::new(Column::new_with_schema(k, &schema)?) as Arc<dyn PhysicalExpr>))
+            .collect::<Result<Vec<_>>>()?;
+        let partitions = self.options.partitions.max(1);
+        let plan = RepartitionExec::try_new(plan, Partitioning::Hash(keys, partitions))?;
+        let ctx = self.context().task_ctx();
+        let streams = (0..partitions)
+            .map(|i| plan.execute(i, ctx.clone()))
+            .collect::<std::result::Result<_, _>>()?;
+        Ok((columns, streams))
     }
 }
