@@ -757,9 +757,10 @@ impl Materializer {
         let mut reports = Vec::new();
         for layout in layouts {
             reports.push(self.run_view(&layout, window, progress).await?);
-            // Off the async workers: a trim of a large heap takes a while and
-            // each arena's lock.
-            let _ = tokio::task::spawn_blocking(release_free_memory).await;
+            // Off the async workers and not waited for: a trim of a large heap
+            // takes a while (0.6 s after a view of 1M entities read from 50M
+            // rows), and the next view's scan can start meanwhile.
+            drop(tokio::task::spawn_blocking(release_free_memory));
         }
         Ok(reports)
     }
