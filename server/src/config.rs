@@ -11,6 +11,8 @@
 //!   materialize_memory_mb: 512   # materialize's newest rows per entity in memory, then spilled to disk
 //! server:
 //!   addr: 127.0.0.1:8815
+//!   memory_limit_mb: 4096    # query memory
+//!   spine_memory_mb: 0       # spine held in memory, then spilled and joined in chunks (0: memory_limit_mb / 8)
 //!   flight_sql_addr: 127.0.0.1:8816   # Flight SQL over the offline store (off when absent)
 //!   http_addr: 127.0.0.1:6566         # HTTP/JSON, Feast's feature-server API (off when absent)
 //! ```
@@ -289,6 +291,11 @@ pub struct ServerConfig {
     /// it; a training set that does not fit fails with a clear error.
     #[serde(default = "default_memory_limit_mb")]
     pub memory_limit_mb: usize,
+    /// Spine held in memory by a training-set request, in MiB; a larger spine's
+    /// rest goes to a temporary file and is joined in chunks of this size
+    /// (0: an eighth of `memory_limit_mb`).
+    #[serde(default)]
+    pub spine_memory_mb: usize,
     /// TLS for the Flight port (`{cert, key, client_ca}`); plaintext when absent.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
@@ -407,6 +414,7 @@ impl Default for ServerConfig {
         Self {
             addr: default_addr(),
             memory_limit_mb: default_memory_limit_mb(),
+            spine_memory_mb: 0,
             tls: None,
             auth: None,
             metrics_addr: None,
@@ -460,6 +468,17 @@ impl Repo {
                     "online_store.materialize_memory_mb is {}; it must be at least {MIN_MATERIALIZE_MEMORY_MB} \
                      (below that a large view would spill into thousands of tiny runs)",
                     repo.config.online_store.materialize_memory_mb
+                ),
+            });
+        }
+        let server = &repo.config.server;
+        if server.spine_memory_mb > server.memory_limit_mb {
+            return Err(Error::Invalid {
+                path: repo.dir.join(CONFIG_FILE),
+                message: format!(
+                    "server.spine_memory_mb is {}, more than server.memory_limit_mb ({}): \
+                     a spine chunk must fit in the query memory with room for its join",
+                    server.spine_memory_mb, server.memory_limit_mb
                 ),
             });
         }
@@ -624,6 +643,19 @@ mod tests {
             .to_string();
         assert!(
             e.contains("materialize_memory_mb is 0; it must be at least 16"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn spine_memory_fits_in_the_query_memory() {
+        let ok = "project: p\noffline_store:\n  url: ./data\nserver:\n  memory_limit_mb: 64\n  spine_memory_mb: 8\n";
+        assert_eq!(repo(ok).unwrap().config.server.spine_memory_mb, 8);
+        let e = repo("project: p\noffline_store:\n  url: ./data\nserver:\n  memory_limit_mb: 64\n  spine_memory_mb: 65\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("server.spine_memory_mb is 65, more than server.memory_limit_mb (64)"),
             "{e}"
         );
     }

@@ -168,6 +168,7 @@ impl FeatureStore {
     pub async fn open(repo: &Repo, clock: Clock) -> Result<Self> {
         let options = EngineOptions {
             memory_limit: repo.config.server.memory_limit_mb << 20,
+            spine_memory: repo.config.server.spine_memory_mb << 20,
             sql: (&repo.config.server.limits).into(),
             ..Default::default()
         };

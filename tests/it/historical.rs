@@ -222,6 +222,70 @@ async fn entity_sql_through_flight_info_and_do_get() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spine_past_its_memory_is_joined_in_chunks_from_disk_with_the_same_answer() {
+    let data = small_data();
+    let (whole_dir, chunked_dir) = (example_repo(&data), example_repo(&data));
+    let config = chunked_dir.path().join("quiver.yaml");
+    let yaml = std::fs::read_to_string(&config).unwrap();
+    assert!(yaml.contains("server:\n"), "{yaml}");
+    std::fs::write(
+        &config,
+        yaml.replacen("server:\n", "server:\n  spine_memory_mb: 1\n", 1),
+    )
+    .unwrap();
+    // The transactions eight times over: rows repeat, and each must come back
+    // in its place, with the same features as from a spine held whole.
+    let base = read(
+        &whole_dir
+            .path()
+            .join("data/transactions/part-00000.parquet"),
+    );
+    let spine: Vec<RecordBatch> = (0..8).flat_map(|_| base.iter().cloned()).collect();
+    let bytes: usize = spine.iter().map(|b| b.get_array_memory_size()).sum();
+    assert!(
+        bytes > 3 << 20,
+        "the spine ({bytes} bytes) must span several 1 MiB chunks"
+    );
+    let whole = Server::start(whole_dir.path()).await;
+    let chunked = Server::start(chunked_dir.path()).await;
+    let mut answers = Vec::new();
+    for server in [&whole, &chunked] {
+        let mut client = QuiverClient::connect(server.url()).await.unwrap();
+        let out = client
+            .get_historical_features(
+                &HistoricalFeaturesRequest::for_service("fraud_v2"),
+                spine.clone(),
+            )
+            .await
+            .unwrap();
+        // And a spine from entity_sql (DoGet), which spills the same way.
+        let req = HistoricalFeaturesRequest::for_service("fraud_v1").with_entity_sql(
+            "SELECT t.trans_id, t.cc_num, t.merchant_id, t.event_timestamp \
+             FROM transactions t CROSS JOIN (VALUES (1), (2), (3), (4), (5), (6)) AS copies(c) \
+             ORDER BY t.trans_id, copies.c",
+        );
+        let from_sql = client.get_historical_features_from_sql(&req).await.unwrap();
+        answers.push((concat(&out), concat(&from_sql)));
+    }
+    let (whole_out, whole_sql) = &answers[0];
+    let (chunked_out, chunked_sql) = &answers[1];
+    assert_eq!(whole_out.num_rows(), 8 * concat(&base).num_rows());
+    assert_eq!(chunked_out, whole_out);
+    assert_eq!(whole_sql.num_rows(), 6 * concat(&base).num_rows());
+    assert_eq!(chunked_sql, whole_sql);
+    let features = whole_out.num_columns() - base[0].num_columns();
+    let nulls: usize = (0..features)
+        .map(|f| whole_out.column(base[0].num_columns() + f).null_count())
+        .sum();
+    assert!(
+        nulls < features * whole_out.num_rows(),
+        "the features are not all null"
+    );
+    whole.stop().await;
+    chunked.stop().await;
+}
+
 async fn exchange_status(
     flight: &mut FlightClient,
     cmd: &[u8],

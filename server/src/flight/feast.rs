@@ -303,13 +303,14 @@ impl QuiverFlightService {
                 .spine_from_sql(sql)
                 .await
                 .map_err(|e| feast_status(Status::from(e)))?;
-            (spine.first().map_or(planned, |b| b.schema()), spine)
+            (spine.batches.first().map_or(planned, |b| b.schema()), spine)
         } else {
-            spine(upload)?
+            let (schema, batches) = spine(upload)?;
+            (schema, batches.into())
         };
         request.timestamp_column = Some(timestamp_column(&schema)?);
         self.offline
-            .get_historical_features(&self.catalog, &request, schema, batches)
+            .training_set(&self.catalog, &request, schema, batches)
             .await
             .map_err(|e| feast_status(Status::from(e)))
     }

@@ -628,10 +628,10 @@ impl FlightService for QuiverFlightService {
                 ));
             };
             let (planned, spine) = self.offline.spine_from_sql(sql).await?;
-            let schema = spine.first().map_or(planned, |b| b.schema());
+            let schema = spine.batches.first().map_or(planned, |b| b.schema());
             let stream = self
                 .offline
-                .get_historical_features(&self.catalog, &req, schema, spine)
+                .training_set(&self.catalog, &req, schema, spine)
                 .await?;
             Ok(Self::encode(&call, stream))
         })
@@ -807,7 +807,7 @@ impl FlightService for QuiverFlightService {
             }
             let mut decoder =
                 FlightRecordBatchStream::new_from_flight_data(data_messages(first, input));
-            let mut spine = self.offline.spine_buffer("the DoExchange spine");
+            let mut spine = self.offline.spilling_spine_buffer("the DoExchange spine");
             while let Some(batch) = decoder.next().await {
                 spine.push(batch.map_err(flight_status)?)?;
             }
@@ -821,10 +821,10 @@ impl FlightService for QuiverFlightService {
                 rows = spine.rows(),
                 "get_historical_features via DoExchange"
             );
-            let spine = spine.into_batches();
+            let spine = spine.into_spine()?;
             let stream = self
                 .offline
-                .get_historical_features(&self.catalog, &req, schema, spine)
+                .training_set(&self.catalog, &req, schema, spine)
                 .await?;
             Ok(Self::encode(&call, stream))
         })

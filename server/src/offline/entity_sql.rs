@@ -18,7 +18,6 @@
 use std::ops::ControlFlow;
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::context::SQLOptions;
@@ -30,6 +29,7 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::tokenizer::{Token, Tokenizer};
 use futures::StreamExt;
 
+use super::spine_spill::ReceivedSpine;
 use super::{Error, OfflineStore, Result};
 
 /// Functions whose output size the caller chooses with one argument
@@ -258,17 +258,17 @@ impl OfflineStore {
     }
 
     /// Runs a spine-producing `entity_sql` query: its schema and its batches, held
-    /// in the memory pool and at most `max_rows` rows. Dropping the future cancels it.
-    pub(crate) async fn spine_from_sql(&self, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    /// in the memory pool (past `server.spine_memory_mb`, on disk) and at most
+    /// `max_rows` rows. Dropping the future cancels it.
+    pub(crate) async fn spine_from_sql(&self, sql: &str) -> Result<(SchemaRef, ReceivedSpine)> {
         let df = self.plan_entity_sql(sql).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
-        let mut spine = self.spine_buffer("entity_sql");
+        let mut spine = self.spilling_spine_buffer("entity_sql");
         let mut stream = df.execute_stream().await?;
         while let Some(batch) = stream.next().await {
             spine.push(batch?)?;
         }
-        let batches = spine.into_batches();
-        Ok((schema, batches))
+        Ok((schema, spine.into_spine()?))
     }
 }
 

@@ -36,12 +36,13 @@ use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{execute_stream, ExecutionPlan};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use quiver_client::protocol::HistoricalFeaturesRequest;
 use tracing::{info, instrument};
 
 use super::pit::{AsofJoinExec, AsofSpec};
 use super::spine_order::{self, SpineOrder};
+use super::spine_spill::ReceivedSpine;
 use super::{Error, OfflineStore, Result};
 use crate::catalog::{self, Catalog, Plan, RESERVED_PREFIX};
 use crate::instant::unit_nanos;
@@ -296,6 +297,58 @@ impl OfflineStore {
                 .map_err(|e| DataFusionError::External(Box::new(e)))
         });
         Ok(Box::pin(RecordBatchStreamAdapter::new(schema, batches)))
+    }
+
+    /// The training set for a spine as received: the batches held in memory
+    /// joined first, then each chunk of a spilled rest in turn, one chunk's
+    /// output streamed before the next chunk is read (`spine_spill.rs`). Errors
+    /// in the request surface before any batch, from the first chunk.
+    pub(crate) async fn training_set(
+        self: &Arc<Self>,
+        catalog: &Arc<Catalog>,
+        request: &HistoricalFeaturesRequest,
+        spine_schema: SchemaRef,
+        spine: ReceivedSpine,
+    ) -> Result<SendableRecordBatchStream> {
+        let ReceivedSpine { batches, spilled } = spine;
+        let first =
+            (self.get_historical_features(catalog, request, spine_schema.clone(), batches)).await?;
+        let Some(spilled) = spilled else {
+            return Ok(first);
+        };
+        info!(
+            rows = spilled.rows,
+            chunk_bytes = self.spine_memory(),
+            "spine larger than server.spine_memory_mb: the rest joined in chunks from disk"
+        );
+        let schema = first.schema();
+        let (store, catalog, request) = (self.clone(), catalog.clone(), request.clone());
+        let rest = futures::stream::try_unfold(spilled, move |mut spilled| {
+            let (store, catalog, request) = (store.clone(), catalog.clone(), request.clone());
+            let spine_schema = spine_schema.clone();
+            async move {
+                let budget = store.spine_memory();
+                let (spilled, chunk) = tokio::task::spawn_blocking(move || {
+                    let chunk = spilled.next_chunk(budget);
+                    (spilled, chunk)
+                })
+                .await
+                .map_err(|e| DataFusionError::External(Box::new(e)))?;
+                let external = |e: Error| DataFusionError::External(Box::new(e));
+                let Some(chunk) = chunk.map_err(external)? else {
+                    return Ok(None);
+                };
+                let out = (store.get_historical_features(&catalog, &request, spine_schema, chunk))
+                    .await
+                    .map_err(external)?;
+                Ok::<_, DataFusionError>(Some((out, spilled)))
+            }
+        })
+        .try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(
+            schema,
+            first.chain(rest),
+        )))
     }
 
     /// The feature side of one view's join: its source filtered to the spine's time

@@ -20,6 +20,7 @@ mod latest_join;
 pub(crate) mod pit;
 mod spine_index;
 mod spine_order;
+pub(crate) mod spine_spill;
 pub(crate) mod sql_catalog;
 pub(crate) mod window;
 mod window_join;
@@ -90,6 +91,9 @@ pub enum Error {
     /// The repo configuration is unusable.
     #[error(transparent)]
     Config(#[from] crate::config::Error),
+    /// A spine larger than memory could not be written to or read from disk.
+    #[error("spine spill file (server.spine_memory_mb): {0}")]
+    Spill(String),
 }
 
 /// Result type of this module.
@@ -104,6 +108,7 @@ impl Error {
                 _ => ErrorKind::Unavailable,
             },
             Error::NoData { .. } => ErrorKind::NotFound,
+            Error::Spill(_) => ErrorKind::Unavailable,
             Error::InvalidRequest { .. } | Error::Config(_) => ErrorKind::InvalidArgument,
             Error::Registry(e) => e.kind(),
             Error::Catalog(e) => e.kind(),
@@ -129,11 +134,17 @@ impl Error {
 }
 
 /// A spine being received (from `entity_sql` or a DoExchange stream), bounded by
-/// `max_spine_rows` and by the memory pool.
+/// `max_spine_rows` and by the memory pool; one made with
+/// [`OfflineStore::spilling_spine_buffer`] writes what passes its share of
+/// memory to disk instead ([`spine_spill`]).
 pub(crate) struct SpineBuffer {
     reservation: datafusion::execution::memory_pool::MemoryReservation,
     batches: Vec<arrow::array::RecordBatch>,
     rows: usize,
+    /// Bytes held in memory before the rest goes to disk (`None`: never).
+    spill_after: Option<usize>,
+    held_bytes: usize,
+    spill: Option<spine_spill::SpillWriter>,
     max_rows: usize,
     what: &'static str,
     /// The limit's name in `quiver.yaml`, and what to do when it is passed.
@@ -151,16 +162,27 @@ impl SpineBuffer {
                 self.what, self.max_rows, self.limit, self.advice
             )));
         }
-        self.reservation
-            .try_grow(batch.get_array_memory_size())
-            .map_err(|e| {
-                Error::invalid(format!(
-                    "{} does not fit in the server's memory ({}); {}",
-                    self.what,
-                    e.find_root(),
-                    self.advice
-                ))
-            })?;
+        let bytes = batch.get_array_memory_size();
+        if let Some(budget) = self.spill_after {
+            if self.spill.is_some() || self.held_bytes + bytes > budget {
+                let spill = match &mut self.spill {
+                    Some(spill) => spill,
+                    None => self
+                        .spill
+                        .insert(spine_spill::SpillWriter::new(&batch.schema())?),
+                };
+                return spill.write(&batch);
+            }
+        }
+        self.held_bytes += bytes;
+        self.reservation.try_grow(bytes).map_err(|e| {
+            Error::invalid(format!(
+                "{} does not fit in the server's memory ({}); {}",
+                self.what,
+                e.find_root(),
+                self.advice
+            ))
+        })?;
         self.batches.push(batch);
         Ok(())
     }
@@ -174,6 +196,16 @@ impl SpineBuffer {
     /// for its own state in the same pool.
     pub(crate) fn into_batches(self) -> Vec<arrow::array::RecordBatch> {
         self.batches
+    }
+
+    /// The spine: the batches held in memory and, if it passed its share of
+    /// memory, the rest on disk. The reservation is released as in
+    /// [`Self::into_batches`].
+    pub(crate) fn into_spine(self) -> Result<spine_spill::ReceivedSpine> {
+        Ok(spine_spill::ReceivedSpine {
+            batches: self.batches,
+            spilled: self.spill.map(|s| s.finish()).transpose()?,
+        })
     }
 
     /// The batches with their reservation, for batches held past this call (the
@@ -195,6 +227,9 @@ pub(crate) struct EngineOptions {
     pub partitions: usize,
     /// Memory the engine may hold, in bytes (SQL sorts spill past it).
     pub memory_limit: usize,
+    /// Spine bytes held in memory, and per chunk of a spine larger than that
+    /// (0: an eighth of `memory_limit`).
+    pub spine_memory: usize,
     /// Bounds on client SQL (`entity_sql`).
     pub sql: SqlLimits,
 }
@@ -204,6 +239,7 @@ impl Default for EngineOptions {
         Self {
             partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
             memory_limit: 4 << 30,
+            spine_memory: 0,
             sql: SqlLimits::default(),
         }
     }
@@ -305,6 +341,25 @@ impl OfflineStore {
         )
     }
 
+    /// Like [`Self::spine_buffer`], but past [`Self::spine_memory`] bytes the
+    /// batches go to a temporary file, and the training set is computed in
+    /// chunks of that size ([`OfflineStore::training_set`]).
+    pub(crate) fn spilling_spine_buffer(&self, what: &'static str) -> SpineBuffer {
+        SpineBuffer {
+            spill_after: Some(self.spine_memory()),
+            ..self.spine_buffer(what)
+        }
+    }
+
+    /// Spine bytes held in memory, and the size of each chunk of a larger one.
+    pub(crate) fn spine_memory(&self) -> usize {
+        match self.options.spine_memory {
+            0 => self.options.memory_limit / 8,
+            n => n,
+        }
+        .max(1)
+    }
+
     /// Holds a push's batches in the engine's memory pool as they arrive, bounded
     /// by `max_rows` (`server.limits.max_push_rows`; 0 = no limit).
     pub(crate) fn push_buffer(&self, max_rows: usize) -> SpineBuffer {
@@ -329,6 +384,9 @@ impl OfflineStore {
                 .register(&pool),
             batches: Vec::new(),
             rows: 0,
+            spill_after: None,
+            held_bytes: 0,
+            spill: None,
             max_rows,
             what,
             limit,
