@@ -57,26 +57,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Bench {
     /// Point-in-time training set over Flight vs DuckDB's ASOF join.
-    Historical {
-        /// Cards (entities).
-        #[arg(long, default_value_t = 100_000)]
-        cards: usize,
-        /// Days of daily stats per card (view rows = cards x days).
-        #[arg(long, default_value_t = 20)]
-        days: usize,
-        /// Spine rows.
-        #[arg(long, default_value_t = 1_000_000)]
-        spine_rows: usize,
-        /// Work folder (default: a new temporary folder, removed afterwards).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        /// Python with duckdb installed.
-        #[arg(long, default_value = ".venv/bin/python")]
-        python: PathBuf,
-        /// Skip DuckDB (e.g. for the 50M-row run when only Quiver's figures are wanted).
-        #[arg(long)]
-        no_duckdb: bool,
-    },
+    Historical(HistoricalArgs),
     /// Materialize throughput and online lookup latency vs this machine's floor and Feast.
     Online(online::OnlineArgs),
     /// The streaming scorer: paced latency and unpaced throughput vs a lookup-only floor.
@@ -99,6 +80,33 @@ enum Bench {
         #[arg(long)]
         cards: usize,
     },
+}
+
+/// `quiver-bench historical`.
+#[derive(Debug, clap::Args)]
+struct HistoricalArgs {
+    /// Cards (entities).
+    #[arg(long, default_value_t = 100_000)]
+    cards: usize,
+    /// Days of daily stats per card (view rows = cards x days).
+    #[arg(long, default_value_t = 20)]
+    days: usize,
+    /// Spine rows.
+    #[arg(long, default_value_t = 1_000_000)]
+    spine_rows: usize,
+    /// Work folder (default: a new temporary folder, removed afterwards).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Python with duckdb installed.
+    #[arg(long, default_value = ".venv/bin/python")]
+    python: PathBuf,
+    /// Skip DuckDB (e.g. for the 50M-row run when only Quiver's figures are wanted).
+    #[arg(long)]
+    no_duckdb: bool,
+    /// The server's `spine_memory_mb` (spine held in memory; the rest is
+    /// spilled and joined in chunks of this size); its default when absent.
+    #[arg(long)]
+    spine_memory_mb: Option<usize>,
 }
 
 /// A tiny deterministic generator (splitmix64), so runs are comparable.
@@ -374,14 +382,16 @@ n, nulls, total = con.execute(f"SELECT count(*), count(*) - count(avg_amt_1d), s
 print(el, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, n, nulls, total, duckdb.__version__)
 "#;
 
-async fn historical(
-    cards: usize,
-    days: usize,
-    spine_rows: usize,
-    dir: Option<PathBuf>,
-    python: PathBuf,
-    no_duckdb: bool,
-) -> Result<()> {
+async fn historical(args: HistoricalArgs) -> Result<()> {
+    let HistoricalArgs {
+        cards,
+        days,
+        spine_rows,
+        dir,
+        python,
+        no_duckdb,
+        spine_memory_mb,
+    } = args;
     let temporary = dir.is_none();
     let dir = match dir {
         Some(d) => d,
@@ -390,6 +400,11 @@ async fn historical(
     let dir = std::path::absolute(&dir)?;
     let t = Instant::now();
     let view_rows = generate(&dir, EPOCH_US, cards, days, spine_rows)?;
+    if let Some(mb) = spine_memory_mb {
+        let config = dir.join("quiver.yaml");
+        let yaml = std::fs::read_to_string(&config)?;
+        std::fs::write(&config, format!("{yaml}  spine_memory_mb: {mb}\n"))?;
+    }
     eprintln!(
         "generated {view_rows} card_stats rows, {spine_rows} spine rows in {:.1}s",
         t.elapsed().as_secs_f64()
@@ -509,14 +524,7 @@ fn tempfile_dir() -> Result<PathBuf> {
 #[tokio::main]
 async fn main() -> Result<()> {
     match Cli::parse().command {
-        Bench::Historical {
-            cards,
-            days,
-            spine_rows,
-            dir,
-            python,
-            no_duckdb,
-        } => historical(cards, days, spine_rows, dir, python, no_duckdb).await,
+        Bench::Historical(args) => historical(args).await,
         Bench::Online(args) => online::online(args).await,
         Bench::Score(args) => score::score(args).await,
         Bench::Fresh(args) => fresh::fresh(args).await,

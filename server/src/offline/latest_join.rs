@@ -41,7 +41,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{StreamExt, TryStreamExt};
 
 use super::asof_spec::{AsofSpec, Indices};
-use super::spine_index::{Spine, SpineColumns, NO_GROUP};
+use super::spine_index::{self, Spine, SpineColumns, NO_GROUP};
 
 /// Kept rows are compacted when more than this many, and more than twice the
 /// live ones, are held.
@@ -126,12 +126,7 @@ pub(super) fn execute(
 }
 
 fn grow(reservation: &mut MemoryReservation, bytes: usize) -> Result<()> {
-    reservation.try_grow(bytes).map_err(|e| {
-        DataFusionError::ResourcesExhausted(format!(
-            "the spine and the feature rows it sees do not fit in the query memory \
-             (server.memory_limit_mb); split the spine by time or raise the limit: {e}"
-        ))
-    })
+    spine_index::grow(reservation, bytes, "the feature rows it sees")
 }
 
 struct Job {

@@ -23,6 +23,7 @@ use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
 use arrow::row::{RowConverter, Rows};
 use datafusion::common::{DataFusionError, Result};
+use datafusion::execution::memory_pool::MemoryReservation;
 use datafusion::execution::SendableRecordBatchStream;
 use futures::StreamExt;
 
@@ -237,6 +238,17 @@ pub(super) fn scatter<T: Copy + Default>(
         *slot += 1;
     }
     out
+}
+
+/// Grows `reservation` by `bytes`, or fails the query with a clear error
+/// naming what the spine could not hold alongside it (`besides`).
+pub(super) fn grow(reservation: &mut MemoryReservation, bytes: usize, besides: &str) -> Result<()> {
+    reservation.try_grow(bytes).map_err(|e| {
+        DataFusionError::ResourcesExhausted(format!(
+            "the spine and {besides} do not fit in the query memory \
+             (server.memory_limit_mb); split the spine by time or raise the limit: {e}"
+        ))
+    })
 }
 
 /// Refuses a partition of more rows (spine rows, or kept events) than `u32`

@@ -34,7 +34,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{StreamExt, TryStreamExt};
 
 use super::asof_spec::{AsofSpec, Indices};
-use super::spine_index::{group_offsets, rows_fit, scatter, Spine, SpineColumns, NO_GROUP};
+use super::spine_index::{self, group_offsets, rows_fit, scatter, Spine, SpineColumns, NO_GROUP};
 use crate::columns::ColumnBuilder;
 use crate::windows::{Events, ValueKind, WindowSpec};
 
@@ -202,12 +202,7 @@ impl Job {
 }
 
 fn grow(reservation: &mut MemoryReservation, bytes: usize) -> Result<()> {
-    reservation.try_grow(bytes).map_err(|e| {
-        DataFusionError::ResourcesExhausted(format!(
-            "the spine and the events its windows read do not fit in the query memory \
-             (server.memory_limit_mb); split the spine by time or raise the limit: {e}"
-        ))
-    })
+    spine_index::grow(reservation, bytes, "the events its windows read")
 }
 
 /// Each spine batch with its rows' windows appended, in the order received,
