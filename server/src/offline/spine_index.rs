@@ -11,12 +11,11 @@
 //! Groups are numbered in key order (of the row format's bytes), rows in
 //! arrival order across the partition's batches. A row
 //! with a null key or time belongs to no group ([`NO_GROUP`]): it sees nothing.
-//! Short keys sit in the hash table itself, so a probe compares bytes already
-//! in the table's slot instead of following a pointer.
+//! Short keys sit in the hash table itself ([`InlineKey`]), so a probe compares
+//! bytes already in the table's slot instead of following a pointer.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::ops::Range;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
@@ -27,59 +26,16 @@ use datafusion::execution::memory_pool::MemoryReservation;
 use datafusion::execution::SendableRecordBatchStream;
 use futures::StreamExt;
 
+use crate::keys::InlineKey;
+
 /// Marks a spine row that belongs to no group (a null key or time).
 pub(super) const NO_GROUP: u32 = u32::MAX;
-
-/// Key bytes up to this long are kept in the hash table itself.
-const INLINE_KEY: usize = 22;
-
-/// A key in arrow's row format (a single 64-bit key takes 9 bytes). Short keys
-/// are stored inline; it hashes and compares as its bytes.
-#[derive(Clone)]
-enum GroupKey {
-    Inline(u8, [u8; INLINE_KEY]),
-    Heap(Box<[u8]>),
-}
-
-impl GroupKey {
-    fn new(bytes: &[u8]) -> Self {
-        if bytes.len() > INLINE_KEY {
-            return GroupKey::Heap(bytes.into());
-        }
-        let mut inline = [0; INLINE_KEY];
-        inline[..bytes.len()].copy_from_slice(bytes);
-        GroupKey::Inline(bytes.len() as u8, inline)
-    }
-}
-
-impl Borrow<[u8]> for GroupKey {
-    fn borrow(&self) -> &[u8] {
-        match self {
-            GroupKey::Inline(n, bytes) => &bytes[..*n as usize],
-            GroupKey::Heap(bytes) => bytes,
-        }
-    }
-}
-
-impl Hash for GroupKey {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        Borrow::<[u8]>::borrow(self).hash(state)
-    }
-}
-
-impl PartialEq for GroupKey {
-    fn eq(&self, other: &Self) -> bool {
-        Borrow::<[u8]>::borrow(self) == Borrow::<[u8]>::borrow(other)
-    }
-}
-
-impl Eq for GroupKey {}
 
 /// A held spine partition; see the module docs.
 pub(super) struct Spine {
     /// The batches as received, each with its rows' groups.
     pub batches: Vec<(RecordBatch, Vec<u32>)>,
-    index: HashMap<GroupKey, u32, foldhash::fast::RandomState>,
+    index: HashMap<InlineKey, u32, foldhash::fast::RandomState>,
     /// Group `g`'s spine times, sorted, are `times[at[g]..at[g + 1]]`.
     pub times: Vec<i64>,
     /// The row number of each entry of `times`.
@@ -131,7 +87,7 @@ impl Spine {
                 let g = match index.get(key.as_ref()) {
                     Some(&g) => g,
                     None => {
-                        index.insert(GroupKey::new(key.as_ref()), groups);
+                        index.insert(InlineKey::new(key.as_ref()), groups);
                         groups += 1;
                         groups - 1
                     }
@@ -271,33 +227,6 @@ mod tests {
     use arrow::datatypes::DataType;
     use arrow::row::SortField;
     use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-
-    #[test]
-    fn group_keys_hash_and_compare_as_their_bytes_inline_or_not() {
-        let mut index: HashMap<GroupKey, u32, foldhash::fast::RandomState> = HashMap::default();
-        let keys: Vec<Vec<u8>> = [0usize, 1, 9, 21, 22, 23, 64]
-            .iter()
-            .map(|&n| (0..n).map(|i| i as u8 ^ 0x5a).collect())
-            .collect();
-        for (g, k) in keys.iter().enumerate() {
-            let key = GroupKey::new(k);
-            assert_eq!(matches!(key, GroupKey::Inline(..)), k.len() <= INLINE_KEY);
-            index.insert(key, g as u32);
-        }
-        for (g, k) in keys.iter().enumerate() {
-            assert_eq!(
-                index.get(k.as_slice()),
-                Some(&(g as u32)),
-                "key of {} bytes",
-                k.len()
-            );
-        }
-        // A prefix of a key, or the key with a trailing zero, is another key.
-        assert_eq!(index.get(&keys[3][..20]), None);
-        let mut padded = keys[3].clone();
-        padded.push(0);
-        assert_eq!(index.get(padded.as_slice()), None);
-    }
 
     #[test]
     fn counting_sort_groups_items_and_keeps_their_order() {
