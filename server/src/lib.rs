@@ -48,6 +48,7 @@ mod flight;
 mod flight_sql;
 mod gate;
 mod http;
+mod huge_pages;
 mod ingest;
 pub mod instant;
 mod ipc_check;

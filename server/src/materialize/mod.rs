@@ -24,7 +24,6 @@
 //! value only ever replaces an older one, so reruns, overlapping and concurrent
 //! windows never move a key backwards.
 
-mod huge_pages;
 mod runs;
 
 use std::collections::{BTreeMap, HashMap};
@@ -230,13 +229,13 @@ pub(crate) fn view_layouts(catalog: &Catalog) -> Result<BTreeMap<String, Arc<Vie
 
 /// The newest row per entity seen so far: its (event, created) and encoded value.
 ///
-/// Its table is on huge pages where the OS allows ([`huge_pages`]): every row
-/// scanned looks its entity up at a random place in it.
+/// Its table is on huge pages where the OS allows ([`crate::huge_pages`]):
+/// every row scanned looks its entity up at a random place in it.
 pub(crate) type Winners = hashbrown::HashMap<
     InlineKey,
     ((i64, i64), Vec<u8>),
     foldhash::fast::RandomState,
-    huge_pages::HugePages,
+    crate::huge_pages::HugePages,
 >;
 
 /// Bytes a winner costs beyond its key and its value's buffer: its map slot

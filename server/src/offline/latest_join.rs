@@ -42,6 +42,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use super::asof_spec::{AsofSpec, Indices};
 use super::spine_index::{self, Spine, SpineColumns, NO_GROUP};
+use crate::huge_pages::{self, HugeVec};
 
 /// Kept rows are compacted when more than this many, and more than twice the
 /// live ones, are held.
@@ -154,10 +155,10 @@ impl Job {
         &mut self,
         spine: &Spine,
         mut right: SendableRecordBatchStream,
-    ) -> Result<Vec<Slot>> {
+    ) -> Result<HugeVec<Slot>> {
         let slot_bytes = std::mem::size_of::<Slot>() * spine.times.len();
         grow(&mut self.reservation, slot_bytes)?;
-        let mut slots = vec![Slot::EMPTY; spine.times.len()];
+        let mut slots = huge_pages::filled(spine.times.len(), Slot::EMPTY);
         if spine.groups() == 0 {
             return Ok(slots);
         }
@@ -280,7 +281,7 @@ impl Job {
 
     /// Each spine row's answer, by row number: the kept `(batch, row)`, or
     /// `None`. Per group, the best offer so far is carried forward in time order.
-    fn resolve(&mut self, spine: &Spine, slots: Vec<Slot>) -> Vec<Option<(u32, u32)>> {
+    fn resolve(&mut self, spine: &Spine, slots: HugeVec<Slot>) -> Vec<Option<(u32, u32)>> {
         let rows: usize = spine.batches.iter().map(|(b, _)| b.num_rows()).sum();
         let mut picks = vec![None; rows];
         for g in 0..spine.groups() as u32 {

@@ -15,7 +15,6 @@
 //! bytes already in the table's slot instead of following a pointer.
 
 use std::borrow::Borrow;
-use std::collections::HashMap;
 use std::ops::Range;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
@@ -26,6 +25,7 @@ use datafusion::execution::memory_pool::MemoryReservation;
 use datafusion::execution::SendableRecordBatchStream;
 use futures::StreamExt;
 
+use crate::huge_pages::{self, HugePages, HugeVec};
 use crate::keys::InlineKey;
 
 /// Marks a spine row that belongs to no group (a null key or time).
@@ -35,9 +35,9 @@ pub(super) const NO_GROUP: u32 = u32::MAX;
 pub(super) struct Spine {
     /// The batches as received, each with its rows' groups.
     pub batches: Vec<(RecordBatch, Vec<u32>)>,
-    index: HashMap<InlineKey, u32, foldhash::fast::RandomState>,
+    index: hashbrown::HashMap<InlineKey, u32, foldhash::fast::RandomState, HugePages>,
     /// Group `g`'s spine times, sorted, are `times[at[g]..at[g + 1]]`.
-    pub times: Vec<i64>,
+    pub times: HugeVec<i64>,
     /// The row number of each entry of `times`.
     pub rows: Vec<u32>,
     pub at: Vec<u32>,
@@ -59,7 +59,7 @@ impl Spine {
         mut grow: impl FnMut(usize) -> Result<()>,
     ) -> Result<Spine> {
         let mut batches = Vec::new();
-        let mut index = HashMap::default();
+        let mut index = hashbrown::HashMap::default();
         let (mut groups, mut held) = (0u32, 0usize);
         // A group's hash slot (inline key and id), its two offsets and its
         // entry while groups are renumbered.
@@ -136,7 +136,12 @@ impl Spine {
         for g in 0..groups as usize {
             pairs[at[g] as usize..at[g + 1] as usize].sort_unstable();
         }
-        let (times, rows) = pairs.into_iter().unzip();
+        let mut times = huge_pages::filled(pairs.len(), 0i64);
+        let mut rows = Vec::with_capacity(pairs.len());
+        for (i, (t, r)) in pairs.into_iter().enumerate() {
+            times[i] = t;
+            rows.push(r);
+        }
         Ok(Spine {
             batches,
             index,

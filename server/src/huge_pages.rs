@@ -1,12 +1,12 @@
-//! The allocator of materialize's winners table ([`super::Winners`]): blocks of
-//! 2 MiB and more are mapped on their own, aligned to 2 MiB and advised as
-//! transparent huge pages (`madvise(MADV_HUGEPAGE)`); smaller ones come from the
-//! global allocator.
+//! An allocator for large tables read at random (materialize's winners, the
+//! as-of join's spine index and per-row state): blocks of 2 MiB and more are
+//! mapped on their own, aligned to 2 MiB and advised as transparent huge pages
+//! (`madvise(MADV_HUGEPAGE)`); smaller ones come from the global allocator.
 //!
 //! Each scanned row looks its entity up in a table of up to millions of slots,
 //! one random access into tens of MB: with 4 KiB pages most lookups also miss
-//! the TLB. On 2 MiB pages the workload (51.4M rows, 1M entities)
-//! folded 19% faster (docs/benchmarks.md). Where the kernel's THP mode is
+//! the TLB. On 2 MiB pages the materialize workload (51.4M rows, 1M
+//! entities) folded 19% faster (docs/benchmarks.md). Where the kernel's THP mode is
 //! `never`, the advice is ignored and the pages stay small. Other platforms
 //! use the global allocator throughout.
 
@@ -23,6 +23,16 @@ const HUGE: usize = 2 << 20;
 /// See the module docs.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct HugePages;
+
+/// A vector on [`HugePages`].
+pub(crate) type HugeVec<T> = allocator_api2::vec::Vec<T, HugePages>;
+
+/// `n` copies of `value` on [`HugePages`].
+pub(crate) fn filled<T: Clone>(n: usize, value: T) -> HugeVec<T> {
+    let mut v = HugeVec::with_capacity_in(n, HugePages);
+    v.resize(n, value);
+    v
+}
 
 #[cfg(target_os = "linux")]
 fn own_mapping(layout: &Layout) -> bool {
