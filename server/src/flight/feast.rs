@@ -303,7 +303,7 @@ impl QuiverFlightService {
                 .spine_from_sql(sql)
                 .await
                 .map_err(|e| feast_status(Status::from(e)))?;
-            (spine.batches.first().map_or(planned, |b| b.schema()), spine)
+            (spine.schema.clone().unwrap_or(planned), spine)
         } else {
             let (schema, batches) = spine(upload)?;
             (schema, batches.into())

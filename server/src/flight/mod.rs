@@ -628,7 +628,7 @@ impl FlightService for QuiverFlightService {
                 ));
             };
             let (planned, spine) = self.offline.spine_from_sql(sql).await?;
-            let schema = spine.batches.first().map_or(planned, |b| b.schema());
+            let schema = spine.schema.clone().unwrap_or(planned);
             let stream = self
                 .offline
                 .training_set(&self.catalog, &req, schema, spine)

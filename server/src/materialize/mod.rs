@@ -565,7 +565,9 @@ impl PartitionFold {
     }
 }
 
-/// The partitions' winners as one map (of equal versions, the earlier partition's).
+/// The partitions' winners as one map (of equal versions, the earlier
+/// partition's; the scan's partitions hold disjoint entities, so this is a
+/// union, kept general for any scan).
 fn merge_winners(parts: impl IntoIterator<Item = Winners>) -> Winners {
     let mut parts = parts.into_iter();
     let Some(mut merged) = parts.next() else {
@@ -1000,7 +1002,10 @@ impl Materializer {
             let winners = merge_winners(folds.into_iter().map(|f| f.winners));
             return Ok((Found::Memory(winners), total));
         }
-        // Partition after partition, each in scan order: ties resolve as in memory.
+        // Partition after partition, each in scan order: ties resolve as in
+        // memory. (Rows reach a partition in an order the repartition does not
+        // fix: of two rows with the same entity, event and created time, which
+        // one is kept is not specified, in memory or spilled.)
         let mut runs = Vec::new();
         for mut fold in folds {
             fold.spill(&spill).await?;

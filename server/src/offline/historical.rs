@@ -310,7 +310,13 @@ impl OfflineStore {
         spine_schema: SchemaRef,
         spine: ReceivedSpine,
     ) -> Result<SendableRecordBatchStream> {
-        let ReceivedSpine { batches, spilled } = spine;
+        let ReceivedSpine {
+            batches, spilled, ..
+        } = spine;
+        // Every chunk judges labels at the same instant: "now" once, not per chunk.
+        let mut request = request.clone();
+        request.labels_as_of = Some(crate::instant::format(catalog::labels_as_of(&request)?));
+        let request = &request;
         let first =
             (self.get_historical_features(catalog, request, spine_schema.clone(), batches)).await?;
         let Some(spilled) = spilled else {

@@ -44,8 +44,8 @@ use super::asof_spec::{AsofSpec, Indices};
 use super::spine_index::{self, Spine, SpineColumns, NO_GROUP};
 use crate::huge_pages::{self, HugeVec};
 
-/// Kept rows are compacted when more than this many, and more than twice the
-/// live ones, are held.
+/// Kept rows are compacted when more than this many, more than twice the live
+/// ones and more than an eighth of the spine's rows are held.
 const COMPACT_AT_LEAST: usize = 1024;
 
 /// Live rows per compacted batch (keeps string offsets far from `i32::MAX`).
@@ -241,7 +241,9 @@ impl Job {
             grow(&mut self.reservation, bytes_of(&values))?;
             self.kept_rows += rows.len();
             self.kept.push(values);
-            if self.kept_rows > COMPACT_AT_LEAST.max(2 * self.live) {
+            // Compaction walks every slot: not more often than once per
+            // eighth of the spine's rows kept.
+            if self.kept_rows > COMPACT_AT_LEAST.max(2 * self.live).max(slots.len() / 8) {
                 self.compact(&mut slots)?;
             }
         }

@@ -133,6 +133,19 @@ impl Error {
     }
 }
 
+/// Bytes of `batch`'s own rows. Batches decoded from one IPC message, and the
+/// joins' early flushes, are slices of shared buffers: counting each whole
+/// buffer once per slice would count it many times over.
+pub(crate) fn slice_bytes(
+    batch: &arrow::array::RecordBatch,
+) -> std::result::Result<usize, arrow::error::ArrowError> {
+    let mut bytes = 0;
+    for c in batch.columns() {
+        bytes += c.to_data().get_slice_memory_size()?;
+    }
+    Ok(bytes)
+}
+
 /// A spine being received (from `entity_sql` or a DoExchange stream), bounded by
 /// `max_spine_rows` and by the memory pool; one made with
 /// [`OfflineStore::spilling_spine_buffer`] writes what passes its share of
@@ -145,6 +158,8 @@ pub(crate) struct SpineBuffer {
     spill_after: Option<usize>,
     held_bytes: usize,
     spill: Option<spine_spill::SpillWriter>,
+    /// The first batch's schema; every later batch must have its fields.
+    schema: Option<arrow::datatypes::SchemaRef>,
     max_rows: usize,
     what: &'static str,
     /// The limit's name in `quiver.yaml`, and what to do when it is passed.
@@ -155,6 +170,16 @@ pub(crate) struct SpineBuffer {
 impl SpineBuffer {
     /// Adds a batch, or says which bound it passes.
     pub(crate) fn push(&mut self, batch: arrow::array::RecordBatch) -> Result<()> {
+        match &self.schema {
+            None => self.schema = Some(batch.schema()),
+            Some(first) if first.fields() != batch.schema().fields() => {
+                return Err(Error::invalid(format!(
+                    "all batches of {} must have the same schema as the first one",
+                    self.what
+                )));
+            }
+            Some(_) => {}
+        }
         self.rows += batch.num_rows();
         if self.max_rows > 0 && self.rows > self.max_rows {
             return Err(Error::invalid(format!(
@@ -162,7 +187,7 @@ impl SpineBuffer {
                 self.what, self.max_rows, self.limit, self.advice
             )));
         }
-        let bytes = batch.get_array_memory_size();
+        let bytes = slice_bytes(&batch).map_err(DataFusionError::from)?;
         if let Some(budget) = self.spill_after {
             if self.spill.is_some() || self.held_bytes + bytes > budget {
                 let spill = match &mut self.spill {
@@ -203,6 +228,7 @@ impl SpineBuffer {
     /// [`Self::into_batches`].
     pub(crate) fn into_spine(self) -> Result<spine_spill::ReceivedSpine> {
         Ok(spine_spill::ReceivedSpine {
+            schema: self.schema,
             batches: self.batches,
             spilled: self.spill.map(|s| s.finish()).transpose()?,
         })
@@ -387,6 +413,7 @@ impl OfflineStore {
             spill_after: None,
             held_bytes: 0,
             spill: None,
+            schema: None,
             max_rows,
             what,
             limit,

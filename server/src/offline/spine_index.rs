@@ -207,7 +207,8 @@ pub(super) fn grow(reservation: &mut MemoryReservation, bytes: usize, besides: &
     reservation.try_grow(bytes).map_err(|e| {
         DataFusionError::ResourcesExhausted(format!(
             "the spine and {besides} do not fit in the query memory \
-             (server.memory_limit_mb); split the spine by time or raise the limit: {e}"
+             (server.memory_limit_mb); split the spine by time, raise the limit or lower \
+             server.spine_memory_mb (the spine's share held at once): {e}"
         ))
     })
 }

@@ -19,6 +19,8 @@
 //! is concatenated, so no array grows past the joins' batch size.
 
 use arrow::array::{new_empty_array, Array, AsArray, RecordBatch};
+
+use super::slice_bytes;
 use arrow::compute::interleave;
 use arrow::datatypes::{SchemaRef, UInt64Type};
 use datafusion::common::{internal_datafusion_err, DataFusionError, Result};
@@ -73,17 +75,6 @@ fn exhausted(e: DataFusionError) -> DataFusionError {
 struct Held {
     batches: Vec<RecordBatch>,
     position: Vec<(u32, u32)>,
-}
-
-/// Bytes of `batch`'s own rows: the joins emit slices of shared buffers (an
-/// early flush cuts one left batch into many), which must not count the whole
-/// buffer once per slice.
-fn slice_bytes(batch: &RecordBatch) -> Result<usize> {
-    let mut bytes = 0;
-    for c in batch.columns() {
-        bytes += c.to_data().get_slice_memory_size()?;
-    }
-    Ok(bytes)
 }
 
 /// Holds the joined values and finds where each spine row's are. Nothing is

@@ -28,6 +28,9 @@ use super::{Error, Result};
 /// A spine as received: the batches held in memory, in order, then those
 /// written to disk, if any.
 pub(crate) struct ReceivedSpine {
+    /// The first batch's schema (every batch has its fields); `None` when no
+    /// batch came.
+    pub schema: Option<SchemaRef>,
     pub batches: Vec<RecordBatch>,
     pub spilled: Option<SpilledSpine>,
 }
@@ -35,6 +38,7 @@ pub(crate) struct ReceivedSpine {
 impl From<Vec<RecordBatch>> for ReceivedSpine {
     fn from(batches: Vec<RecordBatch>) -> Self {
         Self {
+            schema: batches.first().map(|b| b.schema()),
             batches,
             spilled: None,
         }
@@ -113,7 +117,7 @@ impl SpilledSpine {
             match self.reader.next() {
                 Some(batch) => {
                     let batch = batch.map_err(|e| io_error("read", e))?;
-                    bytes += batch.get_array_memory_size();
+                    bytes += super::slice_bytes(&batch).map_err(|e| io_error("read", e))?;
                     chunk.push(batch);
                 }
                 None => break,
@@ -148,7 +152,7 @@ mod tests {
         }
         let mut spilled = w.finish().unwrap();
         assert_eq!(spilled.rows, 10_000);
-        let one = batch(&schema, 0, 1000).get_array_memory_size();
+        let one = super::super::slice_bytes(&batch(&schema, 0, 1000)).unwrap();
         let (mut next, mut chunks) = (0, 0);
         while let Some(chunk) = spilled.next_chunk(3 * one).unwrap() {
             assert!(chunk.len() <= 3, "a chunk of {} batches", chunk.len());
@@ -175,7 +179,7 @@ mod tests {
     fn a_spilling_buffer_holds_its_share_and_writes_the_rest_in_order() {
         use datafusion::execution::memory_pool::{GreedyMemoryPool, MemoryConsumer, MemoryPool};
         let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
-        let one = batch(&schema, 0, 1000).get_array_memory_size();
+        let one = super::super::slice_bytes(&batch(&schema, 0, 1000)).unwrap();
         let pool: Arc<dyn MemoryPool> = Arc::new(GreedyMemoryPool::new(1 << 30));
         let mut buffer = super::super::SpineBuffer {
             reservation: MemoryConsumer::new("test spine").register(&pool),
@@ -184,6 +188,7 @@ mod tests {
             spill_after: Some(3 * one),
             held_bytes: 0,
             spill: None,
+            schema: None,
             max_rows: 0,
             what: "the test spine",
             limit: "server.limits.max_spine_rows",
@@ -192,6 +197,10 @@ mod tests {
         for i in 0..10 {
             buffer.push(batch(&schema, i * 1000, 1000)).unwrap();
         }
+        // A batch of another schema is refused, held part or spilled part alike.
+        let other = Arc::new(Schema::new(vec![Field::new("y", DataType::Int64, false)]));
+        let e = buffer.push(batch(&other, 0, 1)).unwrap_err();
+        assert!(e.to_string().contains("same schema"), "{e}");
         assert_eq!(buffer.rows(), 10_000);
         assert_eq!(
             pool.reserved(),
