@@ -196,7 +196,7 @@ impl SpineBuffer {
                         .spill
                         .insert(spine_spill::SpillWriter::new(&batch.schema())?),
                 };
-                return spill.write(&batch);
+                return spine_spill::blocking(|| spill.write(&batch));
             }
         }
         self.held_bytes += bytes;
@@ -230,7 +230,9 @@ impl SpineBuffer {
         Ok(spine_spill::ReceivedSpine {
             schema: self.schema,
             batches: self.batches,
-            spilled: self.spill.map(|s| s.finish()).transpose()?,
+            spilled: (self.spill)
+                .map(|s| spine_spill::blocking(|| s.finish()))
+                .transpose()?,
         })
     }
 

@@ -45,6 +45,17 @@ impl From<Vec<RecordBatch>> for ReceivedSpine {
     }
 }
 
+/// Runs file I/O from async code: on a multi-threaded tokio runtime, as a
+/// blocking section (the runtime moves its other tasks to another worker
+/// meanwhile); elsewhere (a current-thread runtime, no runtime), directly.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 fn io_error(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Spill(format!("{what}: {e}"))
 }
@@ -69,8 +80,7 @@ impl SpillWriter {
         })
     }
 
-    /// Appends `batch` (the buffered write lands in the page cache; the
-    /// receiving task has just decoded a message of the same size).
+    /// Appends `batch` (callers in async code wrap it in [`blocking`]).
     pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
         if batch.schema().fields() != self.schema.fields() {
             return Err(Error::invalid(
@@ -215,6 +225,23 @@ mod tests {
         let values = first[0].column(0).as_primitive::<Int64Type>();
         assert_eq!(values.value(0), 3_000, "the file starts where memory ended");
         assert_eq!(first.iter().map(|b| b.num_rows()).sum::<usize>(), 7_000);
+    }
+
+    #[test]
+    fn file_io_runs_on_any_runtime_or_none() {
+        assert_eq!(blocking(|| 1), 1);
+        let current = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(current.block_on(async { blocking(|| 2) }), 2);
+        let multi = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        assert_eq!(
+            multi.block_on(async { tokio::spawn(async { blocking(|| 3) }).await.unwrap() }),
+            3
+        );
     }
 
     #[test]
