@@ -241,8 +241,8 @@ pub(crate) type Winners = hashbrown::HashMap<
 /// Bytes a winner costs beyond its key and its value's buffer: its map slot
 /// (inline key, version, value vector: 64 bytes, and a control byte) at the
 /// map's load factor (7/16 to 7/8, and twice the table while it grows), the
-/// allocator's headers of its two buffers, and its share of the sorted copy a
-/// spill makes. Measured: with 64 here, a 512 MiB budget peaked at 1.5 GiB RSS
+/// allocator's header of its value buffer (and of a key longer than the slot
+/// holds), and its share of the sorted copy a spill makes. Measured: with 64 here, a 512 MiB budget peaked at 1.5 GiB RSS
 /// at 10M keys (quiver-bench online --materialize-only).
 pub(crate) const WINNER_OVERHEAD_BYTES: usize = 192;
 

@@ -271,7 +271,6 @@ impl OfflineStore {
         }
         let order = SpineOrder {
             spine,
-            rows: info.rows,
             row_column: joined.index_of(ROW).map_err(DataFusionError::from)?,
             values,
             schema: Arc::new(Schema::new_with_metadata(

@@ -154,9 +154,9 @@ pub(crate) struct SpineBuffer {
     reservation: datafusion::execution::memory_pool::MemoryReservation,
     batches: Vec<arrow::array::RecordBatch>,
     rows: usize,
-    /// Bytes held in memory before the rest goes to disk (`None`: never).
+    /// Bytes held in memory (the reservation's size) before the rest goes to
+    /// disk (`None`: never).
     spill_after: Option<usize>,
-    held_bytes: usize,
     spill: Option<spine_spill::SpillWriter>,
     /// The first batch's schema; every later batch must have its fields.
     schema: Option<arrow::datatypes::SchemaRef>,
@@ -189,7 +189,7 @@ impl SpineBuffer {
         }
         let bytes = slice_bytes(&batch).map_err(DataFusionError::from)?;
         if let Some(budget) = self.spill_after {
-            if self.spill.is_some() || self.held_bytes + bytes > budget {
+            if self.spill.is_some() || self.reservation.size() + bytes > budget {
                 let spill = match &mut self.spill {
                     Some(spill) => spill,
                     None => self
@@ -199,7 +199,6 @@ impl SpineBuffer {
                 return spine_spill::blocking(|| spill.write(&batch));
             }
         }
-        self.held_bytes += bytes;
         self.reservation.try_grow(bytes).map_err(|e| {
             Error::invalid(format!(
                 "{} does not fit in the server's memory ({}); {}",
@@ -413,7 +412,6 @@ impl OfflineStore {
             batches: Vec::new(),
             rows: 0,
             spill_after: None,
-            held_bytes: 0,
             spill: None,
             schema: None,
             max_rows,

@@ -34,10 +34,8 @@ const MAX_OUTPUT_ROWS: usize = 64 * 1024;
 
 /// What [`restore`] needs besides the joined stream.
 pub(crate) struct SpineOrder {
-    /// The spine as received, in order; `rows` rows in all.
+    /// The spine as received, in order; its row numbers are `0..` its rows.
     pub spine: Vec<RecordBatch>,
-    /// Total spine rows (row numbers are `0..rows`).
-    pub rows: usize,
     /// Index of the row number column (UInt64) in the joined stream.
     pub row_column: usize,
     /// Indices of the joined columns to append to the spine's, in output order.
@@ -81,6 +79,7 @@ struct Held {
 /// concatenated: a string feature of more than 2 GiB over the whole training
 /// set would overflow one array's offsets, and a copy would double the memory.
 async fn gather(mut joined: SendableRecordBatchStream, order: &SpineOrder) -> Result<Held> {
+    let spine_rows: usize = order.spine.iter().map(RecordBatch::num_rows).sum();
     let mut batches: Vec<RecordBatch> = Vec::new();
     let projection: Vec<usize> = (order.values.iter().copied())
         .chain([order.row_column])
@@ -99,10 +98,10 @@ async fn gather(mut joined: SendableRecordBatchStream, order: &SpineOrder) -> Re
     let row_column = order.values.len();
     order
         .reservation
-        .try_grow(order.rows * std::mem::size_of::<(u32, u32)>())
+        .try_grow(spine_rows * std::mem::size_of::<(u32, u32)>())
         .map_err(exhausted)?;
     const UNSEEN: (u32, u32) = (u32::MAX, u32::MAX);
-    let mut position = vec![UNSEEN; order.rows];
+    let mut position = vec![UNSEEN; spine_rows];
     let mut seen = 0usize;
     for (b, batch) in batches.iter().enumerate() {
         let rows = batch.column(row_column).as_primitive::<UInt64Type>();
@@ -110,7 +109,7 @@ async fn gather(mut joined: SendableRecordBatchStream, order: &SpineOrder) -> Re
             let slot = position.get_mut(row as usize).ok_or_else(|| {
                 internal_datafusion_err!(
                     "joined row number {row} is past the spine's {} rows",
-                    order.rows
+                    spine_rows
                 )
             })?;
             if *slot != UNSEEN {
@@ -122,10 +121,10 @@ async fn gather(mut joined: SendableRecordBatchStream, order: &SpineOrder) -> Re
             seen += 1;
         }
     }
-    if seen != order.rows {
+    if seen != spine_rows {
         return Err(internal_datafusion_err!(
             "the joins returned {seen} of the spine's {} rows",
-            order.rows
+            spine_rows
         ));
     }
     Ok(Held { batches, position })
@@ -229,7 +228,6 @@ mod tests {
         parts: Vec<RecordBatch>,
         pool: Arc<dyn MemoryPool>,
     ) -> Result<Vec<RecordBatch>> {
-        let rows = spine.iter().map(RecordBatch::num_rows).sum();
         let schema = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Int64, false),
             Field::new("f", DataType::Float64, true),
@@ -241,7 +239,6 @@ mod tests {
         ));
         let order = SpineOrder {
             spine,
-            rows,
             row_column: 0,
             values: vec![2, 3],
             schema,

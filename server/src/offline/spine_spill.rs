@@ -196,7 +196,6 @@ mod tests {
             batches: Vec::new(),
             rows: 0,
             spill_after: Some(3 * one),
-            held_bytes: 0,
             spill: None,
             schema: None,
             max_rows: 0,
