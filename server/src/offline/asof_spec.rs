@@ -5,7 +5,6 @@
 use std::sync::Arc;
 
 use arrow::datatypes::DataType;
-use arrow::row::SortField;
 
 use crate::windows::WindowSpec;
 
@@ -43,7 +42,8 @@ pub(super) struct Indices {
     pub right_time: usize,
     pub right_created: Option<usize>,
     pub right_values: Vec<usize>,
-    pub key_fields: Vec<SortField>,
+    /// The key columns' types (the same on both sides).
+    pub key_types: Vec<DataType>,
     /// Window mode: the types right values are normalized to (one per value).
     pub value_types: Vec<DataType>,
 }

@@ -33,7 +33,6 @@ use std::sync::Arc;
 use arrow::array::{new_null_array, Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
 use arrow::compute::{interleave, take};
 use arrow::datatypes::{Int64Type, SchemaRef};
-use arrow::row::RowConverter;
 use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -41,6 +40,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{StreamExt, TryStreamExt};
 
 use super::asof_spec::{AsofSpec, Indices};
+use super::join_keys::KeyEncoder;
 use super::spine_index::{self, Spine, SpineColumns, NO_GROUP};
 use crate::huge_pages::{self, HugeVec};
 
@@ -86,7 +86,7 @@ pub(super) fn execute(
     partition: usize,
     context: Arc<TaskContext>,
 ) -> Result<SendableRecordBatchStream> {
-    let converter = RowConverter::new(idx.key_fields.clone())?;
+    let keys = KeyEncoder::new(&idx.key_types)?;
     let reservation =
         MemoryConsumer::new(format!("AsofJoinExec[{partition}]")).register(context.memory_pool());
     let rs = right.schema();
@@ -95,7 +95,7 @@ pub(super) fn execute(
         .collect();
     let mut job = Job {
         idx,
-        converter,
+        keys,
         reservation,
         ttl: join.ttl_nanos,
         cutoff: join.created_cutoff,
@@ -110,8 +110,7 @@ pub(super) fn execute(
             time: job.idx.left_time,
         };
         let reservation = &mut job.reservation;
-        let spine =
-            Spine::build(left, cols, &job.converter, |bytes| grow(reservation, bytes)).await?;
+        let spine = Spine::build(left, cols, &job.keys, |bytes| grow(reservation, bytes)).await?;
         let slots = job.probe(&spine, right).await?;
         let picks = job.resolve(&spine, slots);
         Ok::<_, DataFusionError>(futures::stream::iter(emit(
@@ -132,7 +131,7 @@ fn grow(reservation: &mut MemoryReservation, bytes: usize) -> Result<()> {
 
 struct Job {
     idx: Arc<Indices>,
-    converter: RowConverter,
+    keys: KeyEncoder,
     reservation: MemoryReservation,
     ttl: Option<i64>,
     cutoff: bool,
@@ -167,10 +166,7 @@ impl Job {
             if batch.num_rows() == 0 {
                 continue;
             }
-            let key_cols: Vec<ArrayRef> = (self.idx.right_keys.iter())
-                .map(|&i| batch.column(i).clone())
-                .collect();
-            let keys = self.converter.convert_columns(&key_cols)?;
+            let keys = self.keys.encode(&batch, &self.idx.right_keys)?;
             let time = batch
                 .column(self.idx.right_time)
                 .as_primitive::<Int64Type>();
@@ -191,7 +187,7 @@ impl Job {
             // 1. Each row's group.
             groups.clear();
             groups.extend((0..n).map(|r| match time.is_valid(r) {
-                true => spine.group(keys.row(r).as_ref()).unwrap_or(NO_GROUP),
+                true => spine.group(&keys, r).unwrap_or(NO_GROUP),
                 false => NO_GROUP,
             }));
             // 2. Each row's slot: the first spine row of its key that sees it,

@@ -16,6 +16,7 @@
 mod asof_spec;
 pub(crate) mod entity_sql;
 pub(crate) mod historical;
+mod join_keys;
 mod latest_join;
 pub(crate) mod pit;
 mod spine_index;

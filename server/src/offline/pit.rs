@@ -35,7 +35,6 @@ use std::fmt;
 use std::sync::Arc;
 
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow::row::SortField;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{plan_err, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -123,12 +122,12 @@ impl AsofJoinExec {
             right_values: (spec.right_values.iter())
                 .map(|k| index_of(&rs, k, "right"))
                 .collect::<Result<_>>()?,
-            key_fields: Vec::new(),
+            key_types: Vec::new(),
             value_types: (spec.windows.iter())
                 .flat_map(|w| w.columns.iter().map(|c| c.1.data_type()))
                 .collect(),
         };
-        let mut key_fields = Vec::new();
+        let mut key_types = Vec::new();
         for (&l, &r) in idx.left_keys.iter().zip(&idx.right_keys) {
             let (lt, rt) = (ls.field(l).data_type(), rs.field(r).data_type());
             if lt != rt {
@@ -138,7 +137,7 @@ impl AsofJoinExec {
                     rs.field(r).name()
                 );
             }
-            key_fields.push(SortField::new(lt.clone()));
+            key_types.push(lt.clone());
         }
         for (schema, i) in [(&ls, idx.left_time), (&rs, idx.right_time)]
             .into_iter()
@@ -151,7 +150,7 @@ impl AsofJoinExec {
                 );
             }
         }
-        let idx = Indices { key_fields, ..idx };
+        let idx = Indices { key_types, ..idx };
 
         let partition = |input: Arc<dyn ExecutionPlan>, keys: &[usize]| -> Result<_> {
             let schema = input.schema();

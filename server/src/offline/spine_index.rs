@@ -8,23 +8,24 @@
 //!                                                 rows[at[g]..at[g + 1]]   their row numbers
 //! ```
 //!
-//! Groups are numbered in key order (of the row format's bytes), rows in
-//! arrival order across the partition's batches. A row
-//! with a null key or time belongs to no group ([`NO_GROUP`]): it sees nothing.
-//! Short keys sit in the hash table itself ([`InlineKey`]), so a probe compares
-//! bytes already in the table's slot instead of following a pointer.
+//! Groups are numbered in key order (the integer's, or the row format's bytes),
+//! rows in arrival order across the partition's batches. A row with a null key
+//! or time belongs to no group ([`NO_GROUP`]): it sees nothing. One integer key
+//! is its own hash key (join_keys.rs); other keys, when short, sit in the hash
+//! table itself ([`InlineKey`]), so a probe compares bytes already in the
+//! table's slot instead of following a pointer.
 
 use std::borrow::Borrow;
 use std::ops::Range;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
+use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::Int64Type;
-use arrow::row::{RowConverter, Rows};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::memory_pool::MemoryReservation;
 use datafusion::execution::SendableRecordBatchStream;
 use futures::StreamExt;
 
+use super::join_keys::{BatchKeys, Key, KeyEncoder};
 use crate::huge_pages::{self, HugePages, HugeVec};
 use crate::keys::InlineKey;
 
@@ -35,12 +36,76 @@ pub(super) const NO_GROUP: u32 = u32::MAX;
 pub(super) struct Spine {
     /// The batches as received, each with its rows' groups.
     pub batches: Vec<(RecordBatch, Vec<u32>)>,
-    index: hashbrown::HashMap<InlineKey, u32, foldhash::fast::RandomState, HugePages>,
+    index: KeyIndex,
     /// Group `g`'s spine times, sorted, are `times[at[g]..at[g + 1]]`.
     pub times: HugeVec<i64>,
     /// The row number of each entry of `times`.
     pub rows: Vec<u32>,
     pub at: Vec<u32>,
+}
+
+type Table<K> = hashbrown::HashMap<K, u32, foldhash::fast::RandomState, HugePages>;
+
+/// Key -> group id.
+enum KeyIndex {
+    Int(Table<i64>),
+    Bytes(Table<InlineKey>),
+}
+
+impl KeyIndex {
+    fn new(encoder: &KeyEncoder) -> Self {
+        match encoder {
+            KeyEncoder::Int => KeyIndex::Int(Table::default()),
+            KeyEncoder::Rows(_) => KeyIndex::Bytes(Table::default()),
+        }
+    }
+
+    #[inline]
+    fn get(&self, key: Key<'_>) -> Option<u32> {
+        match (self, key) {
+            (KeyIndex::Int(t), Key::Int(k)) => t.get(&k).copied(),
+            (KeyIndex::Bytes(t), Key::Bytes(k)) => t.get(k).copied(),
+            _ => None,
+        }
+    }
+
+    /// The group of `key`, a new one (`next`) if it has none yet.
+    fn get_or_insert(&mut self, key: Key<'_>, next: u32) -> u32 {
+        match (self, key) {
+            (KeyIndex::Int(t), Key::Int(k)) => *t.entry(k).or_insert(next),
+            (KeyIndex::Bytes(t), Key::Bytes(k)) => match t.get(k) {
+                Some(&g) => g,
+                None => *t.entry(InlineKey::new(k)).or_insert(next),
+            },
+            _ => unreachable!("keys come from the encoder the index was made for"),
+        }
+    }
+
+    /// Renumbers the groups in key order; returns old id -> new id.
+    fn number_in_key_order(&mut self, groups: usize) -> Vec<u32> {
+        let mut renumber = vec![0u32; groups];
+        match self {
+            KeyIndex::Int(t) => {
+                let mut by_key: Vec<(i64, u32)> = t.iter().map(|(&k, &g)| (k, g)).collect();
+                by_key.sort_unstable();
+                for (new, &(_, old)) in by_key.iter().enumerate() {
+                    renumber[old as usize] = new as u32;
+                }
+                t.values_mut().for_each(|g| *g = renumber[*g as usize]);
+            }
+            KeyIndex::Bytes(t) => {
+                let mut by_key: Vec<(&[u8], u32)> =
+                    t.iter().map(|(k, &g)| (k.borrow(), g)).collect();
+                by_key.sort_unstable_by(|a, b| a.0.cmp(b.0));
+                for (new, &(_, old)) in by_key.iter().enumerate() {
+                    renumber[old as usize] = new as u32;
+                }
+                drop(by_key);
+                t.values_mut().for_each(|g| *g = renumber[*g as usize]);
+            }
+        }
+        renumber
+    }
 }
 
 /// The columns of the spine the grouping reads.
@@ -55,11 +120,11 @@ impl Spine {
     pub(super) async fn build(
         mut left: SendableRecordBatchStream,
         cols: SpineColumns<'_>,
-        converter: &RowConverter,
+        encoder: &KeyEncoder,
         mut grow: impl FnMut(usize) -> Result<()>,
     ) -> Result<Spine> {
         let mut batches = Vec::new();
-        let mut index = hashbrown::HashMap::default();
+        let mut index = KeyIndex::new(encoder);
         let (mut groups, mut held) = (0u32, 0usize);
         // A group's hash slot (inline key and id), its two offsets and its
         // entry while groups are renumbered.
@@ -71,29 +136,26 @@ impl Spine {
             if batch.num_rows() == 0 {
                 continue;
             }
-            let key_cols: Vec<ArrayRef> =
-                cols.keys.iter().map(|&i| batch.column(i).clone()).collect();
-            let keys: Rows = converter.convert_columns(&key_cols)?;
+            let keys = encoder.encode(&batch, cols.keys)?;
             grow(batch.get_array_memory_size() + keys.size() + ROW_BYTES * batch.num_rows())?;
             let time = batch.column(cols.time).as_primitive::<Int64Type>();
             let mut rows = Vec::with_capacity(batch.num_rows());
             let index_len = groups as usize;
             for i in 0..batch.num_rows() {
-                if time.is_null(i) || key_cols.iter().any(|c| c.is_null(i)) {
-                    rows.push(NO_GROUP);
-                    continue;
-                }
-                let key = keys.row(i);
-                let g = match index.get(key.as_ref()) {
-                    Some(&g) => g,
-                    None => {
-                        index.insert(InlineKey::new(key.as_ref()), groups);
-                        groups += 1;
-                        groups - 1
+                let key = match keys.get(i) {
+                    Some(key) if time.is_valid(i) => key,
+                    _ => {
+                        rows.push(NO_GROUP);
+                        continue;
                     }
                 };
+                let g = index.get_or_insert(key, groups);
+                if g == groups {
+                    groups += 1;
+                }
                 rows.push(g);
             }
+            drop(keys);
             held += rows.len();
             rows_fit(held, "spine rows")?;
             grow(GROUP_BYTES * (groups as usize - index_len))?;
@@ -102,14 +164,7 @@ impl Spine {
         // Groups numbered in key order: feature files are often written sorted
         // by key, and then consecutive feature rows touch neighbouring groups'
         // times (and the joins' per-row state) instead of random ones.
-        let mut by_key: Vec<(&[u8], u32)> = index.iter().map(|(k, &g)| (k.borrow(), g)).collect();
-        by_key.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut renumber = vec![0u32; groups as usize];
-        for (new, &(_, old)) in by_key.iter().enumerate() {
-            renumber[old as usize] = new as u32;
-        }
-        drop(by_key);
-        index.values_mut().for_each(|g| *g = renumber[*g as usize]);
+        let renumber = index.number_in_key_order(groups as usize);
         for g in batches.iter_mut().flat_map(|(_, rows)| rows.iter_mut()) {
             if *g != NO_GROUP {
                 *g = renumber[*g as usize];
@@ -151,9 +206,11 @@ impl Spine {
         })
     }
 
-    /// The group of a key in row format, if a spine row has it.
-    pub(super) fn group(&self, key: &[u8]) -> Option<u32> {
-        self.index.get(key).copied()
+    /// The group of row `r` of a batch's keys (read by the encoder the spine
+    /// was built with), if a spine row has its key.
+    #[inline]
+    pub(super) fn group(&self, keys: &BatchKeys<'_>, r: usize) -> Option<u32> {
+        self.index.get(keys.get(r)?)
     }
 
     /// How many groups (distinct keys) there are.
@@ -229,9 +286,9 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    use arrow::array::Int64Array;
+    use arrow::array::{ArrayRef, Int64Array};
     use arrow::datatypes::DataType;
-    use arrow::row::SortField;
+    use arrow::row::{RowConverter, SortField};
     use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 
     #[test]
@@ -247,6 +304,17 @@ mod tests {
 
     #[tokio::test]
     async fn groups_rows_by_key_in_time_order_numbered_across_batches() {
+        // The same spine through both key paths: the integer itself, and the
+        // row format's bytes.
+        let int = KeyEncoder::new(&[DataType::Int64]).unwrap();
+        let bytes =
+            KeyEncoder::Rows(RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap());
+        for encoder in [int, bytes] {
+            groups_in_key_and_time_order(&encoder).await;
+        }
+    }
+
+    async fn groups_in_key_and_time_order(encoder: &KeyEncoder) {
         let batch = |k: Vec<Option<i64>>, t: Vec<Option<i64>>| {
             RecordBatch::try_from_iter([
                 ("k", Arc::new(Int64Array::from(k)) as ArrayRef),
@@ -254,14 +322,14 @@ mod tests {
             ])
             .unwrap()
         };
-        // Key 8 comes first, but groups are numbered in key order: 7 is group 0.
+        // Key 8 comes first, but groups are numbered in key order: -7 is group 0.
         let batches = vec![
             batch(
-                vec![Some(8), Some(7), None],
+                vec![Some(8), Some(-7), None],
                 vec![Some(5), Some(30), Some(1)],
             ),
             batch(
-                vec![Some(7), Some(7), Some(8)],
+                vec![Some(-7), Some(-7), Some(8)],
                 vec![Some(10), None, Some(2)],
             ),
         ];
@@ -270,7 +338,6 @@ mod tests {
             schema,
             futures::stream::iter(batches.into_iter().map(Ok)),
         ));
-        let converter = RowConverter::new(vec![SortField::new(DataType::Int64)]).unwrap();
         let mut asked = 0;
         let spine = Spine::build(
             stream,
@@ -278,7 +345,7 @@ mod tests {
                 keys: &[0],
                 time: 1,
             },
-            &converter,
+            encoder,
             |b| {
                 asked += b;
                 Ok(())
@@ -290,14 +357,14 @@ mod tests {
         assert_eq!(spine.groups(), 2);
         assert_eq!(spine.batches[0].1, [1, 0, NO_GROUP]);
         assert_eq!(spine.batches[1].1, [0, NO_GROUP, 1]);
-        // Key 7: rows 1 (t 30) and 3 (t 10); key 8: rows 0 (t 5) and 5 (t 2).
+        // Key -7: rows 1 (t 30) and 3 (t 10); key 8: rows 0 (t 5) and 5 (t 2).
         assert_eq!(spine.times(0), [10, 30]);
         assert_eq!(&spine.rows[spine.range(0)], [3, 1]);
         assert_eq!(spine.times(1), [2, 5]);
         assert_eq!(&spine.rows[spine.range(1)], [5, 0]);
-        let key7 = converter
-            .convert_columns(&[Arc::new(Int64Array::from(vec![7])) as ArrayRef])
-            .unwrap();
-        assert_eq!(spine.group(key7.row(0).as_ref()), Some(0));
+        let probe = batch(vec![Some(-7), Some(9), None, Some(8)], vec![None; 4]);
+        let keys = encoder.encode(&probe, &[0]).unwrap();
+        let found: Vec<_> = (0..4).map(|r| spine.group(&keys, r)).collect();
+        assert_eq!(found, [Some(0), None, None, Some(1)]);
     }
 }

@@ -26,7 +26,6 @@ use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::datatypes::{Int64Type, SchemaRef};
-use arrow::row::{RowConverter, Rows};
 use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
@@ -34,6 +33,7 @@ use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{StreamExt, TryStreamExt};
 
 use super::asof_spec::{AsofSpec, Indices};
+use super::join_keys::KeyEncoder;
 use super::spine_index::{self, group_offsets, rows_fit, scatter, Spine, SpineColumns, NO_GROUP};
 use crate::columns::ColumnBuilder;
 use crate::windows::{Events, ValueKind, WindowSpec};
@@ -69,7 +69,7 @@ pub(super) fn execute(
 ) -> Result<SendableRecordBatchStream> {
     let spec = join.windows.clone().expect("window mode");
     let cutoff = join.created_cutoff;
-    let converter = RowConverter::new(idx.key_fields.clone())?;
+    let keys = KeyEncoder::new(&idx.key_types)?;
     let reservation = MemoryConsumer::new(format!("AsofJoinExec windows[{partition}]"))
         .register(context.memory_pool());
     let out_schema = schema.clone();
@@ -77,7 +77,7 @@ pub(super) fn execute(
         let mut job = Job {
             idx,
             spec,
-            converter,
+            keys,
             reservation,
         };
         let spine = job.build(left).await?;
@@ -94,16 +94,11 @@ pub(super) fn execute(
 struct Job {
     idx: Arc<Indices>,
     spec: Arc<WindowSpec>,
-    converter: RowConverter,
+    keys: KeyEncoder,
     reservation: MemoryReservation,
 }
 
 impl Job {
-    fn keys(&self, batch: &RecordBatch, cols: &[usize]) -> Result<Rows> {
-        let keys: Vec<ArrayRef> = cols.iter().map(|&i| batch.column(i).clone()).collect();
-        Ok(self.converter.convert_columns(&keys)?)
-    }
-
     fn grow(&mut self, bytes: usize) -> Result<()> {
         grow(&mut self.reservation, bytes)
     }
@@ -115,10 +110,7 @@ impl Job {
             time: self.idx.left_time,
         };
         let reservation = &mut self.reservation;
-        Spine::build(left, cols, &self.converter, |bytes| {
-            grow(reservation, bytes)
-        })
-        .await
+        Spine::build(left, cols, &self.keys, |bytes| grow(reservation, bytes)).await
     }
 
     /// Streams the events once, keeping those a spine row of their key can see,
@@ -141,7 +133,7 @@ impl Job {
             if batch.num_rows() == 0 {
                 continue;
             }
-            let keys = self.keys(&batch, &self.idx.right_keys)?;
+            let keys = self.keys.encode(&batch, &self.idx.right_keys)?;
             let time = batch
                 .column(self.idx.right_time)
                 .as_primitive::<Int64Type>();
@@ -159,7 +151,7 @@ impl Job {
                 if time.is_null(r) {
                     continue;
                 }
-                let Some(g) = spine.group(keys.row(r).as_ref()) else {
+                let Some(g) = spine.group(&keys, r) else {
                     continue;
                 };
                 let ts = time.value(r);
