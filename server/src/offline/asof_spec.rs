@@ -1,6 +1,6 @@
 //! What takes part in an as-of join: the columns by name ([`AsofSpec`], what
-//! callers build) and by position in the two inputs (`Indices`, what the merge
-//! of `pit.rs` and the window mode of `window_join.rs` read).
+//! callers build) and by position in the two inputs (`Indices`, what the
+//! latest and window modes, `latest_join.rs` and `window_join.rs`, read).
 
 use std::sync::Arc;
 
@@ -31,6 +31,17 @@ pub(crate) struct AsofSpec {
     /// Window mode: instead of one row, each left row gets these windows over the
     /// key's right rows (`right_values` are then the spec's columns).
     pub windows: Option<Arc<WindowSpec>>,
+}
+
+impl AsofSpec {
+    /// How many columns the join appends for this view: its values, or its
+    /// windows.
+    pub(crate) fn output_columns(&self) -> usize {
+        match &self.windows {
+            Some(w) => w.aggs.len(),
+            None => self.right_values.len(),
+        }
+    }
 }
 
 /// Column positions of an [`AsofSpec`] in the two inputs.

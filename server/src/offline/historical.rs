@@ -206,7 +206,10 @@ impl OfflineStore {
         run_order.sort_by_key(|&i| key_set_of[i]);
         // The value columns each join appended, by name, in request order.
         let mut added: Vec<Vec<String>> = vec![Vec::new(); joins.len()];
-        for i in run_order {
+        // Views on the same key set (and the spine's own time) waiting to be
+        // joined by one operator, which groups the spine once for all of them.
+        let mut pending: Vec<(usize, Arc<dyn ExecutionPlan>, AsofSpec)> = Vec::new();
+        for (n, &i) in run_order.iter().enumerate() {
             let Join {
                 view: v,
                 as_of,
@@ -248,11 +251,28 @@ impl OfflineStore {
                     },
                 )
                 .await?;
-            let before = plan.schema().fields().len();
-            plan = Arc::new(AsofJoinExec::try_new(plan, right, spec, partitions)?);
-            added[i] = (plan.schema().fields()[before..].iter())
-                .map(|f| f.name().clone())
+            pending.push((i, right, spec));
+            // The group ends before a view on other keys or a label join (its
+            // own as-of time), and at a label join.
+            let next = run_order.get(n + 1);
+            let ends = as_of.is_some()
+                || next.is_none_or(|&j| key_set_of[j] != key_set_of[i] || joins[j].as_of.is_some());
+            if !ends {
+                continue;
+            }
+            let mut at = plan.schema().fields().len();
+            let views: Vec<(Arc<dyn ExecutionPlan>, AsofSpec)> = (pending.iter())
+                .map(|(_, right, spec)| (right.clone(), spec.clone()))
                 .collect();
+            plan = Arc::new(AsofJoinExec::try_new_views(plan, views, partitions)?);
+            let fields = plan.schema().fields().clone();
+            for (j, _, spec) in pending.drain(..) {
+                let n = spec.output_columns();
+                added[j] = (fields[at..at + n].iter())
+                    .map(|f| f.name().clone())
+                    .collect();
+                at += n;
+            }
         }
 
         // Back in spine order: the spine's batches as received, each followed by

@@ -30,18 +30,17 @@
 
 use std::sync::Arc;
 
-use arrow::array::{new_null_array, Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
+use arrow::array::{new_null_array, Array, ArrayRef, AsArray, UInt32Array};
 use arrow::compute::{interleave, take};
-use arrow::datatypes::{Int64Type, SchemaRef};
-use datafusion::common::{DataFusionError, Result};
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use futures::{StreamExt, TryStreamExt};
+use arrow::datatypes::Int64Type;
+use datafusion::common::Result;
+use datafusion::execution::memory_pool::MemoryReservation;
+use datafusion::execution::SendableRecordBatchStream;
+use futures::StreamExt;
 
 use super::asof_spec::{AsofSpec, Indices};
 use super::join_keys::KeyEncoder;
-use super::spine_index::{self, Spine, SpineColumns, NO_GROUP};
+use super::spine_index::{self, Spine, NO_GROUP};
 use crate::huge_pages::{self, HugeVec};
 
 /// Kept rows are compacted when more than this many, more than twice the live
@@ -76,19 +75,27 @@ impl Slot {
     }
 }
 
-/// The latest-mode stream of one partition; see the module docs.
-pub(super) fn execute(
-    left: SendableRecordBatchStream,
+/// One view joined to a held spine partition in latest mode: each spine row's
+/// pick among the kept rows; see the module docs.
+pub(super) struct Latest {
+    picks: Vec<Option<(u32, u32)>>,
+    kept: Vec<Vec<ArrayRef>>,
+    /// A one-row null array per value column, for rows without a pick.
+    nulls: Vec<ArrayRef>,
+    /// Holds the kept values' bytes while they live.
+    _reservation: MemoryReservation,
+}
+
+/// Streams the view `right` once against `spine` (built with `keys`) and
+/// resolves every spine row's answer. Memory is asked of `reservation`.
+pub(super) async fn join(
+    spine: &Spine,
     right: SendableRecordBatchStream,
     idx: Arc<Indices>,
-    join: &AsofSpec,
-    schema: SchemaRef,
-    partition: usize,
-    context: Arc<TaskContext>,
-) -> Result<SendableRecordBatchStream> {
-    let keys = KeyEncoder::new(&idx.key_types)?;
-    let reservation =
-        MemoryConsumer::new(format!("AsofJoinExec[{partition}]")).register(context.memory_pool());
+    spec: &AsofSpec,
+    keys: &KeyEncoder,
+    reservation: MemoryReservation,
+) -> Result<Latest> {
     let rs = right.schema();
     let nulls: Vec<ArrayRef> = (idx.right_values.iter())
         .map(|&v| new_null_array(rs.field(v).data_type(), 1))
@@ -97,41 +104,47 @@ pub(super) fn execute(
         idx,
         keys,
         reservation,
-        ttl: join.ttl_nanos,
-        cutoff: join.created_cutoff,
+        ttl: spec.ttl_nanos,
+        cutoff: spec.created_cutoff,
         kept: Vec::new(),
         kept_rows: 0,
         live: 0,
     };
-    let out_schema = schema.clone();
-    let batches = futures::stream::once(async move {
-        let cols = SpineColumns {
-            keys: &job.idx.left_keys,
-            time: job.idx.left_time,
-        };
-        let reservation = &mut job.reservation;
-        let spine = Spine::build(left, cols, &job.keys, |bytes| grow(reservation, bytes)).await?;
-        let slots = job.probe(&spine, right).await?;
-        let picks = job.resolve(&spine, slots);
-        Ok::<_, DataFusionError>(futures::stream::iter(emit(
-            spine.batches,
-            picks,
-            job,
-            nulls,
-            schema,
-        )))
+    let slots = job.probe(spine, right).await?;
+    let picks = job.resolve(spine, slots);
+    Ok(Latest {
+        picks,
+        kept: job.kept,
+        nulls,
+        _reservation: job.reservation,
     })
-    .try_flatten();
-    Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, batches)))
+}
+
+impl Latest {
+    /// The value columns of the `n` spine rows numbered from `first` (a held
+    /// spine batch, in the order received).
+    pub(super) fn columns(&self, first: usize, n: usize) -> Result<Vec<ArrayRef>> {
+        // interleave sources: 0 is the one-row null batch, then the kept batches.
+        let at: Vec<(usize, usize)> = (self.picks[first..first + n].iter())
+            .map(|p| p.map_or((0, 0), |(b, r)| (b as usize + 1, r as usize)))
+            .collect();
+        let mut columns = Vec::with_capacity(self.nulls.len());
+        for (v, null) in self.nulls.iter().enumerate() {
+            let mut sources: Vec<&dyn Array> = vec![null.as_ref()];
+            sources.extend(self.kept.iter().map(|b| b[v].as_ref()));
+            columns.push(interleave(&sources, &at)?);
+        }
+        Ok(columns)
+    }
 }
 
 fn grow(reservation: &mut MemoryReservation, bytes: usize) -> Result<()> {
     spine_index::grow(reservation, bytes, "the feature rows it sees")
 }
 
-struct Job {
+struct Job<'a> {
     idx: Arc<Indices>,
-    keys: KeyEncoder,
+    keys: &'a KeyEncoder,
     reservation: MemoryReservation,
     ttl: Option<i64>,
     cutoff: bool,
@@ -147,7 +160,7 @@ fn bytes_of(columns: &[ArrayRef]) -> usize {
     columns.iter().map(|c| c.get_array_memory_size()).sum()
 }
 
-impl Job {
+impl Job<'_> {
     /// Streams the feature rows once, each offered to the first spine row of its
     /// key that sees it; returns the slots (one per spine row, in group order).
     async fn probe(
@@ -302,32 +315,4 @@ impl Job {
             .shrink(slot_bytes.min(self.reservation.size()));
         picks
     }
-}
-
-/// Each spine batch with its rows' values appended, in the order received, as
-/// the consumer asks for them. The reservation lives as long as the held spine
-/// and values.
-fn emit(
-    batches: Vec<(RecordBatch, Vec<u32>)>,
-    picks: Vec<Option<(u32, u32)>>,
-    job: Job,
-    nulls: Vec<ArrayRef>,
-    schema: SchemaRef,
-) -> impl Iterator<Item = Result<RecordBatch>> + Send {
-    let mut start = 0;
-    batches.into_iter().map(move |(batch, _)| {
-        let n = batch.num_rows();
-        // interleave sources: 0 is the one-row null batch, then the kept batches.
-        let at: Vec<(usize, usize)> = (picks[start..start + n].iter())
-            .map(|p| p.map_or((0, 0), |(b, r)| (b as usize + 1, r as usize)))
-            .collect();
-        start += n;
-        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-        for (v, null) in nulls.iter().enumerate() {
-            let mut sources: Vec<&dyn Array> = vec![null.as_ref()];
-            sources.extend(job.kept.iter().map(|b| b[v].as_ref()));
-            columns.push(interleave(&sources, &at)?);
-        }
-        Ok(RecordBatch::try_new(schema.clone(), columns)?)
-    })
 }

@@ -13,6 +13,7 @@
 //! operator for requests the catalog resolved, and [`window`] scans a view's rows
 //! for materialize.
 
+mod asof_partition;
 mod asof_spec;
 pub(crate) mod entity_sql;
 pub(crate) mod historical;

@@ -25,16 +25,15 @@
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
-use arrow::datatypes::{Int64Type, SchemaRef};
+use arrow::datatypes::Int64Type;
 use datafusion::common::{DataFusionError, Result};
-use datafusion::execution::memory_pool::{MemoryConsumer, MemoryReservation};
-use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use futures::{StreamExt, TryStreamExt};
+use datafusion::execution::memory_pool::MemoryReservation;
+use datafusion::execution::SendableRecordBatchStream;
+use futures::StreamExt;
 
 use super::asof_spec::{AsofSpec, Indices};
 use super::join_keys::KeyEncoder;
-use super::spine_index::{self, group_offsets, rows_fit, scatter, Spine, SpineColumns, NO_GROUP};
+use super::spine_index::{self, group_offsets, rows_fit, scatter, Spine, NO_GROUP};
 use crate::columns::ColumnBuilder;
 use crate::windows::{Events, ValueKind, WindowSpec};
 
@@ -57,60 +56,58 @@ fn event_bytes(kinds: &[ValueKind], created: bool) -> usize {
             .sum::<usize>()
 }
 
-/// The window-mode stream of one partition; see the module docs.
-pub(super) fn execute(
-    left: SendableRecordBatchStream,
+/// One aggregation view joined to a held spine partition: its kept events,
+/// grouped by key, from which each spine row's windows are evaluated.
+pub(super) struct Windows {
+    kept: Kept,
+    spec: Arc<WindowSpec>,
+    cutoff: bool,
+    left_time: usize,
+    /// Holds the kept events' bytes while they live.
+    _reservation: MemoryReservation,
+}
+
+/// Streams the events of `right` once against `spine` (built with `keys`),
+/// keeping those its rows' windows read. Memory is asked of `reservation`.
+pub(super) async fn join(
+    spine: &Spine,
     right: SendableRecordBatchStream,
     idx: Arc<Indices>,
     join: &AsofSpec,
-    schema: SchemaRef,
-    partition: usize,
-    context: Arc<TaskContext>,
-) -> Result<SendableRecordBatchStream> {
-    let spec = join.windows.clone().expect("window mode");
-    let cutoff = join.created_cutoff;
-    let keys = KeyEncoder::new(&idx.key_types)?;
-    let reservation = MemoryConsumer::new(format!("AsofJoinExec windows[{partition}]"))
-        .register(context.memory_pool());
-    let out_schema = schema.clone();
-    let batches = futures::stream::once(async move {
-        let mut job = Job {
-            idx,
-            spec,
-            keys,
-            reservation,
-        };
-        let spine = job.build(left).await?;
-        let kept = job.probe(&spine, right).await?;
-        let batches = spine.batches;
-        Ok::<_, DataFusionError>(futures::stream::iter(evaluate(
-            batches, kept, job, cutoff, schema,
-        )))
+    keys: &KeyEncoder,
+    reservation: MemoryReservation,
+) -> Result<Windows> {
+    let spec = join
+        .windows
+        .clone()
+        .ok_or_else(|| DataFusionError::Internal("a window join without windows".into()))?;
+    let left_time = idx.left_time;
+    let mut job = Job {
+        idx,
+        spec,
+        keys,
+        reservation,
+    };
+    let kept = job.probe(spine, right).await?;
+    Ok(Windows {
+        kept,
+        spec: job.spec,
+        cutoff: join.created_cutoff,
+        left_time,
+        _reservation: job.reservation,
     })
-    .try_flatten();
-    Ok(Box::pin(RecordBatchStreamAdapter::new(out_schema, batches)))
 }
 
-struct Job {
+struct Job<'a> {
     idx: Arc<Indices>,
     spec: Arc<WindowSpec>,
-    keys: KeyEncoder,
+    keys: &'a KeyEncoder,
     reservation: MemoryReservation,
 }
 
-impl Job {
+impl Job<'_> {
     fn grow(&mut self, bytes: usize) -> Result<()> {
         grow(&mut self.reservation, bytes)
-    }
-
-    /// Holds the spine partition and groups its rows by key.
-    async fn build(&mut self, left: SendableRecordBatchStream) -> Result<Spine> {
-        let cols = SpineColumns {
-            keys: &self.idx.left_keys,
-            time: self.idx.left_time,
-        };
-        let reservation = &mut self.reservation;
-        Spine::build(left, cols, &self.keys, |bytes| grow(reservation, bytes)).await
     }
 
     /// Streams the events once, keeping those a spine row of their key can see,
@@ -197,40 +194,38 @@ fn grow(reservation: &mut MemoryReservation, bytes: usize) -> Result<()> {
     spine_index::grow(reservation, bytes, "the events its windows read")
 }
 
-/// Each spine batch with its rows' windows appended, in the order received,
-/// evaluated as the consumer asks for them. The reservation lives as long as the
-/// held spine and events.
-fn evaluate(
-    batches: Vec<(RecordBatch, Vec<u32>)>,
-    kept: Kept,
-    job: Job,
-    cutoff: bool,
-    schema: SchemaRef,
-) -> impl Iterator<Item = Result<RecordBatch>> + Send {
-    let wanted: Vec<Option<usize>> = (0..job.spec.aggs.len()).map(Some).collect();
-    batches.into_iter().map(move |(batch, rows)| {
-        let spec = &job.spec;
+impl Windows {
+    /// The windows of the rows of a held spine batch (`groups`: its rows'
+    /// groups), as of each row's own time.
+    pub(super) fn columns(&self, batch: &RecordBatch, groups: &[u32]) -> Result<Vec<ArrayRef>> {
+        let spec = &self.spec;
+        let wanted: Vec<Option<usize>> = (0..spec.aggs.len()).map(Some).collect();
         let n = batch.num_rows();
-        let time = batch.column(job.idx.left_time).as_primitive::<Int64Type>();
+        let time = batch.column(self.left_time).as_primitive::<Int64Type>();
         let mut builders: Vec<ColumnBuilder> = (spec.aggs.iter())
             .map(|a| ColumnBuilder::new(&a.output_type, n))
             .collect();
-        for (i, &g) in rows.iter().enumerate() {
+        for (i, &g) in groups.iter().enumerate() {
             // A null key or time has no events: count 0, the rest null.
             let (range, t) = match g {
                 NO_GROUP => (0..0, 0),
                 g => {
                     let g = g as usize;
-                    let range = kept.at[g] as usize..kept.at[g + 1] as usize;
+                    let range = self.kept.at[g] as usize..self.kept.at[g + 1] as usize;
                     (range, time.value(i))
                 }
             };
-            spec.evaluate_range(&kept.events, range, t, cutoff, &wanted, &mut builders);
+            spec.evaluate_range(
+                &self.kept.events,
+                range,
+                t,
+                self.cutoff,
+                &wanted,
+                &mut builders,
+            );
         }
-        let mut columns: Vec<ArrayRef> = batch.columns().to_vec();
-        for (b, a) in builders.iter_mut().zip(&spec.aggs) {
-            columns.push(b.finish(&a.output_type)?);
-        }
-        Ok(RecordBatch::try_new(schema.clone(), columns)?)
-    })
+        (builders.iter_mut().zip(&spec.aggs))
+            .map(|(b, a)| Ok(b.finish(&a.output_type)?))
+            .collect()
+    }
 }
