@@ -1,6 +1,7 @@
 //! Join key kinds, shared by the offline join and the online store so both sides
 //! agree on which columns can be keys and how they compare; and [`InlineKey`],
-//! the encoded key the hash tables of the join and of materialize hold.
+//! the encoded key the hash tables of materialize, and of the join for keys
+//! other than one integer, hold.
 
 use std::borrow::Borrow;
 use std::hash::{Hash, Hasher};
@@ -47,7 +48,8 @@ impl KeyType {
 /// Key bytes up to this long are kept in the hash table's slot itself.
 const INLINE_KEY: usize = 22;
 
-/// An encoded key (arrow's row format in the join, the online store's key in
+/// An encoded key (arrow's row format in the join, for key sets other than one
+/// integer, which the join hashes as the integer; the online store's key in
 /// materialize: 17 bytes for one integer key) as a hash table holds it: keys up
 /// to 22 bytes inline, so a probe compares bytes already in the table's slot
 /// instead of following a pointer to the heap. It hashes and compares as its

@@ -1,6 +1,7 @@
 //! What takes part in an as-of join: the columns by name ([`AsofSpec`], what
-//! callers build) and by position in the two inputs (`Indices`, what the
-//! latest and window modes, `latest_join.rs` and `window_join.rs`, read).
+//! callers build) and by position in the two inputs (`Indices`, what one
+//! partition's run, `asof_partition.rs`, and the latest and window modes,
+//! `latest_join.rs` and `window_join.rs`, read).
 
 use std::sync::Arc;
 

@@ -2,14 +2,14 @@
 //!
 //! ```text
 //! spine batches ─┬─ narrow: __quiver_row, __quiver_ts (ns UTC), keys ─┐
-//!                │                                                     ├─ AsofJoinExec(view 1) ─ ... ─ AsofJoinExec(view n)
-//!                │  view 1 source ──filter(ts range)──project(keys, ts)┘                                  │
-//!                └──────────────────────────── spine_order: spine batches ++ features by row number <─────┘
+//!                │                                                     ├─ AsofJoinExec(views on key set 1) ─ ... ─ AsofJoinExec(labels)
+//!                │  each view: source ──filter(ts range)──project(keys, ts)┘                                      │
+//!                └──────────────────────────── spine_order: spine batches ++ features by row number <─────────────┘
 //! ```
 //!
 //! The joins carry only the row number, the time and the join keys; views
-//! sharing the spine's keys are joined one after the other on the spine sorted
-//! once. The spine's own columns never go through the joins: `spine_order`
+//! sharing the spine's keys share one operator, which groups the spine once for
+//! all of them (labels, joined as of `labels_as_of`, share another). The spine's own columns never go through the joins: `spine_order`
 //! appends each row's features to the batches as received, by row number,
 //! without a sort.
 //!
@@ -158,8 +158,9 @@ impl OfflineStore {
         }
 
         // One join per view; joins on the same spine keys (same columns, same
-        // normalized types) share their key columns and run one after the
-        // other, so the spine is partitioned and sorted once per key set.
+        // normalized types) share their key columns and one operator (one for
+        // the feature views, one for the labels), so the spine is partitioned
+        // once per key set and grouped once per operator.
         let joins: Vec<Join<'_, '_>> = (views.iter().map(|v| (v, None)))
             .chain(labels.iter().map(|v| (v, Some(labels_as_of))))
             .zip(&key_kinds)
@@ -216,8 +217,9 @@ impl OfflineStore {
                 kinds,
             } = joins[i];
             let schema = plan.schema();
-            // A label join's constant as-of time replaces the previous one's.
-            if as_of.is_some() || schema.index_of(LABEL_TS).is_ok() {
+            // A label join's constant as-of time replaces the previous one's
+            // (before a group's first view only: the group shares one).
+            if pending.is_empty() && (as_of.is_some() || schema.index_of(LABEL_TS).is_ok()) {
                 let mut exprs: Vec<ProjectionExpr> = (schema.fields().iter().enumerate())
                     .filter(|(_, f)| f.name() != LABEL_TS)
                     .map(|(i, f)| ProjectionExpr {
@@ -252,11 +254,12 @@ impl OfflineStore {
                 )
                 .await?;
             pending.push((i, right, spec));
-            // The group ends before a view on other keys or a label join (its
-            // own as-of time), and at a label join.
+            // The group ends before a view on other keys or with another as-of
+            // time (feature views: each spine row's own; labels: the request's
+            // `labels_as_of`, one column for all of them).
             let next = run_order.get(n + 1);
-            let ends = as_of.is_some()
-                || next.is_none_or(|&j| key_set_of[j] != key_set_of[i] || joins[j].as_of.is_some());
+            let ends =
+                next.is_none_or(|&j| key_set_of[j] != key_set_of[i] || joins[j].as_of != as_of);
             if !ends {
                 continue;
             }
@@ -267,11 +270,11 @@ impl OfflineStore {
             plan = Arc::new(AsofJoinExec::try_new_views(plan, views, partitions)?);
             let fields = plan.schema().fields().clone();
             for (j, _, spec) in pending.drain(..) {
-                let n = spec.output_columns();
-                added[j] = (fields[at..at + n].iter())
+                let width = spec.output_columns();
+                added[j] = (fields[at..at + width].iter())
                     .map(|f| f.name().clone())
                     .collect();
-                at += n;
+                at += width;
             }
         }
 

@@ -15,7 +15,7 @@
 use arrow::array::{Array, ArrayRef, AsArray, Int64Array, RecordBatch};
 use arrow::datatypes::{DataType, Int64Type};
 use arrow::row::{RowConverter, Rows, SortField};
-use datafusion::common::Result;
+use datafusion::common::{internal_datafusion_err, Result};
 
 /// Reads a join's key columns; see the module docs.
 #[derive(Debug)]
@@ -61,7 +61,15 @@ impl KeyEncoder {
         cols: &[usize],
     ) -> Result<BatchKeys<'a>> {
         Ok(match self {
-            KeyEncoder::Int => BatchKeys::Int(batch.column(cols[0]).as_primitive::<Int64Type>()),
+            KeyEncoder::Int => BatchKeys::Int(
+                (batch.column(cols[0]).as_primitive_opt::<Int64Type>()).ok_or_else(|| {
+                    internal_datafusion_err!(
+                        "join key column {} is {}, not Int64",
+                        cols[0],
+                        batch.column(cols[0]).data_type()
+                    )
+                })?,
+            ),
             KeyEncoder::Rows(converter) => {
                 let columns: Vec<ArrayRef> =
                     cols.iter().map(|&i| batch.column(i).clone()).collect();

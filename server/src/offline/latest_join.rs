@@ -22,11 +22,13 @@
 //!
 //! Only winning rows' values are kept, copied out of their batch; a row beaten
 //! later becomes garbage, and when garbage outgrows the live rows the kept
-//! values are compacted into one copy of the live ones. Memory is the spine
-//! partition, 24 bytes per spine row, and at most about three kept rows per
-//! spine row, whatever the size of the feature view; all of it is reserved in
-//! the query's memory pool, and a query that does not fit fails with a clear
-//! error instead of spilling.
+//! values are compacted into one copy of the live ones. Besides the spine
+//! partition (shared by the operator's views, reserved on its own), a view
+//! takes 24 bytes of slots per spine row while it is probed, then 12 bytes of
+//! picks per spine row and at most about three kept rows per spine row for as
+//! long as its values are held, whatever the size of the feature view. All of
+//! it is reserved in the query's memory pool, and a query that does not fit
+//! fails with a clear error instead of spilling.
 
 use std::sync::Arc;
 
@@ -111,7 +113,7 @@ pub(super) async fn join(
         live: 0,
     };
     let slots = job.probe(spine, right).await?;
-    let picks = job.resolve(spine, slots);
+    let picks = job.resolve(spine, slots)?;
     Ok(Latest {
         picks,
         kept: job.kept,
@@ -292,8 +294,14 @@ impl Job<'_> {
 
     /// Each spine row's answer, by row number: the kept `(batch, row)`, or
     /// `None`. Per group, the best offer so far is carried forward in time order.
-    fn resolve(&mut self, spine: &Spine, slots: HugeVec<Slot>) -> Vec<Option<(u32, u32)>> {
+    /// The picks are reserved for as long as the view's values are held; the
+    /// slots are released.
+    fn resolve(&mut self, spine: &Spine, slots: HugeVec<Slot>) -> Result<Vec<Option<(u32, u32)>>> {
         let rows: usize = spine.batches.iter().map(|(b, _)| b.num_rows()).sum();
+        grow(
+            &mut self.reservation,
+            rows * std::mem::size_of::<Option<(u32, u32)>>(),
+        )?;
         let mut picks = vec![None; rows];
         for g in 0..spine.groups() as u32 {
             let mut best = Slot::EMPTY;
@@ -313,6 +321,6 @@ impl Job<'_> {
         let slot_bytes = std::mem::size_of::<Slot>() * slots.len();
         self.reservation
             .shrink(slot_bytes.min(self.reservation.size()));
-        picks
+        Ok(picks)
     }
 }

@@ -18,7 +18,8 @@
 //! same partition; none is sorted. Each partition holds its left rows grouped
 //! by key once (spine_index.rs, asof_partition.rs) and streams each right
 //! through once, keeping only what can still be an answer (latest_join.rs):
-//! memory grows with the spine, not with the feature views.
+//! memory grows with the spine and the number of views in the operator, not
+//! with the feature views' sizes.
 //!
 //! Output: every left column unchanged, followed by each right's value columns
 //! (made nullable) in order, partitioned like the left input and declared so: a following join

@@ -1,9 +1,10 @@
-//! The spine side of the hash-grouped as-of joins (`latest_join.rs`,
-//! `window_join.rs`): one partition of the spine, held, its rows grouped by
-//! join key and each group's rows in time order.
+//! The spine side of the hash-grouped as-of joins: one partition of the spine,
+//! held, its rows grouped by join key and each group's rows in time order,
+//! built once per partition (`asof_partition.rs`) and read by every view's join
+//! (`latest_join.rs`, `window_join.rs`).
 //!
 //! ```text
-//!  spine batches (held, as received) ──> key (row format) -> group id   (hash table)
+//!  spine batches (held, as received) ──> key (i64 | row format) -> group id   (hash table)
 //!                                        group g: times[at[g]..at[g + 1]]  sorted
 //!                                                 rows[at[g]..at[g + 1]]   their row numbers
 //! ```
