@@ -402,3 +402,56 @@ async fn labels_are_the_latest_row_as_of_retrieval_with_corrections() {
     assert!(e.contains("labels_as_of"), "{e}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_label_views_on_one_key_set_each_answer_as_alone() {
+    // A second label view over the same source and keys: the two are joined
+    // by one operator (one as-of time), and each must answer as it does alone.
+    let dir = example_repo(&small_data());
+    let yaml = dir.path().join("features.yaml");
+    let text = std::fs::read_to_string(&yaml).unwrap();
+    let twin = "label_views:\n  - name: chargebacks_twin\n    entities: [transaction]\n    source: chargebacks_src\n    labels:\n      - { name: is_fraud, dtype: bool }\n";
+    assert!(
+        text.contains("label_views:\n"),
+        "the example repo has label views"
+    );
+    std::fs::write(&yaml, text.replacen("label_views:\n", twin, 1)).unwrap();
+    let server = Server::start(dir.path()).await;
+    let mut client = QuiverClient::connect(server.url()).await.unwrap();
+    let sql = "SELECT trans_id, cc_num, event_timestamp FROM transactions";
+    let as_of = format_instant((datagen::EPOCH_US + 25 * DAY_US) * 1000);
+    let labels = |views: &[&str]| {
+        HistoricalFeaturesRequest::for_features(["customers:credit_limit"])
+            .with_labels(views.iter().copied(), Some(&as_of))
+            .with_full_feature_names(true)
+            .with_entity_sql(sql)
+    };
+    let both = concat(
+        &client
+            .get_historical_features_from_sql(&labels(&["chargebacks", "chargebacks_twin"]))
+            .await
+            .unwrap(),
+    );
+    let alone = concat(
+        &client
+            .get_historical_features_from_sql(&labels(&["chargebacks"]))
+            .await
+            .unwrap(),
+    );
+    let column = |b: &RecordBatch, name: &str| -> Vec<Option<bool>> {
+        b.column_by_name(name)
+            .unwrap_or_else(|| panic!("no column {name}"))
+            .as_boolean()
+            .iter()
+            .collect()
+    };
+    let want = column(&alone, "chargebacks__is_fraud");
+    assert!(
+        want.iter().flatten().count() > 0,
+        "some transactions are labeled"
+    );
+    assert_eq!(column(&both, "chargebacks__is_fraud"), want);
+    assert_eq!(column(&both, "chargebacks_twin__is_fraud"), want);
+    assert_eq!(both.num_rows(), alone.num_rows(), "every spine row once");
+    server.stop().await;
+}
