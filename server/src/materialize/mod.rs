@@ -242,8 +242,9 @@ pub(crate) type Winners = hashbrown::HashMap<
 /// (inline key, version, value vector: 64 bytes, and a control byte) at the
 /// map's load factor (7/16 to 7/8, and twice the table while it grows), the
 /// allocator's header of its value buffer (and of a key longer than the slot
-/// holds), and its share of the sorted copy a spill makes. Measured: with 64 here, a 512 MiB budget peaked at 1.5 GiB RSS
-/// at 10M keys (quiver-bench online --materialize-only).
+/// holds), and its share of the sorted copy a spill makes. Measured: with 64
+/// here, a 512 MiB budget peaked at 1.5 GiB RSS at 10M keys (quiver-bench
+/// online --materialize-only).
 pub(crate) const WINNER_OVERHEAD_BYTES: usize = 192;
 
 /// A scanned batch's key and time columns, normalized for encoding.

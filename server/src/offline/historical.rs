@@ -9,9 +9,9 @@
 //!
 //! The joins carry only the row number, the time and the join keys; views
 //! sharing the spine's keys share one operator, which groups the spine once for
-//! all of them (labels, joined as of `labels_as_of`, share another). The spine's own columns never go through the joins: `spine_order`
-//! appends each row's features to the batches as received, by row number,
-//! without a sort.
+//! all of them (labels, joined as of `labels_as_of`, share another). The
+//! spine's own columns never go through the joins: `spine_order` appends each
+//! row's features to the batches as received, by row number, without a sort.
 //!
 //! Semantics (Feast's): for each spine row and each view, the view row with the same
 //! join keys and `spine.ts - ttl <= row.ts <= spine.ts` with the largest
@@ -264,13 +264,17 @@ impl OfflineStore {
                 continue;
             }
             let mut at = plan.schema().fields().len();
-            let views: Vec<(Arc<dyn ExecutionPlan>, AsofSpec)> = (pending.iter())
-                .map(|(_, right, spec)| (right.clone(), spec.clone()))
+            let widths: Vec<(usize, usize)> = (pending.iter())
+                .map(|(j, _, spec)| (*j, spec.output_columns()))
                 .collect();
-            plan = Arc::new(AsofJoinExec::try_new_views(plan, views, partitions)?);
+            let views = pending.drain(..).map(|(_, right, spec)| (right, spec));
+            plan = Arc::new(AsofJoinExec::try_new_views(
+                plan,
+                views.collect(),
+                partitions,
+            )?);
             let fields = plan.schema().fields().clone();
-            for (j, _, spec) in pending.drain(..) {
-                let width = spec.output_columns();
+            for (j, width) in widths {
                 added[j] = (fields[at..at + width].iter())
                     .map(|f| f.name().clone())
                     .collect();

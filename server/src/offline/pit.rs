@@ -22,9 +22,9 @@
 //! with the feature views' sizes.
 //!
 //! Output: every left column unchanged, followed by each right's value columns
-//! (made nullable) in order, partitioned like the left input and declared so: a following join
-//! on the same keys finds its left side already partitioned and does not
-//! repartition it. Rows come out in the order the partition received them; the
+//! (made nullable) in order, partitioned like the left input and declared so: a
+//! following join on the same keys finds its left side already partitioned and
+//! does not repartition it. Rows come out in the order the partition received them; the
 //! spine's own order is not kept, and callers carry a row number
 //! (`spine_order.rs` puts rows back).
 //!

@@ -16,7 +16,6 @@
 //! table itself ([`InlineKey`]), so a probe compares bytes already in the
 //! table's slot instead of following a pointer.
 
-use std::borrow::Borrow;
 use std::ops::Range;
 
 use arrow::array::{Array, AsArray, RecordBatch};
@@ -84,29 +83,29 @@ impl KeyIndex {
 
     /// Renumbers the groups in key order; returns old id -> new id.
     fn number_in_key_order(&mut self, groups: usize) -> Vec<u32> {
-        let mut renumber = vec![0u32; groups];
-        match self {
-            KeyIndex::Int(t) => {
-                let mut by_key: Vec<(i64, u32)> = t.iter().map(|(&k, &g)| (k, g)).collect();
-                by_key.sort_unstable();
-                for (new, &(_, old)) in by_key.iter().enumerate() {
-                    renumber[old as usize] = new as u32;
-                }
-                t.values_mut().for_each(|g| *g = renumber[*g as usize]);
-            }
+        let renumber = match self {
+            KeyIndex::Int(t) => key_order(t.iter().map(|(&k, &g)| (k, g)).collect(), groups),
             KeyIndex::Bytes(t) => {
-                let mut by_key: Vec<(&[u8], u32)> =
-                    t.iter().map(|(k, &g)| (k.borrow(), g)).collect();
-                by_key.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                for (new, &(_, old)) in by_key.iter().enumerate() {
-                    renumber[old as usize] = new as u32;
-                }
-                drop(by_key);
-                t.values_mut().for_each(|g| *g = renumber[*g as usize]);
+                key_order(t.iter().map(|(k, &g)| (k.as_bytes(), g)).collect(), groups)
             }
+        };
+        let apply = |g: &mut u32| *g = renumber[*g as usize];
+        match self {
+            KeyIndex::Int(t) => t.values_mut().for_each(apply),
+            KeyIndex::Bytes(t) => t.values_mut().for_each(apply),
         }
         renumber
     }
+}
+
+/// Old group id -> its rank in key order, for `(key, group)` pairs.
+fn key_order<K: Ord>(mut by_key: Vec<(K, u32)>, groups: usize) -> Vec<u32> {
+    by_key.sort_unstable();
+    let mut renumber = vec![0u32; groups];
+    for (new, &(_, old)) in by_key.iter().enumerate() {
+        renumber[old as usize] = new as u32;
+    }
+    renumber
 }
 
 /// The columns of the spine the grouping reads.

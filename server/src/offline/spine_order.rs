@@ -2,8 +2,8 @@
 //!
 //! The as-of joins see a narrow spine (row number, time, join keys) partitioned
 //! by key; their output, the features of every spine row, comes back in their
-//! order, not the spine's. Every row number `0..n` appears exactly once, so the original
-//! order is a permutation known in one pass: `position[row]` is where the row's
+//! order, not the spine's. Every row number `0..n` appears exactly once, so the
+//! original order is a permutation known in one pass: `position[row]` is where the row's
 //! features landed (held batch, row). Each spine batch then gets its features
 //! interleaved from the held batches, and keeps its own columns untouched
 //! (never copied, never carried through the joins).
@@ -19,8 +19,6 @@
 //! is concatenated, so no array grows past the joins' batch size.
 
 use arrow::array::{new_empty_array, Array, AsArray, RecordBatch};
-
-use super::slice_bytes;
 use arrow::compute::interleave;
 use arrow::datatypes::{SchemaRef, UInt64Type};
 use datafusion::common::{internal_datafusion_err, DataFusionError, Result};
@@ -28,6 +26,8 @@ use datafusion::execution::memory_pool::MemoryReservation;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use futures::{StreamExt, TryStreamExt};
+
+use super::slice_bytes;
 
 /// Largest output batch: spine batches longer than this are cut (zero-copy slices).
 const MAX_OUTPUT_ROWS: usize = 64 * 1024;

@@ -60,10 +60,10 @@ fn io_error(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Spill(format!("{what}: {e}"))
 }
 
-/// Writes spine batches to an anonymous temporary file as they arrive.
+/// Writes spine batches to an anonymous temporary file as they arrive (of one
+/// schema: its caller, `SpineBuffer`, refuses a batch of another).
 pub(crate) struct SpillWriter {
     writer: StreamWriter<BufWriter<File>>,
-    schema: SchemaRef,
     rows: usize,
 }
 
@@ -73,20 +73,11 @@ impl SpillWriter {
         let file = tempfile::tempfile().map_err(|e| io_error("create", e))?;
         let writer = StreamWriter::try_new(BufWriter::with_capacity(1 << 20, file), schema)
             .map_err(|e| io_error("start", e))?;
-        Ok(Self {
-            writer,
-            schema: schema.clone(),
-            rows: 0,
-        })
+        Ok(Self { writer, rows: 0 })
     }
 
     /// Appends `batch` (callers in async code wrap it in [`blocking`]).
     pub(crate) fn write(&mut self, batch: &RecordBatch) -> Result<()> {
-        if batch.schema().fields() != self.schema.fields() {
-            return Err(Error::invalid(
-                "all spine batches must have the same schema as the first one",
-            ));
-        }
         self.writer.write(batch).map_err(|e| io_error("write", e))?;
         self.rows += batch.num_rows();
         Ok(())
@@ -241,14 +232,5 @@ mod tests {
             multi.block_on(async { tokio::spawn(async { blocking(|| 3) }).await.unwrap() }),
             3
         );
-    }
-
-    #[test]
-    fn a_batch_of_another_schema_is_refused() {
-        let schema = Arc::new(Schema::new(vec![Field::new("x", DataType::Int64, false)]));
-        let other = Arc::new(Schema::new(vec![Field::new("y", DataType::Int64, false)]));
-        let mut w = SpillWriter::new(&schema).unwrap();
-        let e = w.write(&batch(&other, 0, 1)).unwrap_err();
-        assert!(e.to_string().contains("same schema"), "{e}");
     }
 }

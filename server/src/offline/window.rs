@@ -1,9 +1,9 @@
 //! Reading one view's rows in an event-time window: what materialize loads into
 //! the online store.
 
-use datafusion::execution::SendableRecordBatchStream;
 use std::sync::Arc;
 
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::logical_expr::{ident, lit};
 use datafusion::physical_expr::expressions::Column;
 use datafusion::physical_expr::{Partitioning, PhysicalExpr};
