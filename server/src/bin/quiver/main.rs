@@ -35,6 +35,20 @@ use quiver_server::config::{self, Repo};
 use quiver_server::instant::format as format_instant;
 use quiver_server::{datagen, Clock, FeatureStore, Ports, Progress, Window};
 
+/// jemalloc serves every allocation of the server, Rust's and RocksDB's C++
+/// alike. With glibc's malloc, an online lookup's small allocations came from
+/// free chunks scattered among the block cache's blocks, and their cost grew
+/// with the key count; the 2M-row training set and materialize keep their
+/// memory and speed (docs/benchmarks.md, "One allocator: jemalloc").
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// jemalloc's options, read before `main`: one arena for all threads (as fast
+/// here, and a query's memory freed on one thread is reused by the others).
+/// `MALLOC_CONF` in the environment adds to or overrides them.
+#[export_name = "malloc_conf"]
+static MALLOC_CONF: Option<&std::ffi::c_char> = Some(unsafe { &*c"narenas:1".as_ptr() });
+
 /// Quiver: a feature store for real-time fraud detection.
 #[derive(Debug, Parser)]
 #[command(name = "quiver", version, about, long_about = None)]
