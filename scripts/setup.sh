@@ -8,8 +8,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # libclang-dev: RocksDB's bindings are generated with libclang. build-essential,
-# pkg-config and zlib1g-dev: RocksDB's C++ and rdkafka's bundled librdkafka
-# (configure + make, zlib) are compiled from source.
+# pkg-config and zlib1g-dev: RocksDB's C++, rdkafka's bundled librdkafka and
+# jemalloc (configure + make, zlib) are compiled from source.
 APT_PACKAGES="libclang-dev build-essential pkg-config zlib1g-dev"
 if ! dpkg -s $APT_PACKAGES >/dev/null 2>&1; then
   echo "== apt-get install $APT_PACKAGES"

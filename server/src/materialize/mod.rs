@@ -1021,11 +1021,13 @@ impl Materializer {
     }
 }
 
-/// Hands the memory a view's run freed back to the OS. glibc's malloc keeps
-/// freed memory in the arena of the thread that freed it, and the next view's
-/// tasks run on other threads: without this, materializing two views of 30M
-/// keys each peaked at the sum of both (1.9 GiB RSS) instead of the larger
-/// (0.8 GiB; quiver-bench online --materialize-only).
+/// Hands the memory a view's run freed back to the OS, under glibc's malloc
+/// (the library's users; the `quiver` binary runs on jemalloc with one arena,
+/// where this finds nothing to trim and freed memory is reused by every
+/// thread). glibc keeps freed memory in the arena of the thread that freed it,
+/// and the next view's tasks run on other threads: without this, materializing
+/// two views of 30M keys each peaked at the sum of both (1.9 GiB RSS) instead
+/// of the larger (0.8 GiB; quiver-bench online --materialize-only).
 fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free memory to the OS.
