@@ -1,5 +1,6 @@
 //! End-to-end tests of the Quiver server and client (one test binary, as delta-rs).
 
+mod allocator;
 mod crash;
 mod fuzz;
 mod historical;

@@ -47,6 +47,8 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 /// here, and a query's memory freed on one thread is reused by the others).
 /// `MALLOC_CONF` in the environment adds to or overrides them.
 #[export_name = "malloc_conf"]
+// SAFETY: the pointer is to the first byte of a static C string literal, which
+// lives for the whole program; jemalloc reads it up to its NUL, once.
 static MALLOC_CONF: Option<&std::ffi::c_char> = Some(unsafe { &*c"narenas:1".as_ptr() });
 
 /// Quiver: a feature store for real-time fraud detection.
