@@ -177,6 +177,7 @@ impl FeatureStore {
             &repo.online_path(),
             &OnlineOptions {
                 block_cache_bytes: repo.config.online_store.block_cache_mb << 20,
+                compression: repo.config.online_store.compression,
                 clock,
             },
         )?;

@@ -1,6 +1,7 @@
 //! The `quiver` binary runs on jemalloc with its options (one arena), for RocksDB's
 //! C++ as well as Rust: the lookups' flat cost in key count depends on it
-//! (docs/benchmarks.md, "One allocator: jemalloc").
+//! (docs/benchmarks.md, "One allocator: jemalloc"). Linux: elsewhere jemalloc's
+//! symbols may be prefixed.
 
 use std::process::Command;
 

@@ -1,5 +1,6 @@
 //! End-to-end tests of the Quiver server and client (one test binary, as delta-rs).
 
+#[cfg(target_os = "linux")]
 mod allocator;
 mod crash;
 mod fuzz;

@@ -1151,6 +1151,7 @@ feature_views:
     ) -> Materializer {
         let options = OnlineOptions {
             block_cache_bytes: 1 << 20,
+            compression: Default::default(),
             clock: Clock::Fixed(at(200)),
         };
         let online = Arc::new(OnlineStore::open(online, &options).unwrap());

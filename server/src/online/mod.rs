@@ -183,6 +183,7 @@ mod fixture {
             dir,
             &OnlineOptions {
                 block_cache_bytes: 1 << 20,
+                compression: Default::default(),
                 clock: Clock::Fixed(1000 * SEC),
             },
         )

@@ -45,7 +45,9 @@ static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options, read before `main`: one arena for all threads (as fast
 /// here, and a query's memory freed on one thread is reused by the others).
-/// `MALLOC_CONF` in the environment adds to or overrides them.
+/// `MALLOC_CONF` in the environment adds to or overrides them. (Linux and
+/// other targets with unprefixed jemalloc; on Apple targets jemalloc's symbols
+/// are prefixed and this default does not apply.)
 #[export_name = "malloc_conf"]
 // SAFETY: the pointer is to the first byte of a static C string literal, which
 // lives for the whole program; jemalloc reads it up to its NUL, once.
