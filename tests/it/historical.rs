@@ -390,3 +390,39 @@ async fn bad_input_gets_a_clear_status_and_the_server_keeps_serving() {
     assert_eq!(out.iter().map(|b| b.num_rows()).sum::<usize>(), 1);
     server.stop().await;
 }
+
+/// The `fraud_v4` training set (plain views, request-time features and windows
+/// over `transactions`) of `spine` from a server over `repo`.
+async fn fraud_v4_from(repo: &std::path::Path, spine: &[RecordBatch]) -> RecordBatch {
+    let server = Server::start(repo).await;
+    let mut client = QuiverClient::connect(server.url()).await.unwrap();
+    let out = client
+        .get_historical_features(
+            &HistoricalFeaturesRequest::for_service("fraud_v4"),
+            spine.to_vec(),
+        )
+        .await
+        .unwrap();
+    server.stop().await;
+    concat(&out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sources_named_in_mixed_case_answer_as_before() {
+    // Names are case-sensitive in quiver.yaml; DataFusion's `table(&str)`
+    // lowercased them, and a source named `CardStats_Src` was "No table named".
+    let dir = example_repo(&small_data());
+    let spine = read(&dir.path().join("data/transactions/part-00000.parquet"));
+    let before = fraud_v4_from(dir.path(), &spine).await;
+    let path = dir.path().join("features.yaml");
+    let yaml = std::fs::read_to_string(&path).unwrap();
+    let renamed = (yaml.replace("card_stats_src", "CardStats_Src"))
+        .replace("name: transactions\n", "name: Transactions\n")
+        .replace("source: transactions\n", "source: Transactions\n");
+    assert_eq!(renamed.matches("CardStats_Src").count(), 2, "{renamed}");
+    assert_eq!(renamed.matches("Transactions\n").count(), 2, "{renamed}");
+    std::fs::write(&path, renamed).unwrap();
+    let after = fraud_v4_from(dir.path(), &spine).await;
+    assert_eq!(after.num_rows(), before.num_rows());
+    assert_eq!(after, before);
+}

@@ -15,6 +15,7 @@ use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::{FlightData, FlightEndpoint, FlightInfo, PutResult, Ticket};
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::functions_window::expr_fn::row_number;
+use datafusion::logical_expr::ident;
 use datafusion::logical_expr::ExprFunctionExt;
 use datafusion::prelude::{col, lit};
 use futures::StreamExt;
@@ -357,36 +358,31 @@ impl QuiverFlightService {
             )));
         }
         let query = async {
-            let mut df = self
-                .offline
-                .context()
-                .table(p.data_source_name.as_str())
-                .await?;
+            let mut df = self.offline.source_table(&p.data_source_name).await?;
             if let Some(s) = &p.start_date {
                 let ns = protocol::instant(s).map_err(datafusion::error::DataFusionError::Plan)?;
-                df = df.filter(
-                    col(p.timestamp_field.as_str()).gt_eq(lit(ts_literal(&ts_type, ns, true))),
-                )?;
+                df = df
+                    .filter(ident(&p.timestamp_field).gt_eq(lit(ts_literal(&ts_type, ns, true))))?;
             }
             if let Some(e) = &p.end_date {
                 let ns = protocol::instant(e).map_err(datafusion::error::DataFusionError::Plan)?;
                 df = df.filter(
-                    col(p.timestamp_field.as_str()).lt_eq(lit(ts_literal(&ts_type, ns, false))),
+                    ident(&p.timestamp_field).lt_eq(lit(ts_literal(&ts_type, ns, false))),
                 )?;
             }
             let names: Vec<&str> = columns.iter().map(String::as_str).collect();
             df = df.select_columns(&names)?;
             if latest {
-                let mut order = vec![col(p.timestamp_field.as_str()).sort(false, false)];
+                let mut order = vec![ident(&p.timestamp_field).sort(false, false)];
                 if let Some(c) = p
                     .created_timestamp_column
                     .as_deref()
                     .filter(|c| !c.is_empty())
                 {
-                    order.push(col(c).sort(false, false));
+                    order.push(ident(c).sort(false, false));
                 }
                 let rank = row_number()
-                    .partition_by(p.join_key_columns.iter().map(|k| col(k.as_str())).collect())
+                    .partition_by(p.join_key_columns.iter().map(ident).collect())
                     .order_by(order)
                     .build()?
                     .alias("__quiver_rank");

@@ -427,7 +427,7 @@ impl OfflineStore {
         });
         // How far before the earliest spine row events still matter.
         let lookback = windows.as_ref().map(|w| w.longest).or(ttl);
-        let mut df = self.context().table(source.name.as_str()).await?;
+        let mut df = self.source_table(&source.name).await?;
         let ts = ident(&source.timestamp_field);
         let filter = match (info.min_ts, info.max_ts) {
             _ if info.rows == 0 => lit(false),

@@ -39,7 +39,7 @@ use datafusion::datasource::listing::{
 use datafusion::error::DataFusionError;
 use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
-use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use futures::StreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::local::LocalFileSystem;
@@ -431,6 +431,13 @@ impl OfflineStore {
     /// The DataFusion context, with every source registered as a table.
     pub(crate) fn context(&self) -> &SessionContext {
         &self.ctx
+    }
+
+    /// A source's table, by its exact name. Sources are registered under bare
+    /// names; `SessionContext::table(&str)` would parse the name as SQL and
+    /// lowercase it, so a source named `CardStats` was "No table named".
+    pub(crate) async fn source_table(&self, source: &str) -> datafusion::error::Result<DataFrame> {
+        self.ctx.table(TableReference::bare(source)).await
     }
 
     /// The Arrow schema of a source's Parquet data.

@@ -85,8 +85,7 @@ impl OfflineStore {
         names.extend(columns.created.as_deref());
         names.extend(columns.features.iter().map(String::as_str));
         let plan = self
-            .context()
-            .table(source.name.as_str())
+            .source_table(&source.name)
             .await?
             .filter(filter)?
             .select_columns(&names)?
