@@ -30,11 +30,15 @@ fn expected_avg(stats: &RecordBatch, card: i64, t: i64) -> Option<Option<f64>> {
         .map(|i| avg.is_valid(i).then(|| avg.value(i)))
 }
 
-/// The `fraud_v2` training set of `spine` over DoExchange, as one batch.
-async fn fraud_v2(client: &mut QuiverClient, spine: &[RecordBatch]) -> RecordBatch {
+/// The training set of `service` for `spine` over DoExchange, as one batch.
+async fn training_set(
+    client: &mut QuiverClient,
+    service: &str,
+    spine: &[RecordBatch],
+) -> RecordBatch {
     let out = client
         .get_historical_features(
-            &HistoricalFeaturesRequest::for_service("fraud_v2"),
+            &HistoricalFeaturesRequest::for_service(service),
             spine.to_vec(),
         )
         .await
@@ -50,7 +54,7 @@ async fn training_set_matches_the_definition_row_by_row() {
 
     let spine = read(&dir.path().join("data/transactions/part-00000.parquet"));
     let spine_rows: usize = spine.iter().map(|b| b.num_rows()).sum();
-    let out = fraud_v2(&mut client, &spine).await;
+    let out = training_set(&mut client, "fraud_v2", &spine).await;
     let spine = concat(&spine);
     assert_eq!(out.num_rows(), spine_rows);
     // The spine's columns come back unchanged and in order.
@@ -257,7 +261,7 @@ async fn a_spine_past_its_memory_is_joined_in_chunks_from_disk_with_the_same_ans
     let mut answers = Vec::new();
     for server in [&whole, &chunked] {
         let mut client = QuiverClient::connect(server.url()).await.unwrap();
-        let out = fraud_v2(&mut client, &spine).await;
+        let out = training_set(&mut client, "fraud_v2", &spine).await;
         // And a spine from entity_sql (DoGet), which spills the same way.
         let req = HistoricalFeaturesRequest::for_service("fraud_v1").with_entity_sql(
             "SELECT t.trans_id, t.cc_num, t.merchant_id, t.event_timestamp \
@@ -396,15 +400,9 @@ async fn bad_input_gets_a_clear_status_and_the_server_keeps_serving() {
 async fn fraud_v4_from(repo: &std::path::Path, spine: &[RecordBatch]) -> RecordBatch {
     let server = Server::start(repo).await;
     let mut client = QuiverClient::connect(server.url()).await.unwrap();
-    let out = client
-        .get_historical_features(
-            &HistoricalFeaturesRequest::for_service("fraud_v4"),
-            spine.to_vec(),
-        )
-        .await
-        .unwrap();
+    let out = training_set(&mut client, "fraud_v4", spine).await;
     server.stop().await;
-    concat(&out)
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
