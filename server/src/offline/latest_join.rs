@@ -24,7 +24,7 @@
 //! later becomes garbage, and when garbage outgrows the live rows the kept
 //! values are compacted into one copy of the live ones. Besides the spine
 //! partition (shared by the operator's views, reserved on its own), a view
-//! takes 24 bytes of slots per spine row while it is probed, then 12 bytes of
+//! takes 24 bytes of slots per spine row while it is probed, then 4 bytes of
 //! picks per spine row and at most about three kept rows per spine row for as
 //! long as its values are held, whatever the size of the feature view. All of
 //! it is reserved in the query's memory pool, and a query that does not fit
@@ -35,7 +35,7 @@ use std::sync::Arc;
 use arrow::array::{new_null_array, Array, ArrayRef, AsArray, UInt32Array};
 use arrow::compute::{interleave, take};
 use arrow::datatypes::Int64Type;
-use datafusion::common::Result;
+use datafusion::common::{DataFusionError, Result};
 use datafusion::execution::memory_pool::MemoryReservation;
 use datafusion::execution::SendableRecordBatchStream;
 use futures::StreamExt;
@@ -77,10 +77,17 @@ impl Slot {
     }
 }
 
+/// No kept row for this spine row.
+const NO_PICK: u32 = u32::MAX;
+
 /// One view joined to a held spine partition in latest mode: each spine row's
 /// pick among the kept rows; see the module docs.
 pub(super) struct Latest {
-    picks: Vec<Option<(u32, u32)>>,
+    /// Per spine row, its kept row numbered across the kept batches in order
+    /// (`NO_PICK` for none): 4 bytes where a `(batch, row)` pair took 12.
+    picks: Vec<u32>,
+    /// The number of the first row of each kept batch.
+    starts: Vec<u32>,
     kept: Vec<Vec<ArrayRef>>,
     /// A one-row null array per value column, for rows without a pick.
     nulls: Vec<ArrayRef>,
@@ -113,9 +120,10 @@ pub(super) async fn join(
         live: 0,
     };
     let slots = job.probe(spine, right).await?;
-    let picks = job.resolve(spine, slots)?;
+    let (picks, starts) = job.resolve(spine, slots)?;
     Ok(Latest {
         picks,
+        starts,
         kept: job.kept,
         nulls,
         _reservation: job.reservation,
@@ -128,7 +136,13 @@ impl Latest {
     pub(super) fn columns(&self, first: usize, n: usize) -> Result<Vec<ArrayRef>> {
         // interleave sources: 0 is the one-row null batch, then the kept batches.
         let at: Vec<(usize, usize)> = (self.picks[first..first + n].iter())
-            .map(|p| p.map_or((0, 0), |(b, r)| (b as usize + 1, r as usize)))
+            .map(|&p| match p {
+                NO_PICK => (0, 0),
+                p => {
+                    let b = self.starts.partition_point(|&s| s <= p) - 1;
+                    (b + 1, (p - self.starts[b]) as usize)
+                }
+            })
             .collect();
         let mut columns = Vec::with_capacity(self.nulls.len());
         for (v, null) in self.nulls.iter().enumerate() {
@@ -292,17 +306,27 @@ impl Job<'_> {
         Ok(())
     }
 
-    /// Each spine row's answer, by row number: the kept `(batch, row)`, or
-    /// `None`. Per group, the best offer so far is carried forward in time order.
-    /// The picks are reserved for as long as the view's values are held; the
-    /// slots are released.
-    fn resolve(&mut self, spine: &Spine, slots: HugeVec<Slot>) -> Result<Vec<Option<(u32, u32)>>> {
+    /// Each spine row's answer, by row number: its kept row, numbered across
+    /// the kept batches from the returned starts, or `NO_PICK`. Per group, the
+    /// best offer so far is carried forward in time order. The picks are
+    /// reserved for as long as the view's values are held; the slots are
+    /// released.
+    fn resolve(&mut self, spine: &Spine, slots: HugeVec<Slot>) -> Result<(Vec<u32>, Vec<u32>)> {
+        let mut starts = Vec::with_capacity(self.kept.len());
+        let mut next = 0u64;
+        for batch in &self.kept {
+            starts.push(next as u32);
+            next += batch.first().map_or(0, |c| c.len()) as u64;
+        }
+        if next >= NO_PICK as u64 {
+            return Err(DataFusionError::ResourcesExhausted(format!(
+                "a latest view kept {next} rows for one spine partition, past 2^32 - 1; \
+                 split the spine (server.spine_memory_mb)"
+            )));
+        }
         let rows: usize = spine.batches.iter().map(|(b, _)| b.num_rows()).sum();
-        grow(
-            &mut self.reservation,
-            rows * std::mem::size_of::<Option<(u32, u32)>>(),
-        )?;
-        let mut picks = vec![None; rows];
+        grow(&mut self.reservation, rows * std::mem::size_of::<u32>())?;
+        let mut picks = vec![NO_PICK; rows];
         for g in 0..spine.groups() as u32 {
             let mut best = Slot::EMPTY;
             for p in spine.range(g) {
@@ -314,13 +338,13 @@ impl Job<'_> {
                     .ttl
                     .is_none_or(|ttl| best.time >= spine.times[p].saturating_sub(ttl));
                 if best.batch != NONE && fresh {
-                    picks[spine.rows[p] as usize] = Some((best.batch, best.row));
+                    picks[spine.rows[p] as usize] = starts[best.batch as usize] + best.row;
                 }
             }
         }
         let slot_bytes = std::mem::size_of::<Slot>() * slots.len();
         self.reservation
             .shrink(slot_bytes.min(self.reservation.size()));
-        Ok(picks)
+        Ok((picks, starts))
     }
 }
