@@ -423,4 +423,51 @@ async fn sources_named_in_mixed_case_answer_as_before() {
     let after = fraud_v4_from(dir.path(), &spine).await;
     assert_eq!(after.num_rows(), before.num_rows());
     assert_eq!(after, before);
+    // Flight SQL's catalog of sources and views is built when `serve` starts;
+    // in SQL a name with capitals is double-quoted.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let config = dir.path().join("quiver.yaml");
+    let yaml = std::fs::read_to_string(&config).unwrap();
+    assert!(yaml.contains("server:\n"), "{yaml}");
+    let yaml = yaml.replace(
+        "server:\n",
+        &format!("server:\n  flight_sql_addr: 127.0.0.1:{port}\n"),
+    );
+    std::fs::write(&config, yaml).unwrap();
+    let (mut child, _) = quiver_e2e::serve_process(dir.path(), &[]);
+    let rows = sql_count(port, r#"SELECT count(*) FROM "CardStats_Src""#).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let stats = read(&dir.path().join("data/card_stats.parquet"));
+    let expected: usize = stats.iter().map(RecordBatch::num_rows).sum();
+    assert_eq!(rows, Some(expected as i64));
+}
+
+/// The single count `sql` returns over Flight SQL on `port`, or `None` when no
+/// server answers there within 10 s.
+async fn sql_count(port: u16, sql: &str) -> Option<i64> {
+    use arrow_flight::sql::client::FlightSqlServiceClient;
+    let endpoint =
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}")).unwrap();
+    for _ in 0..100 {
+        let Ok(channel) = endpoint.connect().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        };
+        let mut client = FlightSqlServiceClient::new(channel);
+        let info = client.execute(sql.to_string(), None).await.ok()?;
+        let ticket = info.endpoint.first()?.ticket.clone()?;
+        let batches: Vec<RecordBatch> =
+            client.do_get(ticket).await.ok()?.try_collect().await.ok()?;
+        let counts = batches
+            .first()?
+            .column(0)
+            .as_primitive::<Int64Type>()
+            .clone();
+        return Some(counts.value(0));
+    }
+    None
 }

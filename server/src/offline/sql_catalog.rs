@@ -19,6 +19,7 @@ use std::sync::Arc;
 use arrow::datatypes::SchemaRef;
 use datafusion::catalog::{CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider};
 use datafusion::catalog::{MemoryCatalogProviderList, SchemaProvider};
+use datafusion::common::TableReference;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::SessionStateBuilder;
 use datafusion::prelude::SessionContext;
@@ -101,7 +102,10 @@ impl OfflineStore {
         let views = Arc::new(MemorySchemaProvider::new());
         let mut tables = Vec::new();
         for source in &registry.definitions.sources {
-            let provider = self.ctx.table_provider(source.name.as_str()).await?;
+            // Bare: a `&str` would be parsed as SQL and lowercased.
+            let provider = (self.ctx)
+                .table_provider(TableReference::bare(source.name.as_str()))
+                .await?;
             tables.push(SqlTable {
                 db_schema: SOURCES,
                 name: source.name.clone(),
@@ -114,11 +118,7 @@ impl OfflineStore {
         for view in defs.feature_views.iter().chain(&defs.label_views) {
             let columns = view_columns(registry, view);
             let columns: Vec<&str> = columns.iter().map(String::as_str).collect();
-            let df = self
-                .ctx
-                .table(view.source.as_str())
-                .await?
-                .select_columns(&columns)?;
+            let df = (self.source_table(&view.source).await?).select_columns(&columns)?;
             let provider = df.into_view();
             tables.push(SqlTable {
                 db_schema: FEATURE_VIEWS,

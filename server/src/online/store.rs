@@ -278,33 +278,26 @@ impl OnlineStore {
             clock: options.clock.clone(),
             view_locks: Mutex::new(HashMap::new()),
         };
-        let advised = store.warm_page_cache();
-        debug!(bytes = advised, "store files advised into the page cache");
+        // On its own thread: advice for gigabytes can wait on the disk's queue.
+        let files = store.files_by_level();
+        let _ = std::thread::Builder::new()
+            .name("quiver-page-cache".into())
+            .spawn(move || {
+                let advised = advise_into_page_cache(&files);
+                debug!(bytes = advised, "store files advised into the page cache");
+            });
         Ok(store)
     }
 
-    /// Asks the OS to read the store's files into its page cache in the
-    /// background, lowest levels first, up to [`page_cache_budget`]: after a
-    /// restart (or a reboot) lookups would otherwise read the disk until the
-    /// pages they touch come back, one page fault each in a mapped store. With
-    /// a 10M-card store's files evicted before `serve`, never-asked cards ran
-    /// at p50 415 us without this and 180 us with it (docs/benchmarks.md).
-    /// Returns the bytes advised.
-    fn warm_page_cache(&self) -> u64 {
+    /// The store's live SST files, lowest levels first.
+    fn files_by_level(&self) -> Vec<PathBuf> {
         let Ok(mut files) = self.db.live_files() else {
-            return 0;
+            return Vec::new();
         };
         files.sort_by_key(|f| f.level);
-        let budget = page_cache_budget();
-        let mut left = budget;
-        for file in &files {
-            if left == 0 {
-                break;
-            }
-            let name = file.name.trim_start_matches('/');
-            keep_in_page_cache(&self.path.join(name), &mut left);
-        }
-        budget - left
+        (files.iter())
+            .map(|f| self.path.join(f.name.trim_start_matches('/')))
+            .collect()
     }
 
     /// Opens the store read-only (works while another process has it open).
@@ -837,6 +830,25 @@ fn keep_in_page_cache(path: &Path, budget: &mut u64) {
     let _ = (path, budget);
 }
 
+/// Asks the OS to read `files` into its page cache in the background, in
+/// order, up to [`page_cache_budget`]: when the store opens, after a restart
+/// (or a reboot) lookups would otherwise read the disk until the pages they
+/// touch come back, one page fault each in a mapped store. With a 10M-card
+/// store's files evicted before `serve`, never-asked cards ran at p50 415 us
+/// without this and 180 us with it (docs/benchmarks.md). Returns the bytes
+/// advised.
+fn advise_into_page_cache(files: &[PathBuf]) -> u64 {
+    let budget = page_cache_budget();
+    let mut left = budget;
+    for file in files {
+        if left == 0 {
+            break;
+        }
+        keep_in_page_cache(file, &mut left);
+    }
+    budget - left
+}
+
 /// A quarter of the memory the kernel reports available (`MemAvailable` in
 /// /proc/meminfo); 1 GiB where that cannot be read.
 fn page_cache_budget() -> u64 {
@@ -1001,6 +1013,7 @@ mod tests {
         );
     }
 
+    #[cfg(target_os = "linux")]
     #[test]
     fn opening_advises_every_store_file_into_the_page_cache() {
         let dir = tempfile::tempdir().unwrap();
@@ -1016,9 +1029,17 @@ mod tests {
         s.commit_bulk(&l, entries(&l, &rows), &state).unwrap();
         drop(s);
         let s = store(dir.path());
-        let files = sst_bytes(dir.path());
-        assert!(files > 0);
-        assert_eq!(s.warm_page_cache(), files, "every live SST file, whole");
+        let files = s.files_by_level();
+        assert!(!files.is_empty());
+        assert!(files
+            .iter()
+            .all(|f| f.starts_with(dir.path()) && f.exists()));
+        let bytes = sst_bytes(dir.path());
+        assert_eq!(
+            advise_into_page_cache(&files),
+            bytes,
+            "every live SST file, whole"
+        );
     }
 
     /// `entries` sorted, with their versions, as a merge yields them.
