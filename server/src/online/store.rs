@@ -613,14 +613,11 @@ impl OnlineStore {
 
     /// Ingests `paths` (SST files in key order, the view's state in the last)
     /// in ONE call: RocksDB takes them all together or none. Their pages are
-    /// advised back into the page cache first ([`keep_in_page_cache`]), up to
+    /// advised back into the page cache first ([`advise_into_page_cache`]), up to
     /// a quarter of the memory available now: a load larger than that would
     /// only push other pages out.
     fn ingest(&self, paths: Vec<PathBuf>) -> Result<()> {
-        let mut budget = page_cache_budget();
-        paths
-            .iter()
-            .for_each(|p| keep_in_page_cache(p, &mut budget));
+        advise_into_page_cache(&paths);
         let mut opts = IngestExternalFileOptions::default();
         opts.set_move_files(true);
         self.db.ingest_external_file_opts(&opts, paths)?;
@@ -831,12 +828,12 @@ fn keep_in_page_cache(path: &Path, budget: &mut u64) {
 }
 
 /// Asks the OS to read `files` into its page cache in the background, in
-/// order, up to [`page_cache_budget`]: when the store opens, after a restart
-/// (or a reboot) lookups would otherwise read the disk until the pages they
-/// touch come back, one page fault each in a mapped store. With a 10M-card
-/// store's files evicted before `serve`, never-asked cards ran at p50 415 us
-/// without this and 180 us with it (docs/benchmarks.md). Returns the bytes
-/// advised.
+/// order, up to [`page_cache_budget`]: after a bulk load, and when the store
+/// opens, where after a restart (or a reboot) lookups would otherwise read the
+/// disk until the pages they touch come back, one page fault each in a mapped
+/// store. With a 10M-card store's files evicted before `serve`, never-asked
+/// cards ran at p50 415 us without this and 180 us with it
+/// (docs/benchmarks.md). Returns the bytes advised.
 fn advise_into_page_cache(files: &[PathBuf]) -> u64 {
     let budget = page_cache_budget();
     let mut left = budget;
