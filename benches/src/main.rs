@@ -39,6 +39,7 @@ mod fresh;
 mod ingest;
 mod kafka;
 mod online;
+mod online_sizes;
 mod score;
 mod score_kafka;
 mod sql;
@@ -60,6 +61,8 @@ enum Bench {
     Historical(HistoricalArgs),
     /// Materialize throughput and online lookup latency vs this machine's floor and Feast.
     Online(online::OnlineArgs),
+    /// Single-card lookup latency at several key counts, interleaved in one run.
+    OnlineSizes(online_sizes::OnlineSizesArgs),
     /// The streaming scorer: paced latency and unpaced throughput vs a lookup-only floor.
     Score(score::ScoreArgs),
     /// Rolling windows and push: training set vs DuckDB, lookups, freshness, push throughput.
@@ -526,6 +529,7 @@ async fn main() -> Result<()> {
     match Cli::parse().command {
         Bench::Historical(args) => historical(args).await,
         Bench::Online(args) => online::online(args).await,
+        Bench::OnlineSizes(args) => online_sizes::online_sizes(args).await,
         Bench::Score(args) => score::score(args).await,
         Bench::Fresh(args) => fresh::fresh(args).await,
         Bench::Ingest(args) => ingest::ingest(args).await,

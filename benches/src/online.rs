@@ -64,7 +64,7 @@ pub(crate) struct OnlineArgs {
     materialize_only: bool,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[i].as_secs_f64() * 1e6
 }
@@ -105,7 +105,7 @@ macro_rules! measure {
     }};
 }
 
-fn keys(ids: impl IntoIterator<Item = i64>) -> RecordBatch {
+pub(crate) fn keys(ids: impl IntoIterator<Item = i64>) -> RecordBatch {
     RecordBatch::try_from_iter([(
         "cc_num",
         Arc::new(Int64Array::from_iter_values(ids)) as ArrayRef,
@@ -577,7 +577,7 @@ async fn feast(
 }
 
 /// One keep-alive HTTP/1.1 POST of a single-card lookup; returns the body.
-fn http_post(conn: &mut TcpStream, port: u16, card: i64) -> Result<String> {
+pub(crate) fn http_post(conn: &mut TcpStream, port: u16, card: i64) -> Result<String> {
     let body = format!(r#"{{"feature_service": "bench_v1", "entities": {{"cc_num": [{card}]}}}}"#);
     write!(
         conn,
@@ -780,7 +780,7 @@ impl FlightService for Floor {
 /// the children: a child's maximum there includes the pages it shared with this
 /// process between fork and exec, so a bench holding gigabytes of generated data
 /// reported them as the child's (6.2 GiB for a materialize that peaked at 1 GiB).
-fn output_with_peak_rss(mut cmd: Command) -> Result<(std::process::Output, f64)> {
+pub(crate) fn output_with_peak_rss(mut cmd: Command) -> Result<(std::process::Output, f64)> {
     let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let pid = child.id();
     let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
