@@ -160,29 +160,13 @@ pub(crate) async fn online(args: OnlineArgs) -> Result<()> {
         return Ok(());
     }
 
-    let (server, addrs) = spawn_ready_ports(
-        quiver(&[
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-        ]),
-        "quiver serve",
-        2,
-    )?;
-    let (addr, http_addr) = (addrs[0].clone(), addrs[1].clone());
-    let floor_db = dir.join("floor-rocksdb");
-    let (floor, floor_addr) = spawn_ready(
-        {
-            let mut c = Command::new(std::env::current_exe()?);
-            c.args(["floor-server", "--dir"])
-                .arg(&floor_db)
-                .args(["--cards", &args.cards.to_string()]);
-            c
-        },
-        "floor server",
-    )?;
+    let Servers {
+        server,
+        addr,
+        http_addr,
+        floor,
+        floor_addr,
+    } = start_servers(quiver(&["serve"]), &dir, args.cards)?;
 
     let mut rng = Rng(11);
     let ids: Vec<i64> = (0..args.requests.max(1000))
@@ -351,6 +335,41 @@ pub(crate) async fn online(args: OnlineArgs) -> Result<()> {
         std::fs::remove_dir_all(&dir)?;
     }
     Ok(())
+}
+
+/// A `quiver serve` and the floor server next to it, as [`start_servers`]
+/// started them.
+pub(crate) struct Servers {
+    pub(crate) server: ServerProcess,
+    /// Flight.
+    pub(crate) addr: String,
+    /// Quiver's HTTP API.
+    pub(crate) http_addr: String,
+    pub(crate) floor: ServerProcess,
+    pub(crate) floor_addr: String,
+}
+
+/// Starts `serve` (a `quiver --repo R serve` command) with Flight and HTTP on
+/// free loopback ports, and the floor server over `cards` keys in
+/// `dir/floor-rocksdb`; returns once both print their addresses.
+pub(crate) fn start_servers(mut serve: Command, dir: &Path, cards: usize) -> Result<Servers> {
+    serve.args(["--addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0"]);
+    let (server, mut addrs) = spawn_ready_ports(serve, "quiver serve", 2)?;
+    let http_addr = addrs.pop().context("http address")?;
+    let addr = addrs.pop().context("flight address")?;
+    let mut floor = Command::new(std::env::current_exe()?);
+    floor
+        .args(["floor-server", "--dir"])
+        .arg(dir.join("floor-rocksdb"))
+        .args(["--cards", &cards.to_string()]);
+    let (floor, floor_addr) = spawn_ready(floor, "floor server")?;
+    Ok(Servers {
+        server,
+        addr,
+        http_addr,
+        floor,
+        floor_addr,
+    })
 }
 
 /// The same single-card lookups against the same store served with a bearer token

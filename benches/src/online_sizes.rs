@@ -7,9 +7,9 @@
 //! of `--requests` lookups per path on every size, the sizes in a rotated order
 //! each round. Blocks are short (200 lookups, tens of milliseconds) so that a slow
 //! spell of this shared machine falls on all sizes alike instead of on whichever
-//! ran during it, and long enough that each size's CPU caches are its own again
-//! after the first few lookups. p50 and p99 are taken over all rounds, and each
-//! size's are printed as ratios to the first size's.
+//! ran during it. (A block's first lookups may find the CPU caches holding the
+//! previous block's server: the same for every size.) p50 and p99 are taken
+//! over all rounds, and each size's are printed as ratios to the first size's.
 //!
 //! ```text
 //! round 1: DoGet 100k, 1M, 10M -> DoExchange 100k, 1M, 10M -> HTTP ... -> floor ...
@@ -33,11 +33,8 @@ use arrow_flight::Ticket;
 use futures::TryStreamExt;
 use quiver_client::{OnlineFeaturesRequest, OnlineSession, QuiverClient};
 
-use crate::online::{http_post, keys, output_with_peak_rss, percentile};
-use crate::{
-    generate, quiver_bin, spawn_ready, spawn_ready_ports, tempfile_dir, Rng, ServerProcess,
-    CARD_BASE, DAY_US,
-};
+use crate::online::{http_post, keys, output_with_peak_rss, percentile, start_servers, Servers};
+use crate::{generate, quiver_bin, tempfile_dir, Rng, ServerProcess, CARD_BASE, DAY_US};
 
 /// Options of the lookups-by-size benchmark.
 #[derive(Debug, clap::Args)]
@@ -131,6 +128,22 @@ pub(crate) async fn online_sizes(args: OnlineSizesArgs) -> Result<()> {
         Some(d) => d.clone(),
         None => tempfile_dir()?,
     })?;
+    // A temporary folder (gigabytes at 10M cards) goes whether the run ends
+    // well or not; the servers are stopped first (their handles drop inside).
+    let result = measure_sizes(&args, &root).await;
+    if temporary {
+        let _ = std::fs::remove_dir_all(&root);
+    }
+    let out = result?;
+    let mut stdout = std::io::stdout().lock();
+    for l in out {
+        writeln!(stdout, "{l}")?;
+    }
+    Ok(())
+}
+
+/// Sets up every size under `root`, times the rounds, and returns the report.
+async fn measure_sizes(args: &OnlineSizesArgs, root: &std::path::Path) -> Result<Vec<String>> {
     let now_us = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_micros() as i64;
@@ -162,30 +175,16 @@ pub(crate) async fn online_sizes(args: OnlineSizesArgs) -> Result<()> {
             "{cards} cards: card_stats rows {view_rows}, materialized in {:.2} s, peak RSS {rss:.0} MiB",
             t.elapsed().as_secs_f64()
         ));
-        let (server, addrs) = spawn_ready_ports(
-            quiver(&[
-                "serve",
-                "--addr",
-                "127.0.0.1:0",
-                "--http-addr",
-                "127.0.0.1:0",
-            ]),
-            "quiver serve",
-            2,
-        )?;
-        let (floor, floor_addr) = spawn_ready(
-            {
-                let mut c = Command::new(std::env::current_exe()?);
-                c.args(["floor-server", "--dir"])
-                    .arg(dir.join("floor-rocksdb"))
-                    .args(["--cards", &cards.to_string()]);
-                c
-            },
-            "floor server",
-        )?;
-        let client = QuiverClient::connect(&addrs[0]).await?;
+        let Servers {
+            server,
+            addr,
+            http_addr,
+            floor,
+            floor_addr,
+        } = start_servers(quiver(&["serve"]), &dir, cards)?;
+        let client = QuiverClient::connect(&addr).await?;
         let session = client.online_session(&OnlineFeaturesRequest::for_service("bench_v1"))?;
-        let http_port: u16 = addrs[1].rsplit(':').next().unwrap_or("").parse()?;
+        let http_port: u16 = http_addr.rsplit(':').next().unwrap_or("").parse()?;
         let http = TcpStream::connect(("127.0.0.1", http_port))?;
         http.set_nodelay(true)?;
         sizes.push(Size {
@@ -268,12 +267,5 @@ pub(crate) async fn online_sizes(args: OnlineSizesArgs) -> Result<()> {
     }
     out.push(format!("quiver serve peak RSS: {}", rss.join(", ")));
     drop(sizes);
-    let mut stdout = std::io::stdout().lock();
-    for l in out {
-        writeln!(stdout, "{l}")?;
-    }
-    if temporary {
-        std::fs::remove_dir_all(&root)?;
-    }
-    Ok(())
+    Ok(out)
 }

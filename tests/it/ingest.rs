@@ -153,12 +153,14 @@ fn offline(repo: &Path) -> BTreeMap<(i32, i64, i64), Vec<String>> {
     let mut out = BTreeMap::new();
     for e in std::fs::read_dir(&dir).unwrap() {
         let name = e.unwrap().file_name().into_string().unwrap();
-        let Some(rest) = name.strip_prefix("ingest-tx-p") else {
+        // A file being written is staged under another name (object_store's
+        // local store: `<name>#<n>`, then a rename): not written yet.
+        let Some(rest) =
+            (name.strip_prefix("ingest-tx-p")).and_then(|r| r.strip_suffix(".parquet"))
+        else {
             continue;
         };
-        let parts: Vec<i64> = (rest.trim_end_matches(".parquet").split('-'))
-            .map(|p| p.parse().unwrap())
-            .collect();
+        let parts: Vec<i64> = (rest.split('-')).map(|p| p.parse().unwrap()).collect();
         let mut ids = Vec::new();
         for b in read_parquet(&dir.join(&name)) {
             let col = b.column_by_name("trans_id").unwrap().as_string::<i32>();
