@@ -34,7 +34,7 @@ use futures::TryStreamExt;
 use quiver_client::{OnlineFeaturesRequest, OnlineSession, QuiverClient};
 
 use crate::online::{http_post, keys, output_with_peak_rss, percentile, start_servers, Servers};
-use crate::{generate, quiver_bin, tempfile_dir, Rng, ServerProcess, CARD_BASE, DAY_US};
+use crate::{generate, quiver_bin, tempfile_dir, Rng, CARD_BASE, DAY_US};
 
 /// Options of the lookups-by-size benchmark.
 #[derive(Debug, clap::Args)]
@@ -67,8 +67,7 @@ const PATHS: [&str; 4] = [
 /// One size: its servers, clients, card draws and the times so far per path.
 struct Size {
     cards: usize,
-    server: ServerProcess,
-    _floor: ServerProcess,
+    servers: Servers,
     client: QuiverClient,
     session: OnlineSession,
     http: TcpStream,
@@ -175,27 +174,20 @@ async fn measure_sizes(args: &OnlineSizesArgs, root: &std::path::Path) -> Result
             "{cards} cards: card_stats rows {view_rows}, materialized in {:.2} s, peak RSS {rss:.0} MiB",
             t.elapsed().as_secs_f64()
         ));
-        let Servers {
-            server,
-            addr,
-            http_addr,
-            floor,
-            floor_addr,
-        } = start_servers(quiver(&["serve"]), &dir, cards)?;
-        let client = QuiverClient::connect(&addr).await?;
+        let servers = start_servers(quiver(&["serve"]), &dir, cards)?;
+        let client = QuiverClient::connect(&servers.addr).await?;
         let session = client.online_session(&OnlineFeaturesRequest::for_service("bench_v1"))?;
-        let http_port: u16 = http_addr.rsplit(':').next().unwrap_or("").parse()?;
+        let http_port: u16 = (servers.http_addr.rsplit(':').next().unwrap_or("")).parse()?;
         let http = TcpStream::connect(("127.0.0.1", http_port))?;
         http.set_nodelay(true)?;
         sizes.push(Size {
             cards,
-            server,
-            _floor: floor,
+            floor: QuiverClient::connect(&servers.floor_addr).await?,
+            servers,
             client,
             session,
             http,
             http_port,
-            floor: QuiverClient::connect(&floor_addr).await?,
             rng: Rng(11 + n as u64),
             times: Default::default(),
         });
@@ -228,7 +220,7 @@ async fn measure_sizes(args: &OnlineSizesArgs, root: &std::path::Path) -> Result
     }
     let rss: Vec<String> = (sizes.iter())
         .map(|s| {
-            let mib = crate::peak_rss_mib(s.server.0.id()).unwrap_or(f64::NAN);
+            let mib = crate::peak_rss_mib(s.servers.server.0.id()).unwrap_or(f64::NAN);
             format!("{} cards {mib:.0} MiB", s.cards)
         })
         .collect();
