@@ -284,9 +284,9 @@ impl OnlineStore {
             .name("quiver-page-cache".into())
             .spawn(move || {
                 let advised = advise_into_page_cache(&files);
-                let mapped = map_into_page_tables(advised_whole(&files, advised));
+                let mapped = map_into_page_tables(&files[..advised.whole]);
                 debug!(
-                    bytes = advised,
+                    bytes = advised.bytes,
                     mapped, "store files advised into the page cache"
                 );
             });
@@ -798,8 +798,9 @@ impl<'a> SstFiles<'a> {
 /// a bulk load every lookup of a not yet cached block read the disk: at 1M
 /// cards the first pass of lookups ran at twice the p50 of later ones
 /// (docs/benchmarks.md). Moving the file into the store keeps its pages.
-/// Advises at most `budget` bytes and takes them off it.
-fn keep_in_page_cache(path: &Path, budget: &mut u64) {
+/// Advises at most `budget` bytes and takes them off it; true when the whole
+/// file was advised.
+fn keep_in_page_cache(path: &Path, budget: &mut u64) -> bool {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
@@ -807,9 +808,10 @@ fn keep_in_page_cache(path: &Path, budget: &mut u64) {
         // call per window-sized range covers the file.
         const RANGE: u64 = 2 << 20;
         let Ok(file) = std::fs::File::open(path) else {
-            return;
+            return false;
         };
-        let len = file.metadata().map_or(0, |m| m.len()).min(*budget);
+        let size = file.metadata().map_or(u64::MAX, |m| m.len());
+        let len = size.min(*budget);
         *budget -= len;
         for offset in (0..len).step_by(RANGE as usize) {
             // SAFETY: a valid open descriptor; the call only advises the kernel.
@@ -823,12 +825,24 @@ fn keep_in_page_cache(path: &Path, budget: &mut u64) {
             };
             if rc != 0 {
                 debug!(path = %path.display(), rc, "posix_fadvise(WILLNEED) failed");
-                return;
+                return false;
             }
         }
+        len == size
     }
     #[cfg(not(target_os = "linux"))]
-    let _ = (path, budget);
+    {
+        let _ = (path, budget);
+        false
+    }
+}
+
+/// What [`advise_into_page_cache`] advised.
+struct Advised {
+    /// Bytes advised.
+    bytes: u64,
+    /// How many of the leading files were advised whole.
+    whole: usize,
 }
 
 /// Asks the OS to read `files` into its page cache in the background, in
@@ -837,17 +851,22 @@ fn keep_in_page_cache(path: &Path, budget: &mut u64) {
 /// disk until the pages they touch come back, one page fault each in a mapped
 /// store. With a 10M-card store's files evicted before `serve`, never-asked
 /// cards ran at p50 415 us without this and 180 us with it
-/// (docs/benchmarks.md). Returns the bytes advised.
-fn advise_into_page_cache(files: &[PathBuf]) -> u64 {
+/// (docs/benchmarks.md).
+fn advise_into_page_cache(files: &[PathBuf]) -> Advised {
     let budget = page_cache_budget();
     let mut left = budget;
+    let (mut whole, mut leading) = (0, true);
     for file in files {
         if left == 0 {
             break;
         }
-        keep_in_page_cache(file, &mut left);
+        leading &= keep_in_page_cache(file, &mut left);
+        whole += usize::from(leading);
     }
-    budget - left
+    Advised {
+        bytes: budget - left,
+        whole,
+    }
 }
 
 /// Largest range populated per call: each call holds the process's memory map
@@ -863,9 +882,9 @@ const POPULATE_RANGE: usize = 2 << 20;
 /// repeated ones (docs/benchmarks.md).
 ///
 /// The pages are populated with `MADV_POPULATE_READ` (Linux 5.14+), which
-/// reads from disk any page not cached yet. So only files that
-/// [`advise_into_page_cache`] advised whole are passed here
-/// ([`advised_whole`]): the budget it kept to holds for this too. The
+/// reads from disk any page not cached yet. So only the leading files that
+/// [`advise_into_page_cache`] advised whole are passed here: the budget it
+/// kept to holds for this too. The
 /// populated pages count in the process's RSS, as any read does. A range no
 /// longer mapped (RocksDB closed the file meanwhile) is skipped; a kernel
 /// without the advice ends the walk. Files that bulk loads and compactions add
@@ -930,19 +949,6 @@ fn map_into_page_tables(files: &[PathBuf]) -> u64 {
     }
 }
 
-/// The leading `files` whose sizes add up to at most `advised` bytes: those
-/// [`advise_into_page_cache`] advised whole when it returned `advised`.
-fn advised_whole(files: &[PathBuf], advised: u64) -> &[PathBuf] {
-    let mut total = 0u64;
-    let whole = (files.iter())
-        .take_while(|f| {
-            total += std::fs::metadata(f).map_or(0, |m| m.len());
-            total <= advised
-        })
-        .count();
-    &files[..whole]
-}
-
 /// A quarter of the memory the kernel reports available (`MemAvailable` in
 /// /proc/meminfo); 1 GiB where that cannot be read.
 fn page_cache_budget() -> u64 {
@@ -971,12 +977,15 @@ mod tests {
         let path = dir.path().join("f.sst");
         std::fs::write(&path, vec![7u8; 5000]).unwrap();
         let mut budget = 3000;
-        keep_in_page_cache(&path, &mut budget);
+        assert!(!keep_in_page_cache(&path, &mut budget), "cut: not whole");
         assert_eq!(budget, 0, "a file larger than the budget uses all of it");
         let mut budget = 8000;
-        keep_in_page_cache(&path, &mut budget);
+        assert!(keep_in_page_cache(&path, &mut budget), "whole");
         assert_eq!(budget, 3000);
-        keep_in_page_cache(&dir.path().join("missing"), &mut budget);
+        assert!(!keep_in_page_cache(
+            &dir.path().join("missing"),
+            &mut budget
+        ));
         assert_eq!(budget, 3000, "a missing file costs nothing");
     }
 
@@ -1129,11 +1138,9 @@ mod tests {
             .iter()
             .all(|f| f.starts_with(dir.path()) && f.exists()));
         let bytes = sst_bytes(dir.path());
-        assert_eq!(
-            advise_into_page_cache(&files),
-            bytes,
-            "every live SST file, whole"
-        );
+        let advised = advise_into_page_cache(&files);
+        assert_eq!(advised.bytes, bytes, "every live SST file, whole");
+        assert_eq!(advised.whole, files.len(), "every file advised whole");
         // The default store is uncompressed and mapped: every file's mapping
         // is populated whole (page-rounded), each file mapped once.
         // SAFETY: sysconf reads a constant of the system.
@@ -1146,9 +1153,6 @@ mod tests {
         } else {
             eprintln!("MADV_POPULATE_READ not supported by this kernel: population not checked");
         }
-        assert_eq!(advised_whole(&files, bytes), files.as_slice());
-        assert_eq!(advised_whole(&files, bytes - 1).len(), files.len() - 1);
-        assert!(advised_whole(&files, 0).is_empty());
         let lz4 = tempfile::tempdir().unwrap();
         let options = OnlineOptions {
             compression: OnlineCompression::Lz4,
